@@ -1,0 +1,361 @@
+"""Image-set generation (data_gen/generate.py) on tiny random-init pipelines built from config dicts (no downloads)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_gen import generate as gen
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = {"num_inference_steps": 2}
+PROMPTS = ["a red cat", "a blue dog", "tree"]
+
+
+# ---------------------------------------------------------------------------------------------- tiny pipelines
+
+
+def _tiny_vae(cls=None, **extra):
+    from diffusers import AutoencoderKL
+
+    cls = cls or AutoencoderKL
+    return cls(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+               latent_channels=4, norm_num_groups=8, **extra)
+
+
+def _text_config(vocab_size: int) -> dict:
+    return dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                projection_dim=16)
+
+
+def _tokenizer(root: Path):
+    """A CLIP tokenizer over single letters, from a vocab/merges pair written into ``root``."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(vocab=str(root / "vocab.json"), merges=str(root / "merges.txt"), model_max_length=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_pipelines")
+
+
+@pytest.fixture(scope="module")
+def zoo_pipe(tiny_dir) -> Path:
+    """A micro zoo member: LDMPipeline(AutoencoderKL, UNet2DModel, DDIMScheduler), 16x16 images."""
+    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                       norm_num_groups=8, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    pipe = LDMPipeline(vqvae=_tiny_vae(), unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100))
+    pipe.save_pretrained(tiny_dir / "zoo-micro")
+    return tiny_dir / "zoo-micro"
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(tiny_dir) -> Path:
+    """A tiny StableDiffusionPipeline saved WITH a (tiny) safety checker, as the real SD repos are."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tok = _tokenizer(tiny_dir)
+    text = _text_config(len(tok))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, attention_head_dim=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    checker = StableDiffusionSafetyChecker(CLIPConfig(
+        text_config=text, projection_dim=16,
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8)))
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(**text)), tokenizer=tok, unet=unet,
+        scheduler=PNDMScheduler(num_train_timesteps=100, skip_prk_steps=True, steps_offset=1),
+        safety_checker=checker, feature_extractor=CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32}))
+    pipe.save_pretrained(tiny_dir / "sd-tiny")
+    return tiny_dir / "sd-tiny"
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tiny_dir) -> Path:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tok = _tokenizer(tiny_dir)
+    text = _text_config(len(tok))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=4,
+                                projection_class_embeddings_input_dim=4 * 6 + 16)
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer=tok, tokenizer_2=tok,
+        unet=unet, scheduler=EulerDiscreteScheduler(num_train_timesteps=100))
+    pipe.save_pretrained(tiny_dir / "sdxl-tiny")
+    return tiny_dir / "sdxl-tiny"
+
+
+@pytest.fixture(scope="module")
+def vqd_pipe(tiny_dir) -> Path:
+    from diffusers import Transformer2DModel, VQDiffusionPipeline, VQDiffusionScheduler, VQModel
+    from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (
+        LearnedClassifierFreeSamplingEmbeddings,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tok = _tokenizer(tiny_dir)
+    codes = 16
+    pipe = VQDiffusionPipeline(
+        vqvae=_tiny_vae(VQModel, num_vq_embeddings=codes, vq_embed_dim=4),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(len(tok)))), tokenizer=tok,
+        transformer=Transformer2DModel(num_attention_heads=2, attention_head_dim=4, num_vector_embeds=codes + 1,
+                                       sample_size=8, cross_attention_dim=16, num_embeds_ada_norm=100,
+                                       norm_type="ada_norm", attention_bias=True, num_layers=1),
+        learned_classifier_free_sampling_embeddings=LearnedClassifierFreeSamplingEmbeddings(learnable=False),
+        scheduler=VQDiffusionScheduler(num_vec_classes=codes + 1, num_train_timesteps=100))
+    pipe.save_pretrained(tiny_dir / "vqd-tiny")
+    return tiny_dir / "vqd-tiny"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _manifest(set_dir: Path) -> list[dict]:
+    with open(set_dir / gen.MANIFEST_FILE, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _pngs(set_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(set_dir.glob("*.png"))}
+
+
+def _zoo(zoo_pipe, out, **kw):
+    args = dict(n=4, batch_size=2, model_name="micro", pipeline_kwargs=STEPS, device="cpu", progress=False)
+    args.update(kw)
+    return gen.generate_set(str(zoo_pipe), out, **args)
+
+
+# ---------------------------------------------------------------------------------------------- zoo sources
+
+
+def test_zoo_set_has_n_images_of_the_right_size_and_a_manifest(zoo_pipe, tmp_path):
+    set_dir = _zoo(zoo_pipe, tmp_path, n=5, seed=10, resolution=16)
+    assert set_dir == tmp_path / "micro"
+    assert sorted(_pngs(set_dir)) == [f"{i:05d}.png" for i in range(5)]
+    with Image.open(set_dir / "00003.png") as im:
+        assert (im.mode, im.size) == ("RGB", (16, 16))
+        assert np.asarray(im).std() > 0  # not a blank image
+    rows = _manifest(set_dir)
+    assert [r["file"] for r in rows] == [f"{i:05d}.png" for i in range(5)]
+    assert [int(r["seed"]) for r in rows] == [10, 11, 12, 13, 14]
+    assert {r["model"] for r in rows} == {"micro"} and {r["prompt"] for r in rows} == {""}
+    assert {(r["width"], r["height"]) for r in rows} == {("16", "16")}
+    assert json.loads(rows[0]["pipeline_args"]) == STEPS
+    record = json.loads((set_dir / gen.SET_FILE).read_text())
+    assert record["config"]["kind"] == "zoo" and record["config"]["seed"] == 10 and record["n"] == 5
+    assert not list(set_dir.glob(".tmp-*"))
+
+
+def test_images_do_not_depend_on_the_batch_size(zoo_pipe, tmp_path):
+    one = _pngs(_zoo(zoo_pipe, tmp_path / "b1", batch_size=1))
+    four = _pngs(_zoo(zoo_pipe, tmp_path / "b4", batch_size=4))
+    assert one == four
+    assert len(set(one.values())) == 4  # and the seeds do differ between images
+
+
+def test_resume_regenerates_exactly_the_missing_images(zoo_pipe, tmp_path):
+    set_dir = _zoo(zoo_pipe, tmp_path, n=4)
+    before = _pngs(set_dir)
+    kept = {name: (set_dir / name).stat().st_mtime_ns for name in ("00000.png", "00002.png")}
+    os.utime(set_dir / "00000.png", ns=(1, 1)), os.utime(set_dir / "00002.png", ns=(1, 1))
+    (set_dir / "00001.png").unlink()
+    (set_dir / "00003.png").unlink()
+    assert kept  # (mtimes reset above so that a rewrite would show)
+    _zoo(zoo_pipe, tmp_path, n=4)
+    assert _pngs(set_dir) == before  # regenerated byte-identical
+    assert (set_dir / "00000.png").stat().st_mtime_ns == 1 and (set_dir / "00002.png").stat().st_mtime_ns == 1
+    assert len(_manifest(set_dir)) == 4
+
+
+def test_a_larger_n_extends_the_set_and_an_interrupted_run_resumes(zoo_pipe, tmp_path, monkeypatch):
+    reference = _pngs(_zoo(zoo_pipe, tmp_path / "ref", n=6))
+
+    real_load = gen.load_generation_pipeline
+    calls = []
+
+    def failing_load(*args, **kwargs):  # the second pipeline call dies, like a killed job
+        pipe = real_load(*args, **kwargs)
+
+        def call(**kw):
+            calls.append(kw)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return pipe(**kw)
+        call.device = pipe.device
+        return call
+
+    monkeypatch.setattr(gen, "load_generation_pipeline", failing_load)
+    with pytest.raises(KeyboardInterrupt):
+        _zoo(zoo_pipe, tmp_path / "run", n=4)
+    set_dir = tmp_path / "run" / "micro"
+    assert sorted(_pngs(set_dir)) == ["00000.png", "00001.png"]  # first batch complete, written
+    assert [r["file"] for r in _manifest(set_dir)] == ["00000.png", "00001.png"]
+    monkeypatch.setattr(gen, "load_generation_pipeline", real_load)
+
+    _zoo(zoo_pipe, tmp_path / "run", n=4)  # resume
+    assert _pngs(set_dir) == {k: v for k, v in reference.items() if k < "00004.png"}
+    _zoo(zoo_pipe, tmp_path / "run", n=6)  # extend
+    assert _pngs(set_dir) == reference
+    assert len(_manifest(set_dir)) == 6 and json.loads((set_dir / gen.SET_FILE).read_text())["n"] == 6
+
+
+def test_a_set_with_a_different_config_is_refused_unless_overwrite(zoo_pipe, tmp_path):
+    set_dir = _zoo(zoo_pipe, tmp_path, n=2)
+    before = _pngs(set_dir)
+    with pytest.raises(FileExistsError) as err:
+        _zoo(zoo_pipe, tmp_path, n=2, seed=1, pipeline_kwargs={"num_inference_steps": 3})
+    msg = str(err.value)
+    assert str(set_dir) in msg and "seed" in msg and "pipeline_kwargs" in msg and "overwrite" in msg
+    assert _pngs(set_dir) == before  # untouched
+    _zoo(zoo_pipe, tmp_path, n=2, seed=1, overwrite=True)
+    assert _pngs(set_dir) != before
+    assert [int(r["seed"]) for r in _manifest(set_dir)] == [1, 2]
+
+
+def test_unknown_folder_contents_and_bad_options_are_refused(zoo_pipe, tmp_path):
+    foreign = tmp_path / "micro"
+    foreign.mkdir()
+    Image.new("RGB", (4, 4)).save(foreign / "00000.png")
+    with pytest.raises(FileExistsError, match="no set.json"):
+        _zoo(zoo_pipe, tmp_path)
+    with pytest.raises(ValueError, match="dtype='float16' needs a CUDA device"):
+        _zoo(zoo_pipe, tmp_path / "x", dtype="float16")
+    with pytest.raises(ValueError, match="'guidance_scale' is not an argument of LDMPipeline"):
+        _zoo(zoo_pipe, tmp_path / "x", pipeline_kwargs={"guidance_scale": 7.5})
+    with pytest.raises(ValueError, match="kind='hub'"):
+        _zoo(zoo_pipe, tmp_path / "x", kind="hub", prompts=PROMPTS)
+    with pytest.raises(ValueError, match="resolution asks for 32x32"):
+        _zoo(zoo_pipe, tmp_path / "x", n=1, resolution=32)
+
+
+# ---------------------------------------------------------------------------------------------- hub-style sources
+
+
+def test_stable_diffusion_loads_without_safety_checker_and_records_prompts(sd_pipe, tmp_path):
+    assert (sd_pipe / "safety_checker").is_dir()
+    pipe = gen.load_generation_pipeline(str(sd_pipe), device="cpu")
+    assert pipe.safety_checker is None and pipe.config.requires_safety_checker is False
+    with pytest.raises(ValueError, match="give prompts"):
+        gen.generate_set(str(sd_pipe), tmp_path, n=1, device="cpu", progress=False)
+    set_dir = gen.generate_set(str(sd_pipe), tmp_path, n=4, batch_size=3, prompts=PROMPTS, resolution=16,
+                               pipeline_kwargs={**STEPS, "guidance_scale": 7.5}, device="cpu", progress=False)
+    rows = _manifest(set_dir)
+    assert [r["prompt"] for r in rows] == PROMPTS + PROMPTS[:1]
+    assert json.loads(rows[0]["pipeline_args"]) == {"num_inference_steps": 2, "guidance_scale": 7.5,
+                                                     "height": 16, "width": 16}
+    assert {(r["width"], r["height"]) for r in rows} == {("16", "16")}
+    assert json.loads((set_dir / gen.SET_FILE).read_text())["config"]["prompts"] == PROMPTS
+    # per-image seeds and prompts: the set made one image per call is the same
+    again = gen.generate_set(str(sd_pipe), tmp_path / "b1", n=4, batch_size=1, prompts=PROMPTS, resolution=16,
+                             pipeline_kwargs={**STEPS, "guidance_scale": 7.5}, device="cpu", progress=False)
+    assert _pngs(again) == _pngs(set_dir)
+
+
+def test_sdxl_loads_without_watermarker(sdxl_pipe, tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+
+    seen = {}
+    real = DiffusionPipeline.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(spy))
+    pipe = gen.load_generation_pipeline(str(sdxl_pipe), device="cpu")
+    assert seen.get("add_watermarker") is False and "safety_checker" not in seen
+    assert pipe.watermark is None
+    set_dir = gen.generate_set(str(sdxl_pipe), tmp_path, n=2, batch_size=2, prompts=PROMPTS, resolution=16,
+                               pipeline_kwargs=STEPS, device="cpu", progress=False)
+    assert [r["prompt"] for r in _manifest(set_dir)] == PROMPTS[:2]
+    with Image.open(set_dir / "00001.png") as im:
+        assert im.size == (16, 16)
+
+
+def test_vq_diffusion_is_assembled_and_called_one_image_at_a_time(vqd_pipe, tmp_path):
+    pipe = gen.load_generation_pipeline(str(vqd_pipe), device="cpu")
+    assert type(pipe).__name__ == "VQDiffusionPipeline"
+    kwargs = dict(n=3, prompts=PROMPTS, pipeline_kwargs={**STEPS, "guidance_scale": 2.0}, device="cpu",
+                  progress=False)
+    set_dir = gen.generate_set(str(vqd_pipe), tmp_path / "b2", batch_size=2, **kwargs)
+    assert [r["prompt"] for r in _manifest(set_dir)] == PROMPTS
+    assert _pngs(set_dir) == _pngs(gen.generate_set(str(vqd_pipe), tmp_path / "b1", batch_size=1, **kwargs))
+
+
+def test_kandinsky_decoder_is_loaded_with_its_prior(tmp_path, monkeypatch):
+    from diffusers import AutoPipelineForText2Image
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    loaded = {}
+
+    class Stub:
+        def to(self, device):
+            return self
+
+        def set_progress_bar_config(self, **kw):
+            pass
+
+    def fake(source, **kwargs):
+        loaded.update(source=source, **kwargs)
+        return Stub()
+
+    monkeypatch.setattr(AutoPipelineForText2Image, "from_pretrained", fake)
+    assert isinstance(gen.load_generation_pipeline(str(tmp_path), device="cpu"), Stub)
+    assert loaded == {"source": str(tmp_path), "torch_dtype": torch.float32}
+    assert gen.pipeline_class("KandinskyPipeline").__name__ == "KandinskyCombinedPipeline"
+
+
+# ---------------------------------------------------------------------------------------------- prompts, entry point
+
+
+def test_the_project_prompt_list():
+    prompts = gen.read_prompts()
+    assert len(prompts) >= 50 and len(set(prompts)) == len(prompts)
+    assert all(not p.startswith("#") for p in prompts)
+
+
+def test_hydra_entry_point(zoo_pipe, tmp_path):
+    cmd = [sys.executable, "-m", "data_gen.generate", "model=kl-a", f"model.source={zoo_pipe}",
+           f"paths.root_dir={tmp_path}", "n=3", "batch_size=2", "device=cpu", "progress=false",
+           "model.generation.num_inference_steps=2", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    set_dir = tmp_path / "results" / "cache" / "images" / "kl-a"  # the default output: ${paths.cache_dir}/images
+    assert sorted(_pngs(set_dir)) == ["00000.png", "00001.png", "00002.png"]
+    assert {r["model"] for r in _manifest(set_dir)} == {"kl-a"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hydra", "results"]  # nothing written elsewhere
