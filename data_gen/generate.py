@@ -12,8 +12,10 @@ so it is the same whatever the batch size and whichever images already exist. A 
 
 * ``NNNNN.png``: 8-bit RGB, ``round(clip(x, 0, 1) * 255)``, each written atomically (temp file + ``os.replace``);
 * ``manifest.csv``: one row per image (:data:`MANIFEST_COLUMNS`), rewritten atomically after every batch;
-* ``set.json``: the generation config. A later call with the same config resumes or extends the set (only missing
-  images are made); a different config is refused, naming the differing keys, unless ``overwrite=True``.
+* ``set.json``: the generation config (model name, a fingerprint of a local source's weights, kind, seed, dtype,
+  resolution, pipeline arguments, prompts). A later call with the same config resumes or extends the set (only
+  missing images are made); one with a different config is refused, naming the differing keys, while the set holds
+  images. ``overwrite=True`` starts the set afresh.
 
 The Hydra entry point (``python -m data_gen.generate model=kl-a n=200``, or ``-m model=kl-a,kl-b``) composes
 ``conf/generate.yaml`` and calls :func:`generate_set`.
@@ -22,6 +24,7 @@ The Hydra entry point (``python -m data_gen.generate model=kl-a n=200``, or ``-m
 from __future__ import annotations
 
 import csv
+import hashlib
 import inspect
 import io
 import json
@@ -49,6 +52,7 @@ KINDS = ("auto", "zoo", "hub")
 
 _IMAGE_NAME = re.compile(r"^(\d{5,})\.png$")
 _TMP_PREFIX = ".tmp-"
+_WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".ckpt", ".txt", ".model")
 # model_index.json classes that are decoder halves; AutoPipelineForText2Image loads them with their prior.
 _COMBINED = {"KandinskyPipeline": "KandinskyCombinedPipeline", "KandinskyV22Pipeline": "KandinskyV22CombinedPipeline"}
 # Loading arguments that switch off post-processing which alters images (the safety checker blacks out flagged
@@ -136,13 +140,13 @@ def _load_vq_diffusion(source: str, torch_dtype: torch.dtype):
         return cls.from_pretrained(source, subfolder=folder, **kw)
 
     return VQDiffusionPipeline(
-        vqvae=part(VQModel, "vqvae", torch_dtype=torch_dtype),
+        vqvae=part(VQModel, "vqvae", dtype=torch_dtype),
         text_encoder=part(CLIPTextModel, "text_encoder", dtype=torch_dtype),
         tokenizer=part(CLIPTokenizer, "tokenizer"),
-        transformer=part(Transformer2DModel, "transformer", torch_dtype=torch_dtype),
+        transformer=part(Transformer2DModel, "transformer", dtype=torch_dtype),
         learned_classifier_free_sampling_embeddings=part(
             LearnedClassifierFreeSamplingEmbeddings, "learned_classifier_free_sampling_embeddings",
-            torch_dtype=torch_dtype),
+            dtype=torch_dtype),
         scheduler=part(VQDiffusionScheduler, "scheduler"),
     )
 
@@ -167,7 +171,7 @@ def load_generation_pipeline(source: str, kind: str = "auto", dtype: str = "floa
         init = inspect.signature(cls.__init__).parameters
         switches = {k: v for k, v in _NO_POSTPROCESSING.items() if k in init}
         loader = AutoPipelineForText2Image if class_name in _COMBINED else DiffusionPipeline
-        pipe = loader.from_pretrained(str(source), torch_dtype=torch_dtype, **switches)
+        pipe = loader.from_pretrained(str(source), dtype=torch_dtype, **switches)
     pipe = pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -221,7 +225,7 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -271,37 +275,63 @@ def _call_kwargs(cls: type, pipeline_kwargs: dict, resolution: int | None) -> di
     return kwargs
 
 
+def weights_fingerprint(source: str) -> str | None:
+    """sha256 (16 hex digits) over a local pipeline directory's weight, config and tokenizer files, by relative
+    path and content; None for a hub id. Path-independent: a moved checkout keeps its sets, a retrained model
+    at the same path does not."""
+    root = Path(source)
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
 def _config_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>"))
 
 
 def _prepare_dir(model_dir: Path, config: dict, overwrite: bool) -> dict | None:
-    """Check ``model_dir`` against ``config``; return the stored set record to resume, or None for a fresh set."""
+    """Check ``model_dir`` against ``config``; return the stored set record to resume, or None for a fresh set.
+
+    A fresh set starts from an empty directory: with ``overwrite``, this module's files there are removed first.
+    """
     set_path = model_dir / SET_FILE
     for stale in model_dir.glob(f"{_TMP_PREFIX}*"):
         stale.unlink(missing_ok=True)
     images = _existing_images(model_dir)
-    if set_path.is_file():
-        record = json.loads(set_path.read_text(encoding="utf-8"))
-        differing = _config_diff(record.get("config", {}), config)
-        if not differing:
-            return record
-        if not overwrite:
-            shown = ", ".join(f"{k}: {record.get('config', {}).get(k, '<absent>')!r} -> {config.get(k, '<absent>')!r}"
-                              for k in differing if k != "prompts")
-            if "prompts" in differing:
-                shown = ", ".join(s for s in (shown, "prompts: (list differs)") if s)
-            raise FileExistsError(
-                f"{model_dir} holds a set ({len(images)} images) made with a different config; differing keys: "
-                f"{differing} ({shown}). Pass overwrite=True to replace it, or choose another output directory.")
-    elif (images or (model_dir / MANIFEST_FILE).exists()) and not overwrite:
-        raise FileExistsError(f"{model_dir} holds {len(images)} images but no {SET_FILE}, so its config is unknown; "
-                              "pass overwrite=True to replace them, or choose another output directory.")
-    if overwrite:  # remove only what this module writes
-        for p in images.values():
-            p.unlink()
-        for name in (MANIFEST_FILE, SET_FILE):
-            (model_dir / name).unlink(missing_ok=True)
+    if not overwrite:
+        if set_path.is_file():
+            record = json.loads(set_path.read_text(encoding="utf-8"))
+            old = record.get("config", {})
+            differing = _config_diff(old, config)
+            if not differing:
+                return record
+            if images:
+                shown = "; ".join(f"{k}: {old.get(k, '<absent>')!r} -> {config.get(k, '<absent>')!r}"
+                                  for k in differing if k != "prompts")
+                if "prompts" in differing:
+                    shown = "; ".join(s for s in (shown, "prompts: the list differs") if s)
+                raise FileExistsError(
+                    f"{model_dir} holds a set ({len(images)} images) made with a different config; differing keys: "
+                    f"{differing} ({shown}). Pass overwrite=True to replace it, or choose another output directory.")
+        elif images:
+            raise FileExistsError(f"{model_dir} holds {len(images)} images but no {SET_FILE}, so their config is "
+                                  "unknown; pass overwrite=True to replace them, or choose another output directory.")
+    for p in images.values():  # only this module's files: NNNNN.png, manifest.csv, set.json
+        p.unlink()
+    for name in (MANIFEST_FILE, SET_FILE):
+        (model_dir / name).unlink(missing_ok=True)
     return None
 
 
@@ -359,7 +389,8 @@ def generate_set(
         dtype: ``float32``; ``float16`` only on CUDA.
         resolution: image side to ask for (passed as height/width where the pipeline takes them) and to check;
             None: the pipeline's default.
-        overwrite: replace a set made with a different config (or of unknown config) instead of refusing.
+        overwrite: start the set afresh (delete its images first), whatever it holds; without it, a set made with
+            a different config (or of unknown config) is refused.
         progress: show a progress bar.
 
     Returns:
@@ -384,17 +415,16 @@ def generate_set(
         prompts = [str(p) for p in prompts]
     call_kwargs = _call_kwargs(cls, dict(pipeline_kwargs or {}), resolution)
 
-    config = {"model": name, "kind": resolved_kind, "seed": int(seed), "dtype": str(dtype),
-              "resolution": None if resolution is None else int(resolution), "pipeline_kwargs": call_kwargs,
-              "prompts": prompts}
+    config = {"model": name, "weights": weights_fingerprint(source), "kind": resolved_kind, "seed": int(seed),
+              "dtype": str(dtype), "resolution": None if resolution is None else int(resolution),
+              "pipeline_kwargs": call_kwargs, "prompts": prompts}
+    config = json.loads(json.dumps(config))  # as set.json will hold it (tuples -> lists), so that equal compares equal
     model_dir = Path(out_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     record = _prepare_dir(model_dir, config, overwrite)
-    import diffusers
-
     record = {"config": config, "n": max(int(n), int((record or {}).get("n", 0))), "source": source,
               "pipeline_class": cls.__name__,
-              "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__}}
+              "versions": {"diffusers": _diffusers_version(), "torch": torch.__version__}}
     _atomic_write(model_dir / SET_FILE, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
 
     args_json = json.dumps(call_kwargs, sort_keys=True)

@@ -75,14 +75,14 @@ class Budget:
     """Training sizes. The defaults are the shipped zoo; :data:`MICRO` is a smoke run for tests."""
 
     n_crops: int = 20000          # training crops (shared by all members; data seed 0)
-    ae_steps: int = 1200
+    ae_steps: int = 800
     ae_batch: int = 32
     ae_lr: float = 2e-3
     kl_weight: float = 1e-6       # weight of the KL term (summed over latent elements) against pixel MSE
     finetune_steps: int = 300     # kl-a-ft: decoder-only steps
     finetune_lr: float = 5e-4
-    prior_steps: int = 2000
-    prior_batch: int = 128
+    prior_steps: int = 1200
+    prior_batch: int = 96
     prior_lr: float = 1e-3
     ema_decay: float = 0.995
     n_heldout: int = 256          # held-out real crops (eval photos) for the card's PSNR
@@ -117,7 +117,7 @@ def build_autoencoder(kind: str, resolution: int = RESOLUTION):
     if kind == "tiny":
         ae = AutoencoderTiny(
             in_channels=3, out_channels=3, encoder_block_out_channels=(32, 32, 32),
-            decoder_block_out_channels=(16, 16, 16), num_encoder_blocks=(1, 2, 2), num_decoder_blocks=(1, 1, 1),
+            decoder_block_out_channels=(16, 16, 16), num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1),
             latent_channels=LATENT_CHANNELS, scaling_factor=1.0)
         ae.register_to_config(sample_size=resolution)
         return ae
@@ -130,7 +130,7 @@ def build_prior(latent_size: int):
 
     return UNet2DModel(
         sample_size=latent_size, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-        block_out_channels=(64, 128), layers_per_block=1, norm_num_groups=16,
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=32)
 
@@ -559,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="zoo", help="zoo directory (one sub-directory per member)")
     parser.add_argument("--members", default="", help=f"comma-separated subset of {','.join(MEMBERS)}")
     parser.add_argument("--micro", action="store_true", help="a few training steps only (smoke test)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: bit-reproducible, and robust on a shared machine)")
     parser.add_argument("--grid", default=None, metavar="PNG",
                         help="draw the sample grid of the zoo in --out to PNG instead of training")
     args = parser.parse_args(argv)

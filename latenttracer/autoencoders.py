@@ -129,10 +129,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _ae_downsampling(ae_config: dict) -> int:
-    if "block_out_channels" in ae_config:
-        return 2 ** (len(ae_config["block_out_channels"]) - 1)
     if "encoder_block_out_channels" in ae_config:  # AutoencoderTiny: first encoder block keeps the size
         return 2 ** (len(ae_config["encoder_block_out_channels"]) - 1)
+    if "block_out_channels" in ae_config:
+        return 2 ** (len(ae_config["block_out_channels"]) - 1)
     return 8
 
 
@@ -199,31 +199,24 @@ def load_autoencoder(
         default_name = src.rstrip("/").split("/")[-1]
         if src.count("/") != 1 or src.startswith((".", "/", "~")):
             raise AutoencoderLoadError(f"{src}: no such directory, and not a hub id of the form 'owner/name'")
-        try:
-            from huggingface_hub import hf_hub_download
-            from huggingface_hub.utils import EntryNotFoundError
-        except ImportError as err:  # pragma: no cover - huggingface_hub is a diffusers dependency
-            raise AutoencoderLoadError(f"{src}: huggingface_hub is needed to load hub ids") from err
+        from huggingface_hub import hf_hub_download
+
+        errors: dict[str, str] = {}
 
         def read(rel: str) -> dict | None:
             try:
                 return _read_json(Path(hf_hub_download(src, rel, local_files_only=bool(local_files_only))))
-            except EntryNotFoundError:
-                return None
-            except Exception as err:  # offline, unknown repo, gated, ...
-                if rel in ("model_index.json", "config.json"):
-                    return {"__error__": f"{type(err).__name__}: {err}"}
+            except Exception as err:  # missing file, offline, unknown or gated repo, ...
+                errors[rel] = f"{type(err).__name__}: {err}"
                 return None
 
         subfolder_root = None
         index = read("model_index.json")
-        if index and "__error__" in index:
-            bare = read("config.json")
-            if not bare or "__error__" in bare:
-                raise AutoencoderLoadError(
-                    f"{src}: not a local directory, and the hub lookup failed ({index['__error__'][:300]}). "
-                    "Pass a local directory holding the pipeline (or its autoencoder) instead.")
-            index = None
+        if index is None and read("config.json") is None:
+            first = errors.get("model_index.json", "")
+            raise AutoencoderLoadError(
+                f"{src}: not a local directory, and the hub lookup failed ({first[:300]}). "
+                "Pass a local directory holding the pipeline (or its autoencoder) instead.")
 
     component: str | None = None
     if index is not None:

@@ -103,6 +103,13 @@ class InversionResult:
     trajectory: list[float] | None = field(default=None, repr=False)
 
 
+def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors") -> float:
+    """The learning rate the update of iteration ``step`` uses (halved after step 0 and every 50th step)."""
+    if schedule == "constant":
+        return base_lr
+    return base_lr * 0.5 ** (0 if step == 0 else 1 + (step - 1) // 50)
+
+
 def _distance(kind: str, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     diff = recon.float() - target.float()
     per_pixel = diff.square() if kind == "l2" else diff.abs()

@@ -82,7 +82,7 @@ def split_calibration(n: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-    k = int(math.floor(fraction * n + 0.5))
+    k = math.floor(fraction * n + 0.5)
     perm = np.random.default_rng(seed).permutation(int(n))
     return np.sort(perm[:k]), np.sort(perm[k:])
 

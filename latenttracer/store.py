@@ -72,8 +72,9 @@ def _coerce(frame: pd.DataFrame) -> pd.DataFrame:
             frame[col] = pd.to_numeric(frame[col], errors="raise").astype("Int64")
         except (TypeError, ValueError) as exc:
             raise ValueError(f"results column {col!r} must hold integers (or None): {exc}") from exc
-    bad = sorted(set(frame["status"]) - set(STATUSES))
-    if bad:
+    unknown = ~frame["status"].isin(STATUSES)
+    if unknown.any():
+        bad = sorted(set(frame.loc[unknown, "status"]))
         raise ValueError(f"results column 'status' must be one of {STATUSES}, got {bad}")
     return frame[list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]]
 
@@ -222,7 +223,7 @@ class ResultStore:
             frame = _coerce(frame)
         except FileNotFoundError:
             return None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any unreadable chunk is skipped, never fatal
             warnings.warn(f"skipping unreadable result chunk {path}: {type(exc).__name__}: {exc}",
                           RuntimeWarning, stacklevel=3)
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import string
 import subprocess
 import sys
@@ -22,6 +23,15 @@ STEPS = {"num_inference_steps": 2}
 PROMPTS = ["a red cat", "a blue dog", "tree"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The models here are tiny: extra intra-op threads only spin (several times slower on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------------- tiny pipelines
 
 
@@ -35,9 +45,9 @@ def _tiny_vae(cls=None, **extra):
 
 
 def _text_config(vocab_size: int) -> dict:
-    return dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                projection_dim=16)
+    return {"vocab_size": vocab_size, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+            "pad_token_id": 1, "projection_dim": 16}
 
 
 def _tokenizer(root: Path):
@@ -87,8 +97,8 @@ def sd_pipe(tiny_dir) -> Path:
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     checker = StableDiffusionSafetyChecker(CLIPConfig(
         text_config=text, projection_dim=16,
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8)))
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8}))
     pipe = StableDiffusionPipeline(
         vae=_tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(**text)), tokenizer=tok, unet=unet,
         scheduler=PNDMScheduler(num_train_timesteps=100, skip_prk_steps=True, steps_offset=1),
@@ -155,7 +165,8 @@ def _pngs(set_dir: Path) -> dict[str, bytes]:
 
 
 def _zoo(zoo_pipe, out, **kw):
-    args = dict(n=4, batch_size=2, model_name="micro", pipeline_kwargs=STEPS, device="cpu", progress=False)
+    args = {"n": 4, "batch_size": 2, "model_name": "micro", "pipeline_kwargs": STEPS, "device": "cpu",
+            "resolution": 16, "progress": False}
     args.update(kw)
     return gen.generate_set(str(zoo_pipe), out, **args)
 
@@ -163,48 +174,55 @@ def _zoo(zoo_pipe, out, **kw):
 # ---------------------------------------------------------------------------------------------- zoo sources
 
 
-def test_zoo_set_has_n_images_of_the_right_size_and_a_manifest(zoo_pipe, tmp_path):
-    set_dir = _zoo(zoo_pipe, tmp_path, n=5, seed=10, resolution=16)
-    assert set_dir == tmp_path / "micro"
-    assert sorted(_pngs(set_dir)) == [f"{i:05d}.png" for i in range(5)]
+@pytest.fixture(scope="module")
+def zoo_reference(zoo_pipe, tmp_path_factory) -> Path:
+    """Six images from the micro zoo member, batch size 2, seed 0 (do not modify; copy it)."""
+    return _zoo(zoo_pipe, tmp_path_factory.mktemp("reference"), n=6, batch_size=2)
+
+
+def _copy(set_dir: Path, dest: Path) -> Path:
+    shutil.copytree(set_dir, dest / set_dir.name)
+    return dest / set_dir.name
+
+
+def test_zoo_set_has_n_images_of_the_right_size_and_a_manifest(zoo_reference):
+    set_dir = zoo_reference
+    assert set_dir.name == "micro"
+    assert sorted(_pngs(set_dir)) == [f"{i:05d}.png" for i in range(6)]
     with Image.open(set_dir / "00003.png") as im:
         assert (im.mode, im.size) == ("RGB", (16, 16))
         assert np.asarray(im).std() > 0  # not a blank image
     rows = _manifest(set_dir)
-    assert [r["file"] for r in rows] == [f"{i:05d}.png" for i in range(5)]
-    assert [int(r["seed"]) for r in rows] == [10, 11, 12, 13, 14]
+    assert [r["file"] for r in rows] == [f"{i:05d}.png" for i in range(6)]
+    assert [int(r["seed"]) for r in rows] == list(range(6))
     assert {r["model"] for r in rows} == {"micro"} and {r["prompt"] for r in rows} == {""}
     assert {(r["width"], r["height"]) for r in rows} == {("16", "16")}
     assert json.loads(rows[0]["pipeline_args"]) == STEPS
     record = json.loads((set_dir / gen.SET_FILE).read_text())
-    assert record["config"]["kind"] == "zoo" and record["config"]["seed"] == 10 and record["n"] == 5
+    assert record["config"]["kind"] == "zoo" and record["config"]["seed"] == 0 and record["n"] == 6
+    assert len(set(_pngs(set_dir).values())) == 6  # each image has its own seed
     assert not list(set_dir.glob(".tmp-*"))
 
 
-def test_images_do_not_depend_on_the_batch_size(zoo_pipe, tmp_path):
-    one = _pngs(_zoo(zoo_pipe, tmp_path / "b1", batch_size=1))
-    four = _pngs(_zoo(zoo_pipe, tmp_path / "b4", batch_size=4))
-    assert one == four
-    assert len(set(one.values())) == 4  # and the seeds do differ between images
+def test_images_do_not_depend_on_the_batch_size(zoo_pipe, zoo_reference, tmp_path):
+    assert _pngs(_zoo(zoo_pipe, tmp_path, n=6, batch_size=3)) == _pngs(zoo_reference)  # batches 3+3 vs 2+2+2
 
 
-def test_resume_regenerates_exactly_the_missing_images(zoo_pipe, tmp_path):
-    set_dir = _zoo(zoo_pipe, tmp_path, n=4)
-    before = _pngs(set_dir)
-    kept = {name: (set_dir / name).stat().st_mtime_ns for name in ("00000.png", "00002.png")}
-    os.utime(set_dir / "00000.png", ns=(1, 1)), os.utime(set_dir / "00002.png", ns=(1, 1))
+def test_resume_regenerates_exactly_the_missing_images(zoo_pipe, zoo_reference, tmp_path):
+    set_dir = _copy(zoo_reference, tmp_path)
+    for name in ("00000.png", "00002.png", "00004.png", "00005.png"):
+        os.utime(set_dir / name, ns=(1, 1))  # a rewrite would change this
     (set_dir / "00001.png").unlink()
     (set_dir / "00003.png").unlink()
-    assert kept  # (mtimes reset above so that a rewrite would show)
-    _zoo(zoo_pipe, tmp_path, n=4)
-    assert _pngs(set_dir) == before  # regenerated byte-identical
-    assert (set_dir / "00000.png").stat().st_mtime_ns == 1 and (set_dir / "00002.png").stat().st_mtime_ns == 1
-    assert len(_manifest(set_dir)) == 4
+    _zoo(zoo_pipe, tmp_path, n=6)
+    assert _pngs(set_dir) == _pngs(zoo_reference)  # regenerated byte-identical
+    assert all((set_dir / f"{i:05d}.png").stat().st_mtime_ns == 1 for i in (0, 2, 4, 5))
+    assert _manifest(set_dir) == _manifest(zoo_reference)
+    _zoo(zoo_pipe, tmp_path, n=6)  # a finished set: nothing to do, nothing rewritten
+    assert all((set_dir / f"{i:05d}.png").stat().st_mtime_ns == 1 for i in (0, 2, 4, 5))
 
 
-def test_a_larger_n_extends_the_set_and_an_interrupted_run_resumes(zoo_pipe, tmp_path, monkeypatch):
-    reference = _pngs(_zoo(zoo_pipe, tmp_path / "ref", n=6))
-
+def test_an_interrupted_run_resumes_and_a_larger_n_extends_the_set(zoo_pipe, zoo_reference, tmp_path, monkeypatch):
     real_load = gen.load_generation_pipeline
     calls = []
 
@@ -216,26 +234,26 @@ def test_a_larger_n_extends_the_set_and_an_interrupted_run_resumes(zoo_pipe, tmp
             if len(calls) == 2:
                 raise KeyboardInterrupt
             return pipe(**kw)
-        call.device = pipe.device
         return call
 
     monkeypatch.setattr(gen, "load_generation_pipeline", failing_load)
     with pytest.raises(KeyboardInterrupt):
-        _zoo(zoo_pipe, tmp_path / "run", n=4)
-    set_dir = tmp_path / "run" / "micro"
-    assert sorted(_pngs(set_dir)) == ["00000.png", "00001.png"]  # first batch complete, written
+        _zoo(zoo_pipe, tmp_path, n=4)
+    set_dir = tmp_path / "micro"
+    assert sorted(_pngs(set_dir)) == ["00000.png", "00001.png"]  # the first batch is complete and listed
     assert [r["file"] for r in _manifest(set_dir)] == ["00000.png", "00001.png"]
     monkeypatch.setattr(gen, "load_generation_pipeline", real_load)
 
-    _zoo(zoo_pipe, tmp_path / "run", n=4)  # resume
+    _zoo(zoo_pipe, tmp_path, n=4)  # resume
+    reference = _pngs(zoo_reference)
     assert _pngs(set_dir) == {k: v for k, v in reference.items() if k < "00004.png"}
-    _zoo(zoo_pipe, tmp_path / "run", n=6)  # extend
+    _zoo(zoo_pipe, tmp_path, n=6)  # extend
     assert _pngs(set_dir) == reference
     assert len(_manifest(set_dir)) == 6 and json.loads((set_dir / gen.SET_FILE).read_text())["n"] == 6
 
 
-def test_a_set_with_a_different_config_is_refused_unless_overwrite(zoo_pipe, tmp_path):
-    set_dir = _zoo(zoo_pipe, tmp_path, n=2)
+def test_a_set_with_a_different_config_is_refused_unless_overwrite(zoo_pipe, zoo_reference, tmp_path):
+    set_dir = _copy(zoo_reference, tmp_path)
     before = _pngs(set_dir)
     with pytest.raises(FileExistsError) as err:
         _zoo(zoo_pipe, tmp_path, n=2, seed=1, pipeline_kwargs={"num_inference_steps": 3})
@@ -243,8 +261,32 @@ def test_a_set_with_a_different_config_is_refused_unless_overwrite(zoo_pipe, tmp
     assert str(set_dir) in msg and "seed" in msg and "pipeline_kwargs" in msg and "overwrite" in msg
     assert _pngs(set_dir) == before  # untouched
     _zoo(zoo_pipe, tmp_path, n=2, seed=1, overwrite=True)
-    assert _pngs(set_dir) != before
+    after = _pngs(set_dir)
+    assert sorted(after) == ["00000.png", "00001.png"] and after["00000.png"] != before["00000.png"]
     assert [int(r["seed"]) for r in _manifest(set_dir)] == [1, 2]
+    os.utime(set_dir / "00000.png", ns=(1, 1))
+    _zoo(zoo_pipe, tmp_path, n=2, seed=1, overwrite=True)  # overwrite regenerates even under the same config
+    assert (set_dir / "00000.png").stat().st_mtime_ns != 1 and _pngs(set_dir) == after
+
+
+def test_the_set_follows_the_weights_not_the_path(zoo_pipe, zoo_reference, tmp_path):
+    set_dir = _copy(zoo_reference, tmp_path / "out")
+    moved = Path(shutil.copytree(zoo_pipe, tmp_path / "moved"))
+    for p in set_dir.glob("*.png"):
+        os.utime(p, ns=(1, 1))
+    _zoo(moved, tmp_path / "out", n=6)  # same weights elsewhere: the finished set is kept as it is
+    assert all(p.stat().st_mtime_ns == 1 for p in set_dir.glob("*.png"))
+    config_file = moved / "unet" / "config.json"
+    config_file.write_text(config_file.read_text().replace('"layers_per_block": 1', '"layers_per_block": 2'))
+    with pytest.raises(FileExistsError, match="'weights'"):
+        _zoo(moved, tmp_path / "out", n=6)
+
+
+def test_a_set_without_images_takes_the_new_config(zoo_pipe, tmp_path):
+    set_dir = _zoo(zoo_pipe, tmp_path, n=0)  # e.g. a run that died while loading its model
+    _zoo(zoo_pipe, tmp_path, n=0, seed=5)
+    assert json.loads((set_dir / gen.SET_FILE).read_text())["config"]["seed"] == 5
+    assert _manifest(set_dir) == []
 
 
 def test_unknown_folder_contents_and_bad_options_are_refused(zoo_pipe, tmp_path):
@@ -281,9 +323,9 @@ def test_stable_diffusion_loads_without_safety_checker_and_records_prompts(sd_pi
     assert {(r["width"], r["height"]) for r in rows} == {("16", "16")}
     assert json.loads((set_dir / gen.SET_FILE).read_text())["config"]["prompts"] == PROMPTS
     # per-image seeds and prompts: the set made one image per call is the same
-    again = gen.generate_set(str(sd_pipe), tmp_path / "b1", n=4, batch_size=1, prompts=PROMPTS, resolution=16,
+    again = gen.generate_set(str(sd_pipe), tmp_path / "b1", n=2, batch_size=1, prompts=PROMPTS, resolution=16,
                              pipeline_kwargs={**STEPS, "guidance_scale": 7.5}, device="cpu", progress=False)
-    assert _pngs(again) == _pngs(set_dir)
+    assert _pngs(again) == {k: v for k, v in _pngs(set_dir).items() if k < "00002.png"}
 
 
 def test_sdxl_loads_without_watermarker(sdxl_pipe, tmp_path, monkeypatch):
@@ -310,8 +352,8 @@ def test_sdxl_loads_without_watermarker(sdxl_pipe, tmp_path, monkeypatch):
 def test_vq_diffusion_is_assembled_and_called_one_image_at_a_time(vqd_pipe, tmp_path):
     pipe = gen.load_generation_pipeline(str(vqd_pipe), device="cpu")
     assert type(pipe).__name__ == "VQDiffusionPipeline"
-    kwargs = dict(n=3, prompts=PROMPTS, pipeline_kwargs={**STEPS, "guidance_scale": 2.0}, device="cpu",
-                  progress=False)
+    kwargs = {"n": 3, "prompts": PROMPTS, "pipeline_kwargs": {**STEPS, "guidance_scale": 2.0}, "device": "cpu",
+              "progress": False}
     set_dir = gen.generate_set(str(vqd_pipe), tmp_path / "b2", batch_size=2, **kwargs)
     assert [r["prompt"] for r in _manifest(set_dir)] == PROMPTS
     assert _pngs(set_dir) == _pngs(gen.generate_set(str(vqd_pipe), tmp_path / "b1", batch_size=1, **kwargs))
@@ -336,7 +378,7 @@ def test_kandinsky_decoder_is_loaded_with_its_prior(tmp_path, monkeypatch):
 
     monkeypatch.setattr(AutoPipelineForText2Image, "from_pretrained", fake)
     assert isinstance(gen.load_generation_pipeline(str(tmp_path), device="cpu"), Stub)
-    assert loaded == {"source": str(tmp_path), "torch_dtype": torch.float32}
+    assert loaded == {"source": str(tmp_path), "dtype": torch.float32}
     assert gen.pipeline_class("KandinskyPipeline").__name__ == "KandinskyCombinedPipeline"
 
 
@@ -353,7 +395,8 @@ def test_hydra_entry_point(zoo_pipe, tmp_path):
     cmd = [sys.executable, "-m", "data_gen.generate", "model=kl-a", f"model.source={zoo_pipe}",
            f"paths.root_dir={tmp_path}", "n=3", "batch_size=2", "device=cpu", "progress=false",
            "model.generation.num_inference_steps=2", f"hydra.run.dir={tmp_path / 'hydra'}"]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     set_dir = tmp_path / "results" / "cache" / "images" / "kl-a"  # the default output: ${paths.cache_dir}/images
     assert sorted(_pngs(set_dir)) == ["00000.png", "00001.png", "00002.png"]

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny random-init autoencoders built from config dicts (diffusers-style), no downloads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_CONFIGS = {
+    "AutoencoderKL": dict(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, norm_num_groups=4, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, mid_block_add_attention=False,
+    ),
+    "VQModel": dict(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, norm_num_groups=4, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, num_vq_embeddings=32, vq_embed_dim=4,
+        mid_block_add_attention=False,
+    ),
+    "AutoencoderTiny": dict(
+        in_channels=3, out_channels=3, latent_channels=4, encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1),
+        upsampling_scaling_factor=2, act_fn="relu",
+    ),
+}
+
+
+def make_autoencoder(class_name: str, seed: int):
+    import diffusers
+
+    torch.manual_seed(seed)
+    return getattr(diffusers, class_name)(**TINY_CONFIGS[class_name]).eval()
+
+
+def save_png(x: torch.Tensor, path: Path) -> Path:
+    """(3, H, W) in [0, 1] -> 8-bit RGB PNG."""
+    arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def decoded_images(ae, n: int, seed: int) -> torch.Tensor:
+    """Images the autoencoder's decoder makes from random latents (what a generator built on it outputs)."""
+    from latenttracer.autoencoders import Autoencoder
+
+    wrapped = ae if isinstance(ae, Autoencoder) else Autoencoder(ae, _kind(ae), "x", 32)
+    probe = wrapped.encode(torch.zeros(1, 3, 32, 32))
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, *probe.shape[1:]), generator=g) * 0.5
+    with torch.no_grad():
+        return wrapped.decode(z)
+
+
+def _kind(ae) -> str:
+    return {"AutoencoderKL": "kl", "VQModel": "vq", "AutoencoderTiny": "tiny"}[type(ae).__name__]
+
+
+def natural_crops(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Crops of a photograph shipped with scikit-image (no download)."""
+    from skimage import data
+
+    photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
+    g = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        i, j = g.integers(0, photo.shape[1] - size, 2)
+        out.append(photo[:, i:i + size, j:j + size])
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Each tiny autoencoder (and a sibling with other weights) saved as a bare save_pretrained dir."""
+    root = tmp_path_factory.mktemp("tiny_aes")
+    out = {}
+    for name in TINY_CONFIGS:
+        for seed in (0, 1):
+            d = root / f"{name}-{seed}"
+            make_autoencoder(name, seed).save_pretrained(d)
+            out[f"{name}-{seed}"] = d
+    return out

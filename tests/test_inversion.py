@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+from conftest import TINY_CONFIGS, decoded_images, make_autoencoder, natural_crops
+
+from latenttracer.autoencoders import Autoencoder, load_autoencoder
+from latenttracer.inversion import InversionConfig, authors_lr, invert
+
+FAST = InversionConfig(steps=40, batch_size=64)
+
+
+def quantise(x):
+    return (x * 255).round() / 255  # what saving as an 8-bit PNG does
+
+
+@pytest.mark.parametrize("class_name", list(TINY_CONFIGS))
+def test_belonging_images_score_far_below_sibling_and_natural(tiny_dirs, class_name):
+    ae = load_autoencoder(tiny_dirs[f"{class_name}-0"], resolution=32)
+    sibling = load_autoencoder(tiny_dirs[f"{class_name}-1"], resolution=32)
+    own, other, natural = quantise(decoded_images(ae, 6, 0)), quantise(decoded_images(sibling, 6, 0)), natural_crops(6)
+    res = invert(ae, torch.cat([own, other, natural]), FAST)
+    s = torch.tensor([r.score for r in res])
+    s_own, s_other, s_nat = s[:6], s[6:12], s[12:]
+    assert s_own.max() < s_other.min(), (s_own, s_other)
+    assert s_own.median() < 0.7 * s_other.median()
+    assert s_own.max() < s_nat.median()
+    assert all(r.status == "ok" and r.score <= r.init_loss for r in res)
+
+
+def test_batch_independence(tiny_dirs):
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    images = torch.cat([natural_crops(8, seed=3), quantise(decoded_images(ae, 8, 1))])
+    cfg = InversionConfig(steps=30, batch_size=16)
+    together = invert(ae, images, cfg)
+    for k in (0, 9):
+        alone = invert(ae, images[k:k + 1], cfg)[0]
+        assert abs(alone.score - together[k].score) / together[k].score < 1e-5
+        assert alone.best_step == together[k].best_step
+
+
+def test_authors_lr_schedule_values():
+    assert authors_lr(0.05, 0) == 0.05
+    assert {authors_lr(0.05, i) for i in range(1, 51)} == {0.025}
+    assert {authors_lr(0.05, i) for i in range(51, 100)} == {0.0125}
+    assert authors_lr(0.05, 101) == 0.00625
+    assert authors_lr(0.05, 77, "constant") == 0.05
+
+
+def _authors_reference(ae, x, steps, lr):
+    """The authors' loop, transcribed: score before each update, halve lr after steps with i % 50 == 0."""
+    z = ae.encode(x).clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    losses, lrs = [], []
+    for i in range(steps):
+        loss = torch.nn.MSELoss(reduction="none")(x, ae.decode(z)).mean()
+        losses.append(loss.item())
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i % 50 == 0:
+            for g in opt.param_groups:
+                g["lr"] *= 0.5
+    return losses, lrs
+
+
+def test_engine_matches_authors_loop_step_by_step(tiny_dirs):
+    ae = load_autoencoder(tiny_dirs["AutoencoderTiny-0"], resolution=32)
+    x = natural_crops(1, seed=5)
+    steps = 60  # covers both halvings (after step 0 and after step 50)
+    ref_losses, ref_lrs = _authors_reference(ae, x, steps, 0.05)
+    assert ref_lrs == [authors_lr(0.05, i) for i in range(steps)]
+    res = invert(ae, x, InversionConfig(steps=steps, record_trajectory=True))[0]
+    assert len(res.trajectory) == steps
+    torch.testing.assert_close(torch.tensor(res.trajectory), torch.tensor(ref_losses), rtol=1e-5, atol=1e-9)
+    assert res.score == pytest.approx(min(ref_losses), rel=1e-5)
+    assert res.init_loss == pytest.approx(ref_losses[0], rel=1e-6)
+    assert res.best_step == min(range(steps), key=ref_losses.__getitem__)
+
+
+def test_steps_zero_is_plain_reconstruction_and_last_strategy(tiny_dirs):
+    ae = load_autoencoder(tiny_dirs["VQModel-0"], resolution=32)
+    x = natural_crops(3, seed=2)
+    zero = invert(ae, x, InversionConfig(steps=0))
+    plain = ((ae.decode(ae.encode(x)) - x) ** 2).flatten(1).mean(1)
+    for r, p in zip(zero, plain):
+        assert r.score == pytest.approx(p.item(), rel=1e-5) and r.best_step == 0 and r.score == r.init_loss
+    last = invert(ae, x, InversionConfig(steps=10, strategy="last", record_trajectory=True))
+    assert all(r.score == r.trajectory[-1] and r.best_step == 9 for r in last)
+
+
+def test_l1_distance_and_init_options(tiny_dirs):
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    x = natural_crops(2, seed=7)
+    l1 = invert(ae, x, InversionConfig(steps=0, distance="l1"))[0]
+    assert l1.score == pytest.approx((ae.decode(ae.encode(x[:1])) - x[:1]).abs().mean().item(), rel=1e-5)
+    zeros = invert(ae, x, InversionConfig(steps=0, init="zeros"))[0]
+    assert zeros.init_loss == pytest.approx(((ae.decode(torch.zeros_like(ae.encode(x[:1]))) - x[:1]) ** 2).mean().item(), rel=1e-5)
+
+
+def test_random_init_is_deterministic_per_seed(tiny_dirs):
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    x = natural_crops(3, seed=1)
+    cfg = InversionConfig(init="random", steps=5, seed=3)
+    a, b = invert(ae, x, cfg), invert(ae, x, cfg)
+    assert [r.score for r in a] == [r.score for r in b]
+    c = invert(ae, x, InversionConfig(init="random", steps=5, seed=4))
+    assert [r.init_loss for r in a] != [r.init_loss for r in c]
+    assert cfg.hash() != InversionConfig(init="random", steps=5, seed=4).hash()
+    assert InversionConfig(seed=1).hash() == InversionConfig(seed=2, batch_size=3, device="cpu").hash()
+
+
+def test_non_finite_loss_fails_that_image_only(tiny_dirs):
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    x = natural_crops(4, seed=9)
+    bad = x.clone()
+    bad[2, 0, 0, 0] = math.nan
+    cfg = InversionConfig(steps=8)
+    res = invert(ae, bad, cfg)
+    assert res[2].status == "failed" and "non-finite loss" in res[2].reason and math.isnan(res[2].score)
+    clean = invert(ae, x[[0, 1, 3]], cfg)
+    for got, want in zip([res[0], res[1], res[3]], clean):
+        assert got.status == "ok" and got.score == pytest.approx(want.score, rel=1e-5)
+
+
+def test_config_validation_names_the_key():
+    with pytest.raises(ValueError, match="inversion.init"):
+        InversionConfig(init="noise")
+    with pytest.raises(ValueError, match="inversion.lr"):
+        InversionConfig(lr=-1)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stpes'\]"):
+        InversionConfig.from_dict({"stpes": 3})
+
+
+def test_images_shape_checked(tiny_dirs):
+    ae = Autoencoder(make_autoencoder("AutoencoderKL", 0), "kl", "a", 32)
+    with pytest.raises(ValueError, match="expected shape"):
+        invert(ae, torch.rand(3, 32, 32))
