@@ -12,6 +12,7 @@ from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)  # tiny models: extra threads only spin; run files in parallel with -n 2 instead
 
 TINY_CONFIGS = {
     "AutoencoderKL": dict(

@@ -1,0 +1,111 @@
+"""`latenttracer trace` end to end, and resume after a hard kill, on tiny random-init autoencoders."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import decoded_images, natural_crops, save_png
+
+from latenttracer.autoencoders import load_autoencoder
+from latenttracer.cli import CSV_COLUMNS, main
+
+FAST = ["--steps", "20", "--batch-size", "4", "--quiet"]
+
+
+@pytest.fixture()
+def folders(tmp_path, tiny_dirs):
+    ae = load_autoencoder(tiny_dirs["AutoencoderTiny-0"], resolution=32)
+    sib = load_autoencoder(tiny_dirs["AutoencoderTiny-1"], resolution=32)
+    out = {}
+    for name, images in {"own": decoded_images(ae, 6, 0), "cal": decoded_images(ae, 6, 1),
+                         "other": decoded_images(sib, 6, 0), "real": natural_crops(6)}.items():
+        d = tmp_path / name
+        d.mkdir()
+        for i, x in enumerate(images):
+            save_png(x, d / f"{i:03d}.png")
+        out[name] = d
+    return out
+
+
+def _run(*args):
+    return main(["trace", *map(str, args)])
+
+
+def test_trace_calibrate_end_to_end(tmp_path, tiny_dirs, folders, capsys):
+    model = tiny_dirs["AutoencoderTiny-0"]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("own", "other", "real"):
+        for f in sorted(folders[name].iterdir())[:3]:
+            (mixed / f"{name}_{f.name}").write_bytes(f.read_bytes())
+    (mixed / "broken.png").write_bytes(b"not an image at all")
+    out = tmp_path / "scores.csv"
+    cache = tmp_path / "cache"
+    code = _run("--model", model, "--images", mixed, "--out", out, "--calibrate", folders["cal"], "--cache", cache,
+                "--resolution", 32, "--on-bad-image", "skip", *FAST)
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "calibrated at 95% TPR on 6 images" in printed.err
+    assert "1 skipped" in printed.out and "wrote" in printed.out
+    df = pd.read_csv(out)
+    assert list(df.columns) == CSV_COLUMNS
+    assert len(df) == 10
+    broken = df[df["path"].str.endswith("broken.png")].iloc[0]
+    assert broken["status"] == "skipped" and "not an image" in broken["reason"]
+    ok = df[df["status"] == "ok"]
+    own = ok[ok["path"].str.contains("own_")]
+    rest = ok[~ok["path"].str.contains("own_")]
+    assert own["belonging"].all() and not rest["belonging"].any()
+    assert own["score"].max() < rest["score"].min()
+    # A rerun recomputes nothing.
+    assert _run("--model", model, "--images", mixed, "--out", out, "--threshold", 1e-3, "--cache", cache,
+                "--resolution", 32, "--on-bad-image", "skip", *FAST) == 0
+    again = pd.read_csv(out)
+    assert again.loc[again["status"] == "ok", "cached"].all()
+    pd.testing.assert_series_equal(again["score"], df["score"])
+
+
+def test_trace_without_threshold_leaves_belonging_empty_and_errors(tmp_path, tiny_dirs, folders, capsys):
+    out = tmp_path / "s.csv"
+    assert _run("--model", tiny_dirs["AutoencoderKL-0"], "--images", folders["real"], "--out", out, "--no-cache",
+                "--resolution", 32, *FAST) == 0
+    df = pd.read_csv(out)
+    assert df["belonging"].isna().all() and (df["status"] == "ok").all()
+    assert "no threshold given" in capsys.readouterr().out
+    (folders["real"] / "zero.png").write_bytes(b"")
+    assert _run("--model", tiny_dirs["AutoencoderKL-0"], "--images", folders["real"], "--out", out, "--no-cache",
+                "--resolution", 32, *FAST) == 2
+    assert "zero.png: empty file" in capsys.readouterr().err
+    assert _run("--model", tmp_path / "nope", "--images", folders["real"], "--out", out, *FAST) == 2
+    assert "nope: no such directory" in capsys.readouterr().err
+
+
+def test_resume_after_kill_9_recomputes_nothing_done(tmp_path, tiny_dirs):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i, x in enumerate(natural_crops(24, seed=11)):
+        save_png(x, src / f"{i:03d}.png")
+    cache, out = tmp_path / "cache", tmp_path / "s.csv"
+    args = [sys.executable, "-m", "latenttracer.cli", "trace", "--model", str(tiny_dirs["AutoencoderKL-0"]),
+            "--images", str(src), "--out", str(out), "--cache", str(cache), "--resolution", "32",
+            "--steps", "60", "--batch-size", "4", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    chunks = len(list(cache.glob("part-*.parquet")))
+    assert 2 <= chunks < 6, "the kill must land mid-run"
+    assert not out.exists()
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    df = pd.read_csv(out)
+    assert len(df) == 24 and (df["status"] == "ok").all()
+    assert df["cached"].sum() >= 4 * chunks  # every batch finished before the kill was reused
+    assert len(list(cache.glob("part-*.parquet"))) == 6  # and only the missing batches were computed
