@@ -31,12 +31,13 @@ import argparse
 import contextlib
 import copy
 import json
-import math
+import multiprocessing
 import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +49,7 @@ from data_gen import real_images
 RESOLUTION = 32
 LATENT_CHANNELS = 4
 NUM_TRAIN_TIMESTEPS = 1000
+_BAR = {"position": None}  # tqdm line of this process's bars; set only inside --jobs worker processes
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,14 @@ class Budget:
     """Training sizes. The defaults are the shipped zoo; :data:`MICRO` is a smoke run for tests."""
 
     n_crops: int = 20000          # training crops (shared by all members; data seed 0)
-    ae_steps: int = 800
+    ae_steps: int = 1200
     ae_batch: int = 32
     ae_lr: float = 2e-3
     kl_weight: float = 1e-6       # weight of the KL term (summed over latent elements) against pixel MSE
     finetune_steps: int = 300     # kl-a-ft: decoder-only steps
     finetune_lr: float = 5e-4
-    prior_steps: int = 1200
-    prior_batch: int = 96
+    prior_steps: int = 800
+    prior_batch: int = 64
     prior_lr: float = 1e-3
     ema_decay: float = 0.995
     n_heldout: int = 256          # held-out real crops (eval photos) for the card's PSNR
@@ -193,8 +195,8 @@ def decoder_speed(ae, batch: int = 256, reps: int = 3, threads: int | None = 2) 
     ae.eval()
     flags = [p.requires_grad for p in ae.parameters()]
     ae.requires_grad_(False)
-    factor = size // _latent_size(ae, size)
-    z = torch.randn(batch, LATENT_CHANNELS, size // factor, size // factor)
+    latent = _latent_size(ae, size)
+    z = torch.randn(batch, LATENT_CHANNELS, latent, latent)
     target = torch.rand(batch, 3, size, size)
     with FlopCounterMode(display=False) as counter:
         decode_for_inversion(ae, z[:1])
@@ -269,7 +271,7 @@ def train_autoencoder(ae, kind: str, crops01: torch.Tensor, budget: Budget, seed
     counts = torch.zeros(ae.config.num_vq_embeddings) if kind == "vq" else None
     ae.train()
     bar = tqdm(_batches(len(crops01), budget.ae_batch, budget.ae_steps, gen), total=budget.ae_steps, desc=desc,
-               leave=False)
+               leave=False, position=_BAR["position"])
     mse = torch.tensor(float("nan"))
     for step, idx in enumerate(bar):
         x = crops01[idx] * 2 - 1
@@ -295,7 +297,7 @@ def train_autoencoder(ae, kind: str, crops01: torch.Tensor, budget: Budget, seed
         if step % 20 == 0:
             bar.set_postfix(mse01=f"{mse.item() / 4:.2e}")
     ae.eval()
-    return {"final_train_mse01": float(mse) / 4}
+    return {"final_train_mse01": mse.item() / 4}
 
 
 def finetune_decoder(ae, crops01: torch.Tensor, budget: Budget, seed: int, desc: str) -> dict:
@@ -313,7 +315,7 @@ def finetune_decoder(ae, crops01: torch.Tensor, budget: Budget, seed: int, desc:
     ae.decoder.train()
     loss = torch.tensor(float("nan"))
     for idx in tqdm(_batches(len(crops01), budget.ae_batch, budget.finetune_steps, gen),
-                    total=budget.finetune_steps, desc=desc, leave=False):
+                    total=budget.finetune_steps, desc=desc, leave=False, position=_BAR["position"]):
         x = crops01[idx] * 2 - 1
         with torch.no_grad():
             z = ae.encode(x).latent_dist.sample(gen)
@@ -323,7 +325,7 @@ def finetune_decoder(ae, crops01: torch.Tensor, budget: Budget, seed: int, desc:
         loss.backward()
         opt.step()
     ae.eval().requires_grad_(True)
-    return {"final_finetune_loss": float(loss)}
+    return {"final_finetune_loss": loss.item()}
 
 
 def latents_for_prior(ae, crops01: torch.Tensor, batch: int = 512) -> torch.Tensor:
@@ -343,7 +345,7 @@ def train_prior(unet, latents: torch.Tensor, budget: Budget, seed: int, desc: st
                                                 total_steps=max(budget.prior_steps, 2), pct_start=0.05)
     unet.train()
     bar = tqdm(_batches(len(latents), budget.prior_batch, budget.prior_steps, gen), total=budget.prior_steps,
-               desc=desc, leave=False)
+               desc=desc, leave=False, position=_BAR["position"])
     loss = torch.tensor(float("nan"))
     for step, idx in enumerate(bar):
         z0 = latents[idx]
@@ -362,7 +364,7 @@ def train_prior(unet, latents: torch.Tensor, budget: Budget, seed: int, desc: st
                 pe.lerp_(p, 1 - decay)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    return ema.eval(), {"final_prior_loss": float(loss)}
+    return ema.eval(), {"final_prior_loss": loss.item()}
 
 
 # -- members -----------------------------------------------------------------------------------------------------
@@ -385,7 +387,10 @@ def load_member(member_dir: str | Path):
 
 
 def _card_readme(card: dict) -> str:
-    s = card["speed"]
+    s = card.get("speed")
+    speed = (f"| decoder | {s['decoder_params']} params, {s['decoder_mflop_per_image']:.1f} MFLOP/image |\n"
+             f"| decoder fwd+bwd | {s['image_steps_per_s']:.0f} image-steps/s (batch {s['batch']}, {s['threads']} "
+             "threads, fp32, w.r.t. the latent) |\n") if s else ""
     return (
         f"# Zoo member `{card['name']}`\n\n"
         f"A small latent generative model trained by `data_gen/zoo.py` (stands in for {card['stands_in_for']}).\n"
@@ -402,27 +407,41 @@ def _card_readme(card: dict) -> str:
         f" prior {card['seconds']['prior']:.0f}) |\n"
         f"| scaling factor | {card['scaling_factor']:.4f} |\n"
         f"| PSNR, held-out real crops | {card['psnr_heldout_real_db']:.2f} dB ({card['n_heldout']} crops) |\n"
-        f"| decoder | {s['decoder_params']} params, {s['decoder_mflop_per_image']:.1f} MFLOP/image |\n"
-        f"| decoder fwd+bwd | {s['image_steps_per_s']:.0f} image-steps/s (batch {s['batch']}, {s['threads']} "
-        f"threads, fp32) |\n\n"
+        + speed + "\n"
         "Training data: crops of the photos marked `train` in `data_gen/real_images.py` (licences there); the "
         "`eval` photos are never seen in training. Full configuration in `card.json`.\n")
+
+
+def _write_card(member_dir: Path, card: dict) -> None:
+    (member_dir / "card.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
+    (member_dir / "README.md").write_text(_card_readme(card))
 
 
 def _save_member(out: Path, pipe, card: dict) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / "card.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
-    (tmp / "README.md").write_text(_card_readme(card))
+    _write_card(tmp, card)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
 
+def add_speed_to_card(member_dir: str | Path, batch: int = 256, threads: int = 2) -> dict:
+    """Measure a saved member's decoder with :func:`decoder_speed` and record it in its card; return the card."""
+    member_dir = Path(member_dir)
+    card = json.loads((member_dir / "card.json").read_text())
+    card["speed"] = decoder_speed(load_member(member_dir).vqvae, batch=batch, threads=threads)
+    _write_card(member_dir, card)
+    return card
+
+
 def train_member(member: Member, out_root: str | Path, budget: Budget = Budget(),
                  crops01: torch.Tensor | None = None, heldout01: torch.Tensor | None = None,
-                 resolution: int = RESOLUTION) -> dict:
+                 resolution: int = RESOLUTION, measure_speed: bool = True) -> dict:
     """Train one member and save it to ``out_root/<name>``; return its card.
+
+    ``measure_speed=False`` leaves the decoder speed out of the card (add it later with
+    :func:`add_speed_to_card`, e.g. once parallel training has finished and the cores are quiet).
 
     A member with ``base`` loads ``out_root/<base>`` (train that first), fine-tunes its decoder and reuses its
     prior and scaling factor. ``crops01`` / ``heldout01`` default to the shared training crops and the held-out
@@ -434,8 +453,7 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
     if crops01 is None:
         crops01 = real_images.training_crops(resolution, budget.n_crops, seed=0)
     if heldout01 is None:
-        heldout01 = torch.from_numpy(real_images.make_eval_crops(resolution, budget.n_heldout, seed=0)[0]
-                                     ).permute(0, 3, 1, 2).float() / 255
+        heldout01 = _heldout(resolution, budget.n_heldout)
     t_start = time.perf_counter()
     torch.manual_seed(member.seed)
     with _deterministic():
@@ -464,7 +482,6 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
             prior_stats = {"prior_reused_from": member.base}
             ae_steps, prior_steps = base_card["autoencoder_steps"], base_card["prior_steps"]
     t_end = time.perf_counter()
-    speed = decoder_speed(ae, batch=budget.speed_batch, threads=budget.speed_threads)
     latent = _latent_size(ae, resolution)
     card = {
         "name": member.name, "stands_in_for": member.stands_in_for, "kind": member.kind,
@@ -476,33 +493,81 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
         "seconds": {"autoencoder": t_ae - t_start, "prior": t_end - t_ae, "total": t_end - t_start},
         "psnr_heldout_real_db": psnr(ae, heldout01), "n_heldout": len(heldout01),
         "psnr_train_db": psnr(ae, crops01[:len(heldout01)]),
-        "speed": speed, "stats": {**ae_stats, **prior_stats}, "budget": asdict(budget),
+        "stats": {**ae_stats, **prior_stats}, "budget": asdict(budget),
         "training_data": {"photos": [p.name for p in real_images.photos("train")], "n_crops": len(crops01),
                           "data_seed": 0},
         "autoencoder_config": dict(ae.config), "unet_config": dict(unet.config),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
     }
     _save_member(out_root / member.name, make_pipeline(ae, unet), card)
+    if measure_speed:
+        card = add_speed_to_card(out_root / member.name, budget.speed_batch, budget.speed_threads)
     return card
 
 
+def _heldout(resolution: int, n: int) -> torch.Tensor:
+    return torch.from_numpy(real_images.make_eval_crops(resolution, n, seed=0)[0]).permute(0, 3, 1, 2).float() / 255
+
+
+def _worker_init(threads: int, counter) -> None:
+    torch.set_num_threads(threads)
+    with counter.get_lock():
+        _BAR["position"] = 1 + counter.value
+        counter.value += 1
+
+
+def _worker_train(name: str, out_root: str, budget: Budget, resolution: int) -> dict:
+    return train_member(MEMBERS[name], out_root, budget, resolution=resolution, measure_speed=False)
+
+
+def _report(card: dict) -> None:
+    tqdm.write(f"{card['name']}: {card['seconds']['total']:.0f}s, PSNR held-out {card['psnr_heldout_real_db']:.2f} dB")
+
+
 def train_zoo(out_root: str | Path, names: list[str] | None = None, budget: Budget = Budget(),
-              resolution: int = RESOLUTION) -> list[dict]:
-    """Train the named members (default: all, in dependency order) into ``out_root``; return their cards."""
+              resolution: int = RESOLUTION, jobs: int = 1, threads: int = 1) -> list[dict]:
+    """Train the named members (default: all) into ``out_root``; return their cards.
+
+    ``jobs > 1`` trains that many members at once in worker processes of ``threads`` intra-op threads each
+    (single-threaded processes use the cores better than multi-threaded ones on a shared machine, and keep
+    each member bit-reproducible); a fine-tuned member starts when its base is done.
+    """
     names = list(MEMBERS) if not names else names
     unknown = [n for n in names if n not in MEMBERS]
     if unknown:
         raise ValueError(f"--members: unknown member(s) {unknown}; known: {list(MEMBERS)}")
     names = [n for n in MEMBERS if n in names]  # bases before the members that fine-tune them
-    crops01 = real_images.training_crops(resolution, budget.n_crops, seed=0)
-    heldout01 = torch.from_numpy(real_images.make_eval_crops(resolution, budget.n_heldout, seed=0)[0]
-                                 ).permute(0, 3, 1, 2).float() / 255
+    bar = tqdm(total=len(names), desc="zoo", position=0)
     cards = []
-    for name in tqdm(names, desc="zoo", leave=True):
-        card = train_member(MEMBERS[name], out_root, budget, crops01, heldout01, resolution)
-        tqdm.write(f"{name}: {card['seconds']['total']:.0f}s, PSNR held-out {card['psnr_heldout_real_db']:.2f} dB, "
-                   f"decoder {card['speed']['image_steps_per_s']:.0f} image-steps/s")
-        cards.append(card)
+    if jobs <= 1:
+        with _threads(threads):
+            crops01 = real_images.training_crops(resolution, budget.n_crops, seed=0)
+            heldout01 = _heldout(resolution, budget.n_heldout)
+            for name in names:
+                cards.append(train_member(MEMBERS[name], out_root, budget, crops01, heldout01, resolution))
+                _report(cards[-1])
+                bar.update()
+        bar.close()
+        return cards
+    ctx = multiprocessing.get_context("spawn")
+    later = [n for n in names if MEMBERS[n].base in names]
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, ctx.Value("i", 0))) as pool:
+        submit = lambda n: pool.submit(_worker_train, n, str(out_root), budget, resolution)  # noqa: E731
+        pending = {submit(n): n for n in names if n not in later}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                name = pending.pop(fut)
+                cards.append(fut.result())
+                _report(cards[-1])
+                bar.update()
+                for n in [n for n in later if MEMBERS[n].base == name]:
+                    later.remove(n)
+                    pending[submit(n)] = n
+    bar.close()
+    cards = [add_speed_to_card(Path(out_root) / c["name"], budget.speed_batch, budget.speed_threads)
+             for c in sorted(cards, key=lambda c: list(MEMBERS).index(c["name"]))]
     return cards
 
 
@@ -561,16 +626,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro", action="store_true", help="a few training steps only (smoke test)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: bit-reproducible, and robust on a shared machine)")
+    parser.add_argument("--jobs", type=int, default=2, help="members trained at once, one process each (default 2)")
     parser.add_argument("--grid", default=None, metavar="PNG",
                         help="draw the sample grid of the zoo in --out to PNG instead of training")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.members.split(",") if n.strip()]
-    with _threads(args.threads):
-        if args.grid:
+    if args.grid:
+        with _threads(args.threads):
             print(draw_grid(args.out, args.grid, names=names or None))
-            return 0
-        t0 = time.perf_counter()
-        cards = train_zoo(args.out, names, MICRO if args.micro else Budget())
+        return 0
+    t0 = time.perf_counter()
+    cards = train_zoo(args.out, names, MICRO if args.micro else Budget(), jobs=args.jobs, threads=args.threads)
     print(f"\ntrained {len(cards)} member(s) into {args.out} in {time.perf_counter() - t0:.0f}s")
     for c in cards:
         print(f"  {c['name']:8s} {c['autoencoder_class']:16s} {c['seconds']['total']:6.0f}s  "

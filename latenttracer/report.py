@@ -1,0 +1,347 @@
+"""Tables and figures from stored results: Markdown / CSV / LaTeX tables and PNG + PDF figures.
+
+Two frames feed everything here:
+
+* **cells**: one row per (inspected model, source) with the fields of :class:`latenttracer.metrics.DetectionMetrics`
+  (``auc, ap, tpr_at_1fpr, tpr_at_5fpr, threshold, accuracy, balanced_accuracy, tpr, fpr, n_belonging,
+  n_non_belonging``) plus ``inspected``, ``source`` and ``n_failed``. ``source`` is a model name, ``real``, or
+  ``all`` (every non-belonging image pooled).
+* **scores**: one row per (inspected model, image): ``inspected, source, split, path, score, init_loss,
+  best_step, status, trajectory``. ``split`` is ``calibration`` or ``evaluation``; the belonging images of an
+  inspected model are its own ``evaluation`` rows, the non-belonging ones every other source's ``evaluation``
+  rows.
+
+Every file is written atomically (a temporary file in the same directory, then :func:`os.replace`), so a reader
+never sees half a table. Figures use matplotlib's Agg backend (no display needed) and are not shown.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from latenttracer.metrics import roc_points
+
+__all__ = [
+    "METRIC_LABELS",
+    "atomic_write",
+    "atomic_write_frame",
+    "atomic_write_text",
+    "belonging_split",
+    "loss_histograms",
+    "mean_loss_vs_step",
+    "metric_matrix",
+    "metric_vs_param",
+    "roc_curves",
+    "save_figure",
+    "tables_latex",
+    "tables_markdown",
+    "upsert_csv",
+    "write_tables",
+]
+
+METRIC_LABELS = {
+    "auc": "AUC", "ap": "AP", "tpr_at_1fpr": "TPR@1%FPR", "tpr_at_5fpr": "TPR@5%FPR",
+    "accuracy": "accuracy at the calibrated threshold", "balanced_accuracy": "balanced accuracy",
+    "tpr": "TPR at the calibrated threshold", "fpr": "FPR at the calibrated threshold",
+}
+
+
+# -- atomic files -----------------------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then move it onto ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` as CSV or Parquet, chosen by the suffix of ``path``."""
+    suffix = Path(path).suffix
+    if suffix == ".csv":
+        return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    if suffix == ".parquet":
+        return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    raise ValueError(f"{path}: cannot write a table as {suffix!r}; use .csv or .parquet")
+
+
+def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
+    """Merge ``rows`` into the CSV at ``path``: rows with the same ``key`` are replaced, others kept.
+
+    Rows keep their first position in the file; the file is rewritten atomically. Not safe against two writers
+    at once on its own: callers running in parallel hold a lock around it. Returns the merged table.
+    """
+    path = Path(path)
+    missing = [k for k in key if k not in rows.columns]
+    if missing:
+        raise KeyError(f"{path}: rows lack the key column(s) {missing}")
+    if path.exists():
+        old = pd.read_csv(path)
+        lost = [k for k in key if k not in old.columns]
+        if lost:
+            raise ValueError(f"{path}: existing file lacks the key column(s) {lost}; move it away or delete it")
+        merged = pd.concat([old, rows], ignore_index=True)
+    else:
+        merged = rows.copy()
+    # Compare keys as text so that a float read back from the CSV equals the float written.
+    key_text = merged[list(key)].astype(str).agg("\x1f".join, axis=1)
+    merged = merged[~key_text.duplicated(keep="last")].reset_index(drop=True)
+    atomic_write_frame(merged, path)
+    return merged
+
+
+# -- tables -----------------------------------------------------------------------------------------------------
+def _ordered(values: Iterable[str], first: Sequence[str] = (), last: Sequence[str] = ("real", "all")) -> list[str]:
+    seen = list(dict.fromkeys(values))
+    head = [v for v in first if v in seen]
+    tail = [v for v in last if v in seen and v not in head]
+    return head + [v for v in seen if v not in head and v not in tail] + tail
+
+
+def metric_matrix(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``metric`` as a matrix: rows are inspected models, columns sources (``real`` and ``all`` last).
+
+    Cells that were not evaluated (an inspected model against its own images) are NaN.
+    """
+    if metric not in cells.columns:
+        raise KeyError(f"metric {metric!r} is not a column of the cells table ({list(cells.columns)})")
+    rows = _ordered(cells["inspected"])
+    cols = _ordered(cells["source"], first=rows)
+    return cells.pivot_table(index="inspected", columns="source", values=metric, aggfunc="last",
+                             dropna=False).reindex(index=rows, columns=cols)
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3g}" if metric == "threshold" else f"{value:.3f}"
+
+
+def _counts_line(cells: pd.DataFrame) -> str:
+    nb = cells["n_belonging"]
+    per = cells[cells["source"] != "all"]["n_non_belonging"]
+    failed = int(cells.get("n_failed", pd.Series([0])).max())
+    text = (f"Belonging (evaluated) images per inspected model: {int(nb.min())}"
+            + (f"–{int(nb.max())}" if nb.max() != nb.min() else "")
+            + f"; non-belonging images per cell: {int(per.min()) if len(per) else 0}"
+            + (f"–{int(per.max())}" if len(per) and per.max() != per.min() else "") + ".")
+    if failed:
+        text += f" Images whose inversion failed (dropped): up to {failed} per cell."
+    return text
+
+
+def tables_markdown(cells: pd.DataFrame, metrics: Sequence[str], title: str = "Table 1",
+                    notes: Sequence[str] = ()) -> str:
+    """One Markdown matrix (inspected x source) per metric, with the counts and ``notes`` under the title."""
+    lines = [f"# {title}", ""]
+    lines += [_counts_line(cells)] + [str(n) for n in notes] + [""]
+    for metric in metrics:
+        m = metric_matrix(cells, metric)
+        lines += [f"## {METRIC_LABELS.get(metric, metric)}", "",
+                  "| inspected \\ source | " + " | ".join(m.columns) + " |",
+                  "|---" * (len(m.columns) + 1) + "|"]
+        for name, row in m.iterrows():
+            lines.append(f"| {name} | " + " | ".join(_fmt(v, metric) for v in row.values) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def tables_latex(cells: pd.DataFrame, metrics: Sequence[str], caption: str = "Table 1") -> str:
+    """One ``tabular`` (booktabs rules) per metric, inspected models as rows and sources as columns."""
+    out = [f"% {caption}: generated by latenttracer.report.tables_latex; needs \\usepackage{{booktabs}}"]
+    for metric in metrics:
+        m = metric_matrix(cells, metric)
+        label = _tex_escape(METRIC_LABELS.get(metric, metric))
+        out += [r"\begin{table}[t]", r"\centering", r"\small",
+                rf"\caption{{{_tex_escape(caption)}: {label} (rows: inspected model; columns: image source).}}",
+                r"\begin{tabular}{l" + "c" * len(m.columns) + "}", r"\toprule",
+                "inspected & " + " & ".join(_tex_escape(c) for c in m.columns) + r" \\", r"\midrule"]
+        for name, row in m.iterrows():
+            vals = [_fmt(v, metric).replace("–", "--") for v in row.values]
+            out.append(_tex_escape(str(name)) + " & " + " & ".join(vals) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def write_tables(cells: pd.DataFrame, stem: str | os.PathLike, metrics: Sequence[str],
+                 title: str = "Table 1", notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``<stem>.md``, ``<stem>.csv`` (every column of ``cells``) and ``<stem>.tex``; return the paths."""
+    stem = Path(stem)
+    return {
+        "md": atomic_write_text(stem.with_name(stem.name + ".md"), tables_markdown(cells, metrics, title, notes)),
+        "csv": atomic_write_frame(cells, stem.with_name(stem.name + ".csv")),
+        "tex": atomic_write_text(stem.with_name(stem.name + ".tex"), tables_latex(cells, metrics, title)),
+    }
+
+
+# -- figures ----------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf"), dpi: int = 130) -> list[Path]:
+    """Save ``fig`` as ``<stem>.<format>`` for each format (atomically), close it, return the paths."""
+    stem = Path(stem)
+    paths = []
+    for fmt in formats:
+        target = stem.with_name(f"{stem.name}.{fmt}")
+        paths.append(atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f, dpi=dpi,
+                                                                          bbox_inches="tight")))
+    _pyplot().close(fig)
+    return paths
+
+
+def belonging_split(scores: pd.DataFrame, inspected: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(belonging scores, {source: non-belonging scores}) of one inspected model; failed images left out."""
+    rows = scores[(scores["inspected"] == inspected) & (scores["split"] == "evaluation")]
+    if "status" in rows:
+        rows = rows[rows["status"] == "ok"]
+    rows = rows[np.isfinite(rows["score"].astype(float))]
+    belonging = rows.loc[rows["source"] == inspected, "score"].to_numpy(float)
+    others = {s: g["score"].to_numpy(float) for s, g in rows[rows["source"] != inspected].groupby("source", sort=False)}
+    order = _ordered(others)
+    return belonging, {s: others[s] for s in order}
+
+
+def loss_histograms(scores: pd.DataFrame, inspected: str, threshold: float | None = None):
+    """Reconstruction-loss histograms (log-x): the inspected model's belonging images against each source."""
+    plt = _pyplot()
+    belonging, others = belonging_split(scores, inspected)
+    values = np.concatenate([belonging, *others.values()])
+    values = values[values > 0]
+    if values.size == 0:
+        raise ValueError(f"no positive finite scores for inspected model {inspected!r}")
+    bins = np.geomspace(values.min(), values.max() * 1.0001, 40)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.hist(belonging, bins=bins, color="black", alpha=0.35, label=f"belonging ({inspected}, n={belonging.size})")
+    for source, vals in others.items():
+        ax.hist(vals, bins=bins, histtype="step", linewidth=1.4, label=f"{source} (n={vals.size})")
+    if threshold is not None and np.isfinite(threshold) and threshold > 0:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label="calibrated threshold")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide on narrow ranges
+    ax.set_xlabel("reconstruction loss (min MSE over steps)")
+    ax.set_ylabel("images")
+    ax.set_title(f"Inspected model {inspected}: belonging vs non-belonging")
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def roc_curves(scores: pd.DataFrame, inspected: str):
+    """ROC curves of one inspected model, one per non-belonging source (AUC in the legend)."""
+    from sklearn.metrics import auc as area
+
+    plt = _pyplot()
+    belonging, others = belonging_split(scores, inspected)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for source, vals in others.items():
+        if belonging.size == 0 or vals.size == 0:
+            continue
+        fpr, tpr, _ = roc_points(belonging, vals)
+        ax.plot(fpr, tpr, linewidth=1.4, label=f"{source} (AUC {area(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(f"Inspected model {inspected}")
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    return fig
+
+
+def mean_loss_vs_step(scores: pd.DataFrame, inspected: str):
+    """Mean reconstruction loss at each inversion step (log-y), belonging images against each source."""
+    plt = _pyplot()
+    rows = scores[(scores["inspected"] == inspected) & (scores["split"] == "evaluation")]
+    if "status" in rows:
+        rows = rows[rows["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for source in _ordered(rows["source"], first=[inspected]):
+        trajectories = [np.asarray(t, float) for t in rows.loc[rows["source"] == source, "trajectory"]
+                        if t is not None and len(t)]
+        if not trajectories:
+            continue
+        length = min(len(t) for t in trajectories)
+        mean = np.mean(np.stack([t[:length] for t in trajectories]), axis=0)
+        own = source == inspected
+        ax.plot(np.arange(length), mean, color="black" if own else None, linewidth=2.2 if own else 1.2,
+                label=f"{source}{' (belonging)' if own else ''}")
+    ax.set_yscale("log")
+    ax.set_xlabel("inversion step")
+    ax.set_ylabel("mean reconstruction loss")
+    ax.set_title(f"Inspected model {inspected}")
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def metric_vs_param(rows: pd.DataFrame, param: str, metric: str = "auc", hue: str | None = None,
+                    xscale: str = "log", title: str = ""):
+    """``metric`` against ``param``: one panel per (inspected model, source), one line per ``hue`` value.
+
+    ``xscale``: ``log``, ``linear`` or ``symlog`` (for step counts that include 0).
+    """
+    plt = _pyplot()
+    if rows.empty:
+        raise ValueError(f"no rows to plot {metric} against {param}")
+    inspected = _ordered(rows["inspected"])
+    sources = _ordered(rows["source"], first=inspected)
+    fig, axes = plt.subplots(len(inspected), len(sources), figsize=(2.1 * len(sources) + 0.6, 2.0 * len(inspected) + 0.6),
+                             squeeze=False, sharex=True, sharey=True)
+    hues = [None] if hue is None else sorted(rows[hue].unique(), key=str)
+    for r, name in enumerate(inspected):
+        for c, source in enumerate(sources):
+            ax = axes[r][c]
+            cell = rows[(rows["inspected"] == name) & (rows["source"] == source)]
+            for h in hues:
+                line = cell if h is None else cell[cell[hue] == h]
+                line = line.sort_values(param)
+                if len(line):
+                    ax.plot(line[param], line[metric], marker="o", markersize=3, linewidth=1.3,
+                            label=None if h is None else f"{hue}={h}")
+            if xscale == "symlog":
+                ax.set_xscale("symlog", linthresh=1)
+            else:
+                ax.set_xscale(xscale)
+            ax.grid(alpha=0.3)
+            if r == 0:
+                ax.set_title(source, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{name}\n{METRIC_LABELS.get(metric, metric)}", fontsize=8)
+            if r == len(inspected) - 1:
+                ax.set_xlabel(param, fontsize=8)
+            ax.tick_params(labelsize=7)
+    if hue is not None:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

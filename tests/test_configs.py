@@ -1,0 +1,145 @@
+"""The Hydra configs (conf/): every preset composes with its entry points; struct mode rejects unknown keys."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf, open_dict
+
+from latenttracer.inversion import InversionConfig
+from latenttracer.tracking import start_run
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+ENTRY_POINTS = ("invert", "table1", "ablations", "figures")
+ZOO = ["kl-a", "kl-b", "kl-a-ft", "vq", "tiny"]
+PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
+
+
+def _names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_resolved(name: str, overrides: list[str], tmp_path: Path):
+    """Compose like @hydra.main does, resolve every value, and return (job config, hydra config)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out",
+                                       *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    hydra_cfg = cfg.hydra
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    return cfg, hydra_cfg
+
+
+def test_every_preset_is_listed_here():
+    assert _names("experiment") == sorted(["table1_zoo", "table1_paper", "full", "ablation_init", "ablation_steps",
+                                           "ablation_lr"])
+
+
+@pytest.mark.parametrize("entry", ["invert", "table1", "figures"])
+@pytest.mark.parametrize("preset", ["table1_zoo", "table1_paper", "full"])
+def test_table1_presets_compose(entry, preset, tmp_path):
+    cfg, _ = compose_resolved(entry, [f"experiment={preset}"], tmp_path)
+    assert list(cfg.suite.models) == (PAPER if preset == "table1_paper" else ZOO)
+    for name, model in cfg.suite.models.items():
+        assert model.name == name
+    assert cfg.suite.generated.n == {"table1_zoo": 200, "table1_paper": 1000, "full": 1000}[preset]
+    assert cfg.suite.real.n >= 100
+    assert cfg.report.table1 == str(tmp_path / "results" / {"table1_zoo": "table1", "table1_paper": "table1_paper",
+                                                            "full": "table1_full"}[preset])
+    InversionConfig.from_dict(OmegaConf.to_container(cfg.inversion))
+
+
+@pytest.mark.parametrize("preset", ["ablation_init", "ablation_steps", "ablation_lr"])
+def test_ablation_presets_compose_as_sweeps(preset, tmp_path):
+    cfg, hydra_cfg = compose_resolved("ablations", [f"experiment={preset}"], tmp_path)
+    assert str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    params = dict(hydra_cfg.sweeper.params)
+    expected = {"ablation_init": {"inversion.init": "encoder,random,zeros"},
+                "ablation_steps": {"inversion.steps": "0,1,5,10,25,50,100,200", "inversion.init": "encoder,random"},
+                "ablation_lr": {"inversion.lr": "0.005,0.01,0.05,0.1,0.5"}}[preset]
+    assert params == expected
+    assert list(cfg.inspected) == ["kl-a"]
+    assert cfg.ablation.name == preset.removeprefix("ablation_")
+    if preset == "ablation_steps":  # every swept step count is covered by the one long run
+        assert cfg.ablation.trajectory_steps == max(int(s) for s in expected["inversion.steps"].split(","))
+
+
+def test_defaults_are_the_paper_protocol(tmp_path):
+    cfg, hydra_cfg = compose_resolved("table1", [], tmp_path)
+    assert hydra_cfg.runtime.choices["experiment"] == "table1_zoo"
+    assert hydra_cfg.job.chdir is False
+    inv = InversionConfig.from_dict(OmegaConf.to_container(cfg.inversion))
+    paper = asdict(InversionConfig())
+    assert {k: v for k, v in asdict(inv).items() if k != "batch_size"} == \
+        {k: v for k, v in paper.items() if k != "batch_size"}
+    assert (inv.init, inv.lr, inv.steps, inv.schedule, inv.distance, inv.strategy) == \
+        ("encoder", 0.05, 100, "authors", "l2", "min")
+    assert cfg.logger.kind == "wandb" and cfg.logger.mode == "offline"
+    assert cfg.logger.dir == str(tmp_path / "out")
+    assert cfg.device == "auto" and cfg.threads is None
+    assert cfg.suite.split.calibration_fraction == 0.5 and cfg.suite.split.target_tpr == 0.95
+    assert cfg.store == str(tmp_path / "results" / "cache" / "scores")
+
+
+def test_fast_inversion_is_the_paper_with_fewer_steps(tmp_path):
+    paper, _ = compose_resolved("table1", [], tmp_path)
+    fast, _ = compose_resolved("table1", ["inversion=fast"], tmp_path)
+    assert fast.inversion.steps < paper.inversion.steps
+    assert {**OmegaConf.to_container(fast.inversion), "steps": paper.inversion.steps} == \
+        OmegaConf.to_container(paper.inversion)
+
+
+def test_debug_preset_is_micro_and_untracked(tmp_path):
+    cfg, _ = compose_resolved("table1", ["debug=default"], tmp_path)
+    assert cfg.suite.generated.n <= 10 and cfg.suite.real.n <= 10 and cfg.inversion.steps <= 5
+    assert cfg.logger.kind == "none"
+    assert cfg.paths.results_dir == str(tmp_path / "results" / "debug")  # never overwrites the real tables
+
+
+@pytest.mark.parametrize("model", _names("model"))
+def test_every_model_composes_for_invert(model, tmp_path):
+    cfg, _ = compose_resolved("invert", [f"model={model}"], tmp_path)
+    assert cfg.model.name == model
+    assert set(cfg.model) == {"name", "source", "kind", "resolution", "dtype", "generation"}
+    assert cfg.model.kind in ("zoo", "hub")
+
+
+@pytest.mark.parametrize("logger", _names("logger"))
+def test_logger_configs_are_accepted_by_the_tracker(logger, tmp_path):
+    cfg, _ = compose_resolved("table1", [f"logger={logger}", "logger.mode=disabled"] if logger == "wandb"
+                              else [f"logger={logger}"], tmp_path)
+    tracker = start_run(OmegaConf.to_container(cfg.logger), config={"x": 1})
+    try:
+        assert tracker.active == (logger == "wandb")
+    finally:
+        tracker.finish()
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm", "slurm"])
+def test_launchers_compose(launcher, tmp_path):
+    _, hydra_cfg = compose_resolved("invert", [f"hydra/launcher={launcher}"], tmp_path)
+    assert "Launcher" in hydra_cfg.launcher._target_
+    if launcher == "slurm":
+        assert hydra_cfg.launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("override", ["no_such_key=1", "suite.generated.nn=3", "inversion.learning_rate=0.1",
+                                      "logger.offline=true"])
+def test_unknown_keys_are_errors(entry, override, tmp_path):
+    with pytest.raises(ConfigCompositionException, match="Could not override"):
+        compose_resolved(entry, [override], tmp_path)
+
+
+def test_unknown_groups_and_options_are_errors(tmp_path):
+    with pytest.raises(ConfigCompositionException):
+        compose_resolved("table1", ["experiment=no_such_preset"], tmp_path)
+    with pytest.raises(ConfigCompositionException):
+        compose_resolved("invert", ["model=no_such_model"], tmp_path)

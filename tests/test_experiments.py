@@ -1,0 +1,336 @@
+"""The experiment entry points end to end on a micro zoo (untrained members, a few images, a few steps).
+
+In-process runs compose the configs like ``@hydra.main`` and call each entry point's ``run(cfg)``; the joblib and
+submitit launchers are exercised through the real command line. W&B runs offline into tmp dirs (never the
+network, never the home directory).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from experiments import ablations, common, figures, invert, table1
+from latenttracer import report, tracking
+from latenttracer.store import ResultStore
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+MEMBERS = {"kl-a": "kl", "kl-b": "kl", "kl-a-ft": "kl", "vq": "vq", "tiny": "tiny"}
+# 6 generated images per member (3 calibration / 3 evaluation), 4 real crops (of 12 built), 3 steps.
+MICRO = ["debug=default", "suite.generated.n=6", "suite.generated.batch_size=6", "suite.real.n=4",
+         "suite.real.crops.n=12", "inversion.steps=3", "progress=false"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: extra intra-op threads only spin on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _wandb_sandbox(tmp_path, monkeypatch):
+    """W&B never touches the network or the home directory."""
+    for var, sub in (("WANDB_DIR", "wandb_dir"), ("WANDB_CACHE_DIR", "wandb_cache"),
+                     ("WANDB_CONFIG_DIR", "wandb_config"), ("WANDB_DATA_DIR", "wandb_data")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+@pytest.fixture(scope="module")
+def micro_zoo(tmp_path_factory) -> Path:
+    """Five untrained members with the real zoo's architectures, saved as LDMPipeline directories."""
+    from data_gen import zoo
+
+    root = tmp_path_factory.mktemp("micro_zoo")
+    for seed, (name, kind) in enumerate(MEMBERS.items()):
+        torch.manual_seed(seed)
+        ae = zoo.build_autoencoder(kind, 32)
+        unet = zoo.build_prior(8)
+        zoo.make_pipeline(ae, unet).save_pretrained(root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """One root (caches, results) shared by the tests of this module, as a user's checkout would be."""
+    return tmp_path_factory.mktemp("workspace")
+
+
+def job(name: str, root: Path, zoo_dir: Path, out: Path, overrides=()):
+    """A composed, resolved job config like @hydra.main passes it (HydraConfig set, no `hydra` node)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=[*MICRO, f"paths.root_dir={root}", f"paths.zoo_dir={zoo_dir}",
+                                       f"paths.output_dir={out}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def offline_records(run_file: Path) -> list:
+    """The protobuf records of an offline W&B run file (a LevelDB-style log of 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos, chunks, partial = run_file.read_bytes(), 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            break
+        piece, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            chunks.append(piece)
+        elif kind in (2, 3):
+            partial = (b"" if kind == 2 else partial) + piece
+        elif kind == 4:
+            chunks.append(partial + piece)
+            partial = b""
+    records = []
+    for chunk in chunks:
+        rec = pb.Record()
+        rec.ParseFromString(chunk)
+        records.append(rec)
+    return records
+
+
+def wandb_summary(out: Path) -> tuple[dict, list]:
+    """(summary values, record types) of the one offline W&B run under ``out``."""
+    runs = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, runs
+    import json
+
+    summary, kinds = {}, []
+    for rec in offline_records(runs[0]):
+        kinds.append(rec.WhichOneof("record_type"))
+        if kinds[-1] == "summary":
+            for item in rec.summary.update:
+                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return summary, kinds
+
+
+# -- table1 ------------------------------------------------------------------------------------------------------
+def test_table1_end_to_end_with_wandb_offline(micro_zoo, workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    cfg = job("table1", workspace, micro_zoo, out, ["logger=wandb"])
+    cells = table1.run(cfg)
+
+    # the grid: 5 inspected models x (4 other members + real + all pooled), counts as the protocol says
+    assert len(cells) == 5 * 6
+    other = cells[~cells["source"].isin(["real", "all"])]
+    assert (cells["n_belonging"] == 3).all() and (other["n_non_belonging"] == 3).all()
+    assert (cells.loc[cells["source"] == "real", "n_non_belonging"] == 4).all()
+    assert (cells.loc[cells["source"] == "all", "n_non_belonging"] == 4 * 3 + 4).all()
+    assert not (cells["inspected"] == cells["source"]).any()
+    assert cells[["auc", "ap", "tpr_at_1fpr", "tpr_at_5fpr", "accuracy", "balanced_accuracy"]].apply(
+        lambda c: c.between(0, 1)).all().all()
+
+    # published files and the job's own copies
+    results = workspace / "results" / "debug"
+    for suffix in (".md", ".csv", ".tex"):
+        assert (results / f"table1{suffix}").is_file() and (out / f"table1{suffix}").is_file()
+    published = pd.read_csv(results / "table1.csv")
+    assert np.allclose(published["auc"], cells["auc"])
+    md = (results / "table1.md").read_text()
+    assert "| inspected \\ source | kl-a | kl-b | kl-a-ft | vq | tiny | real | all |" in md
+    assert "| kl-a | – |" in md and "## AUC" in md and "accuracy at the calibrated threshold" in md
+    assert md.strip() in capsys.readouterr().out  # printed
+    assert "\\begin{tabular}" in (results / "table1.tex").read_text()
+    scores = pd.read_parquet(results / "table1_scores.parquet")
+    assert {"inspected", "source", "split", "path", "score", "init_loss", "best_step", "trajectory"} <= set(scores)
+    assert len(scores) == 5 * (6 + 4 * 3 + 4)
+    assert all(len(t) == 3 for t in scores["trajectory"])
+    assert (out / "figures" / "hist_kl-a.png").is_file() and (out / "figures" / "roc_vq.pdf").is_file()
+    assert not list(results.glob(".*.tmp")) and not list(out.glob(".*.tmp"))  # atomic writes leave nothing
+
+    # the threshold is set on the calibration half: at least 95% of it is at or below
+    cal = scores[(scores.inspected == "kl-a") & (scores.source == "kl-a") & (scores.split == "calibration")]
+    threshold = cells.loc[cells.inspected == "kl-a", "threshold"].iloc[0]
+    assert (cal["score"] <= threshold).mean() >= 0.95
+
+    # W&B: the offline run under the job's output dir holds the per-cell metrics, the table and the artifact
+    summary, kinds = wandb_summary(out)
+    row = cells[(cells.inspected == "kl-a") & (cells.source == "kl-b")].iloc[0]
+    assert summary["table1/kl-a/kl-b/auc"] == pytest.approx(row["auc"])
+    assert summary["table1/vq/all/accuracy"] == pytest.approx(
+        cells[(cells.inspected == "vq") & (cells.source == "all")].iloc[0]["accuracy"])
+    assert summary["table1/_type"] == "table-file" and summary["table1/nrows"] == len(cells)
+    assert "artifact" in kinds and kinds[-1] == "exit"
+
+
+def test_table1_rerun_is_cached_and_logger_none_writes_no_wandb_files(micro_zoo, workspace, tmp_path):
+    first = job("table1", workspace, micro_zoo, tmp_path / "first")
+    cells_first = table1.run(first)  # computes whatever the previous test did not (or everything, alone)
+    out = tmp_path / "second"
+    cells = table1.run(job("table1", workspace, micro_zoo, out, ["logger=none"]))
+    pd.testing.assert_frame_equal(cells, cells_first)
+    scores = pd.read_parquet(out / "table1_scores.parquet")
+    assert scores["cached"].all()  # nothing recomputed
+    assert not list(out.rglob("*wandb*")) and not (tmp_path / "wandb_dir").exists()
+
+
+def test_wandb_failure_warns_and_loses_no_results(micro_zoo, workspace, tmp_path, monkeypatch):
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    out = tmp_path / "out"
+    with pytest.warns(RuntimeWarning, match="W&B init failed"):
+        cells = table1.run(job("table1", workspace, micro_zoo, out, ["logger=wandb", "inspected=[tiny]"]))
+    assert len(cells) == 6 and (out / "table1.csv").is_file()
+
+
+def test_tracker_calls_never_raise(tmp_path):
+    class Boom:
+        dir = str(tmp_path / "run" / "files")
+
+        def __getattr__(self, name):
+            raise RuntimeError(f"{name} broke")
+
+    tracker = tracking.WandbTracker(Boom(), wandb=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.log_metrics({"a": 1.0})
+        tracker.log_table("t", pd.DataFrame({"a": [1]}))
+        tracker.log_images({"x": tmp_path / "x.png"})
+        tracker.log_artifact(tmp_path / "x.parquet", name="x", type="scores")
+        tracker.finish()
+    assert len(caught) == 5 and all("results on disk are not affected" in str(w.message) for w in caught)
+    assert not tracking.start_run({"kind": "none"}).active
+    with pytest.raises(ValueError, match="unknown key"):
+        tracking.start_run({"kind": "wandb", "offline": True})
+
+
+# -- invert, ablations, figures ----------------------------------------------------------------------------------
+def test_invert_named_sets_and_a_folder(micro_zoo, workspace, tmp_path):
+    cfg = job("invert", workspace, micro_zoo, tmp_path / "a", ["model=vq", "images=kl-b", "split=evaluation"])
+    rows = invert.run(cfg)
+    assert len(rows) == 3 and set(rows["source"]) == {"kl-b"} and set(rows["split"]) == {"evaluation"}
+    assert (tmp_path / "a" / "scores.csv").is_file()
+    stored = ResultStore(cfg.store).load(model="vq")
+    assert set(rows["sha256"]) <= set(stored["sha256"])
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in common.real_set(cfg)[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    rows = invert.run(job("invert", workspace, micro_zoo, tmp_path / "b", ["model=vq", f"images={folder}"]))
+    assert len(rows) == 2 and set(rows["source"]) == {"photos"}
+    with pytest.raises(ValueError, match="not a model of suite"):
+        invert.run(job("invert", workspace, micro_zoo, tmp_path / "c", ["images=nowhere"]))
+
+
+@pytest.mark.parametrize("init", ["encoder", "random"])
+def test_truncated_trajectory_equals_a_direct_run(micro_zoo, workspace, tmp_path, init):
+    cfg = job("ablations", workspace, micro_zoo, tmp_path, [f"inversion.init={init}"])
+    ae = common.load_model(cfg, cfg.suite.models["kl-a"])
+    paths = common.grid_images(cfg, "kl-a")["path"].tolist()[:10]
+    for steps in (0, 1, 2, 5, 7):
+        inv = common.inversion_config(cfg, steps=steps)
+        direct = common.score(cfg, ae, paths, inv)
+        cut = common.score(cfg, ae, paths, inv, trajectory_steps=7)
+        assert direct["score"].tolist() == cut["score"].tolist()  # bit for bit
+        assert direct["best_step"].tolist() == cut["best_step"].tolist()
+        assert [list(t) for t in direct["trajectory"]] == [list(t) for t in cut["trajectory"]]
+
+
+def test_truncate_marks_failures_inside_the_prefix_only():
+    frame = pd.DataFrame({"trajectory": [[3.0, 2.0, np.nan, np.nan], [5.0, 4.0, 1.0, 0.5]], "reason": ["x", ""],
+                          "score": [np.nan, 0.5], "best_step": [1, 3], "status": ["failed", "ok"]})
+    two = common.truncate(frame, 2)
+    assert two["status"].tolist() == ["ok", "ok"] and two["score"].tolist() == [2.0, 4.0]
+    three = common.truncate(frame, 3)
+    assert three["status"].tolist() == ["failed", "ok"] and three["best_step"].tolist() == [1, 2]
+    assert common.truncate(frame, 0)["score"].tolist() == [3.0, 5.0]  # 0 steps scores iteration 0
+    assert common.truncate(frame, 3, strategy="last")["score"].tolist()[1] == 1.0
+
+
+def test_ablation_rows_are_merged_without_duplicates(micro_zoo, workspace, tmp_path):
+    overrides = ["inspected=[kl-a]", "ablation.name=steps", "ablation.trajectory_steps=5"]
+    for steps in (1, 5):
+        ablations.run(job("ablations", workspace, micro_zoo, tmp_path / f"s{steps}", [*overrides,
+                                                                                       f"inversion.steps={steps}"]))
+    csv = workspace / "results" / "debug" / "ablations.csv"
+    first = pd.read_csv(csv)
+    ablations.run(job("ablations", workspace, micro_zoo, tmp_path / "again", [*overrides, "inversion.steps=5"]))
+    again = pd.read_csv(csv)
+    assert len(again) == len(first)  # the rerun replaced its rows
+    mine = again[again["ablation"] == "steps"]
+    assert sorted(mine["steps"].unique()) == [1, 5] and len(mine) == 2 * 6
+    assert not mine.duplicated(ablations.KEY).any()
+
+
+def test_upsert_csv_replaces_rows_with_the_same_key(tmp_path):
+    path = tmp_path / "t.csv"
+    report.upsert_csv(path, pd.DataFrame({"k": [1, 2], "lr": [0.1, 0.05], "v": [10, 20]}), ["k", "lr"])
+    merged = report.upsert_csv(path, pd.DataFrame({"k": [2, 3], "lr": [0.05, 0.5], "v": [21, 30]}), ["k", "lr"])
+    assert merged.values.tolist() == [[1, 0.1, 10], [2, 0.05, 21], [3, 0.5, 30]]
+    assert pd.read_csv(path).values.tolist() == merged.values.tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
+
+
+def test_figures_from_cached_files_only(micro_zoo, workspace, tmp_path, monkeypatch):
+    small = ["report.table1=${paths.results_dir}/table1_small"]
+    table1.run(job("table1", workspace, micro_zoo, tmp_path / "t", [*small, "inspected=[kl-a,tiny]", "figures=false"]))
+    for lr in (0.01, 0.05):
+        ablations.run(job("ablations", workspace, micro_zoo, tmp_path / f"lr{lr}",
+                          ["experiment=ablation_lr", f"inversion.lr={lr}"]))
+    monkeypatch.setattr(common, "score", lambda *a, **k: pytest.fail("figures must not invert"))
+    made = figures.run(job("figures", workspace, micro_zoo, tmp_path / "f", small))
+    target = workspace / "results" / "debug" / "figures"
+    assert {"hist_kl-a", "roc_kl-a", "loss_vs_step_tiny", "auc_vs_lr"} <= set(made)
+    for name in made:
+        assert (target / f"{name}.png").stat().st_size > 1000 and (target / f"{name}.pdf").is_file()
+        assert (tmp_path / "f" / "figures" / f"{name}.png").is_file()  # the job's own copy
+
+
+# -- launchers (the real command line) ---------------------------------------------------------------------------
+def _cli(module: str, args: list[str], root: Path, zoo_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before the overrides
+    cmd = [sys.executable, "-m", module, *flags, *MICRO, f"paths.root_dir={root}", f"paths.zoo_dir={zoo_dir}",
+           *[a for a in args if not a.startswith("-")]]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_lr_multirun_with_the_joblib_launcher(micro_zoo, tmp_path):
+    _cli("experiments.ablations", ["experiment=ablation_lr", "inversion.lr=0.01,0.1", "hydra/launcher=joblib",
+                                   "hydra.launcher.n_jobs=2", "threads=1", f"hydra.sweep.dir={tmp_path}/sweep"],
+         tmp_path, micro_zoo)
+    rows = pd.read_csv(tmp_path / "results" / "debug" / "ablations.csv")
+    assert sorted(rows["lr"].unique()) == [0.01, 0.1]  # the command line replaced the preset's 5 values
+    assert len(rows) == 2 * 6 and set(rows["ablation"]) == {"lr"}
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((tmp_path / "sweep" / j / "ablation_cells.csv").is_file() for j in ("0", "1"))
+
+
+def test_invert_multirun_with_the_submitit_local_launcher(micro_zoo, tmp_path):
+    _cli("experiments.invert", ["-m", "hydra/launcher=submitit_local", "model=tiny", "images=real",
+                                f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.timeout_min=5"],
+         tmp_path, micro_zoo)
+    assert len(pd.read_csv(tmp_path / "sweep" / "0" / "scores.csv")) == 4
+    assert list(tmp_path.glob("sweep/.submitit/*/*_result.pkl"))  # it really went through submitit
+    assert set(ResultStore(tmp_path / "results" / "cache" / "scores").load()["model"]) == {"tiny"}

@@ -1,0 +1,151 @@
+"""The embedded zoo and the real-image set: a micro zoo trains, saves and loads; the shipped zoo is complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from data_gen import real_images, zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "zoo"
+CARD_KEYS = {"name", "autoencoder_class", "seed", "resolution", "scaling_factor", "autoencoder_steps",
+             "prior_steps", "seconds", "psnr_heldout_real_db", "speed", "autoencoder_config", "unet_config"}
+TINY_BUDGET = zoo.Budget(n_crops=64, ae_steps=3, ae_batch=8, finetune_steps=2, prior_steps=3, prior_batch=8,
+                         n_heldout=8, speed_batch=4)
+
+
+def _generate(pipe, n: int = 2) -> np.ndarray:
+    gen = torch.Generator().manual_seed(0)
+    return pipe(batch_size=n, generator=gen, num_inference_steps=2, output_type="np").images
+
+
+# -- real images ------------------------------------------------------------------------------------------------
+def test_photo_table_is_split_by_photo_and_files_ship_with_the_packages():
+    train = {p.name for p in real_images.photos("train")}
+    evals = {p.name for p in real_images.photos("eval")}
+    assert train and evals and not train & evals
+    assert len(train | evals) == len(real_images.PHOTOS)
+    for p in real_images.PHOTOS:
+        assert p.licence and p.split in ("train", "eval")
+        img = real_images.load_photo(p)
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 256
+
+
+def test_build_eval_set_writes_crops_and_manifest_from_eval_photos_only(tmp_path):
+    out = real_images.build_eval_set(tmp_path / "real", size=32, n=30, seed=0)
+    rows = real_images.read_manifest(out)
+    assert len(rows) == 30 and set(rows[0]) == set(real_images.MANIFEST_COLUMNS)
+    eval_names = {p.name for p in real_images.photos("eval")}
+    assert {r["photo"] for r in rows} == eval_names  # every eval photo used, no training photo
+    for r in rows:
+        side = int(r["right"]) - int(r["left"])
+        assert side == int(r["bottom"]) - int(r["top"]) >= 32
+        assert abs(float(r["scale"]) - side / 32) < 1e-3
+    crops = real_images.eval_crops(out)
+    assert crops.shape == (30, 3, 32, 32) and 0 <= crops.min() and crops.max() <= 1
+    # idempotent: a complete set is not rewritten
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    real_images.build_eval_set(out, size=32, n=30, seed=0)
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # the crops are the in-memory eval crops, bit for bit
+    arrays, _ = real_images.make_eval_crops(32, 30, seed=0)
+    assert torch.equal(crops, torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255)
+
+
+def test_training_crops_are_deterministic_and_in_range():
+    a = real_images.training_crops(size=16, n=40, seed=3)
+    b = real_images.training_crops(size=16, n=40, seed=3)
+    c = real_images.training_crops(size=16, n=40, seed=4)
+    assert a.shape == (40, 3, 16, 16) and a.dtype == torch.float32
+    assert 0 <= a.min() and a.max() <= 1 and a.std() > 0.05
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# -- a micro zoo --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def micro_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    zoo.train_zoo(out, ["kl-a", "kl-a-ft", "vq", "tiny"], TINY_BUDGET, jobs=1)
+    return out
+
+
+@pytest.mark.parametrize("name,cls", [("kl-a", "AutoencoderKL"), ("kl-a-ft", "AutoencoderKL"),
+                                      ("vq", "VQModel"), ("tiny", "AutoencoderTiny")])
+def test_micro_member_loads_with_diffusion_pipeline_and_generates(micro_zoo, name, cls):
+    pipe = DiffusionPipeline.from_pretrained(str(micro_zoo / name))
+    assert type(pipe).__name__ == "LDMPipeline" and type(pipe.vqvae).__name__ == cls
+    assert pipe.vqvae.config.sample_size == 32 and pipe.unet.config.sample_size == 8
+    pipe.set_progress_bar_config(disable=True)
+    images = _generate(pipe)
+    assert images.shape == (2, 32, 32, 3) and images.min() >= 0 and images.max() <= 1
+    assert np.array_equal(images, _generate(pipe))  # deterministic in the generator
+    card = json.loads((micro_zoo / name / "card.json").read_text())
+    assert CARD_KEYS <= set(card) and card["name"] == name
+    assert (micro_zoo / name / "README.md").is_file()
+
+
+def test_micro_scaling_factor_gives_unit_std_latents(micro_zoo):
+    pipe = zoo.load_member(micro_zoo / "kl-a")
+    crops = real_images.training_crops(32, TINY_BUDGET.n_crops, seed=0)
+    lat = zoo.latents_for_prior(pipe.vqvae, crops) * pipe.vqvae.config.scaling_factor
+    assert abs(float(lat.std()) - 1.0) < 1e-3
+
+
+def test_finetuned_member_changes_only_the_decoder_and_reuses_the_prior(micro_zoo):
+    base, ft = zoo.load_member(micro_zoo / "kl-a"), zoo.load_member(micro_zoo / "kl-a-ft")
+    b, f = base.vqvae.state_dict(), ft.vqvae.state_dict()
+    assert all(torch.equal(b[k], f[k]) for k in b if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(b[k], f[k]) for k in b if k.startswith("decoder."))
+    bu, fu = base.unet.state_dict(), ft.unet.state_dict()
+    assert all(torch.equal(bu[k], fu[k]) for k in bu)
+    assert ft.vqvae.config.scaling_factor == base.vqvae.config.scaling_factor
+
+
+def test_autoencoder_training_is_deterministic(tmp_path):
+    crops = real_images.training_crops(32, 32, seed=0)
+
+    def weights():
+        torch.manual_seed(7)
+        ae = zoo.build_autoencoder("vq")
+        zoo.train_autoencoder(ae, "vq", crops, TINY_BUDGET, seed=7, desc="test")
+        return torch.cat([p.detach().flatten() for p in ae.parameters()])
+
+    assert torch.equal(weights(), weights())
+
+
+def test_decoder_speed_reports_flops_and_rate():
+    torch.manual_seed(0)
+    s = zoo.decoder_speed(zoo.build_autoencoder("tiny"), batch=4, reps=1, threads=1)
+    assert s["decoder_params"] > 0 and s["decoder_mflop_per_image"] > 1 and s["image_steps_per_s"] > 0
+
+
+def test_unknown_member_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown member"):
+        zoo.train_zoo(tmp_path, ["sd15"], TINY_BUDGET)
+
+
+# -- the shipped zoo ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(zoo.MEMBERS))
+def test_shipped_member_loads_and_has_a_card(name):
+    member = SHIPPED / name
+    assert (member / "model_index.json").is_file(), f"{member}: missing; run `make zoo`"
+    pipe = DiffusionPipeline.from_pretrained(str(member))
+    pipe.set_progress_bar_config(disable=True)
+    card = json.loads((member / "card.json").read_text())
+    assert CARD_KEYS <= set(card) and card["name"] == name
+    assert type(pipe.vqvae).__name__ == card["autoencoder_class"]
+    assert pipe.vqvae.config.sample_size == card["resolution"] == 32
+    assert (member / "README.md").read_text().startswith(f"# Zoo member `{name}`")
+    images = _generate(pipe, n=1)
+    assert images.shape == (1, 32, 32, 3)
+
+
+def test_shipped_zoo_is_small():
+    files = [p for p in SHIPPED.rglob("*") if p.is_file()]
+    assert files and sum(p.stat().st_size for p in files) < 40 * 2**20
