@@ -83,7 +83,7 @@ class Budget:
     kl_weight: float = 1e-6       # weight of the KL term (summed over latent elements) against pixel MSE
     finetune_steps: int = 300     # kl-a-ft: decoder-only steps
     finetune_lr: float = 5e-4
-    prior_steps: int = 800
+    prior_steps: int = 1000
     prior_batch: int = 64
     prior_lr: float = 1e-3
     ema_decay: float = 0.995
@@ -106,16 +106,16 @@ def build_autoencoder(kind: str, resolution: int = RESOLUTION):
     """
     from diffusers import AutoencoderKL, AutoencoderTiny, VQModel
 
-    unet_like = dict(
-        in_channels=3, out_channels=3, block_out_channels=(8, 16, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=LATENT_CHANNELS, norm_num_groups=8, sample_size=resolution, scaling_factor=1.0,
-        mid_block_add_attention=False,
-    )
+    shared = {
+        "in_channels": 3, "out_channels": 3, "block_out_channels": (8, 16, 32), "layers_per_block": 1,
+        "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
+        "latent_channels": LATENT_CHANNELS, "norm_num_groups": 8, "sample_size": resolution,
+        "scaling_factor": 1.0, "mid_block_add_attention": False,
+    }
     if kind == "kl":
-        return AutoencoderKL(**unet_like)
+        return AutoencoderKL(**shared)
     if kind == "vq":
-        return VQModel(**unet_like, num_vq_embeddings=256, vq_embed_dim=LATENT_CHANNELS)
+        return VQModel(**shared, num_vq_embeddings=256, vq_embed_dim=LATENT_CHANNELS)
     if kind == "tiny":
         ae = AutoencoderTiny(
             in_channels=3, out_channels=3, encoder_block_out_channels=(32, 32, 32),
@@ -138,12 +138,19 @@ def build_prior(latent_size: int):
 
 
 def build_scheduler(kind: str = "ddim"):
-    """DDPM noise schedule for training, DDIM (same betas, no sample clipping: latents are unit-std) for sampling."""
+    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085..0.012, epsilon prediction): DDPM for
+    training, DDIM for sampling (SD's settings; no sample clipping, the latents are unit-std, not in [-1, 1]).
+
+    A cosine schedule was tried first: its last timestep has alpha_bar ~ 0, so a briefly trained prior's DDIM
+    samples blew up (latent std 2.6 instead of 1) and fell off the encoder's range.
+    """
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    common = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2", clip_sample=False,
-                  prediction_type="epsilon")
-    return DDIMScheduler(**common, set_alpha_to_one=True) if kind == "ddim" else DDPMScheduler(**common)
+    common = {"num_train_timesteps": NUM_TRAIN_TIMESTEPS, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+              "beta_end": 0.012, "clip_sample": False, "prediction_type": "epsilon"}
+    if kind == "ddim":
+        return DDIMScheduler(**common, set_alpha_to_one=False, steps_offset=1)
+    return DDPMScheduler(**common)
 
 
 # -- the autoencoder maps, in one place -------------------------------------------------------------------------
@@ -181,7 +188,7 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(old)
 
 
-def decoder_speed(ae, batch: int = 256, reps: int = 3, threads: int | None = 2) -> dict:
+def decoder_speed(ae, batch: int = 256, reps: int = 5, threads: int | None = 2) -> dict:
     """Decoder cost: params, forward MFLOP per image, and image-steps/s of forward + backward w.r.t. the input.
 
     Weights are frozen (``requires_grad`` False), fp32, ``threads`` intra-op threads. The rate is the best of
@@ -208,7 +215,7 @@ def decoder_speed(ae, batch: int = 256, reps: int = 3, threads: int | None = 2) 
             zz = z.clone().requires_grad_(True)
             t0 = time.perf_counter()
             img = (decode_for_inversion(ae, zz) / 2 + 0.5).clamp(0, 1)
-            (grad,) = torch.autograd.grad(F.mse_loss(img, target), zz)
+            torch.autograd.grad(F.mse_loss(img, target), zz)
             if i:
                 times.append(time.perf_counter() - t0)
     for p, f in zip(ae.parameters(), flags):
@@ -553,7 +560,9 @@ def train_zoo(out_root: str | Path, names: list[str] | None = None, budget: Budg
     later = [n for n in names if MEMBERS[n].base in names]
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, ctx.Value("i", 0))) as pool:
-        submit = lambda n: pool.submit(_worker_train, n, str(out_root), budget, resolution)  # noqa: E731
+        def submit(name: str):
+            return pool.submit(_worker_train, name, str(out_root), budget, resolution)
+
         pending = {submit(n): n for n in names if n not in later}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -32,10 +32,13 @@ INVERSION_COLUMNS = ["init", "lr", "steps", "schedule", "distance", "strategy", 
 
 def rows(cfg: DictConfig, cells: pd.DataFrame) -> pd.DataFrame:
     """The cells with the job's ablation name, protocol and inversion settings in front."""
-    inv = common.inversion_config(cfg)
-    front = {"ablation": str(cfg.ablation.name), "protocol": common.protocol_hash(cfg), **common.protocol(cfg),
-             **{k: getattr(inv, k) for k in INVERSION_COLUMNS}, "config_hash": inv.hash()}
-    return pd.concat([pd.DataFrame([front] * len(cells)), cells.reset_index(drop=True)], axis=1)
+    front = []
+    for name in cells["inspected"]:
+        inv = common.inversion_config(cfg, dtype=str(common.model_config(cfg, name).get("dtype", "float32")))
+        front.append({"ablation": str(cfg.ablation.name), "protocol": common.protocol_hash(cfg),
+                      **common.protocol(cfg), **{k: getattr(inv, k) for k in INVERSION_COLUMNS},
+                      "config_hash": inv.hash()})
+    return pd.concat([pd.DataFrame(front), cells.reset_index(drop=True)], axis=1)
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:

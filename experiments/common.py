@@ -315,7 +315,10 @@ def cell_metrics(scores: pd.DataFrame, inspected: str, sources: Sequence[str], t
     for source in [*sources, ALL]:
         chosen = list(sources) if source == ALL else [source]
         mask = ok["source"].isin(chosen) & (ok["split"] == "evaluation")
-        metrics = detection_metrics(belonging, ok.loc[mask, "score"], threshold)
+        try:
+            metrics = detection_metrics(belonging, ok.loc[mask, "score"], threshold)
+        except ValueError as err:
+            raise ValueError(f"cell (inspected {inspected!r}, source {source!r}): {err}") from err
         n_failed = int((failed["source"].isin([*chosen, inspected])).sum())
         rows.append({"inspected": inspected, "source": source, **metrics.as_dict(), "n_failed": n_failed})
     return rows

@@ -30,13 +30,13 @@ log = logging.getLogger(__name__)
 def notes(cfg: DictConfig) -> list[str]:
     """How the table was made, for the Markdown header."""
     p, inv = common.protocol(cfg), cfg.inversion
-    n_cal = int(round(p["calibration_fraction"] * p["n_generated"]))
+    n_cal = round(p["calibration_fraction"] * p["n_generated"])
     return [
-        f"Suite `{p['suite']}`: {p['n_generated']} generated images per model, split {n_cal} calibration / "
-        f"{p['n_generated'] - n_cal} evaluation (seed {p['split_seed']}); {p['n_real']} real images "
-        f"({p['real_kind']}). Threshold per inspected model: {p['target_tpr']:.0%} TPR on its calibration half.",
-        f"Inversion: init={inv.init}, lr={inv.lr}, steps={inv.steps}, schedule={inv.schedule}, "
-        f"distance={inv.distance}, strategy={inv.strategy}; images resized `{p['resize']}`.",
+        (f"Suite `{p['suite']}`: {p['n_generated']} generated images per model, split {n_cal} calibration / "
+         f"{p['n_generated'] - n_cal} evaluation (seed {p['split_seed']}); {p['n_real']} real images "
+         f"({p['real_kind']}). Threshold per inspected model: {p['target_tpr']:.0%} TPR on its calibration half."),
+        (f"Inversion: init={inv.init}, lr={inv.lr}, steps={inv.steps}, schedule={inv.schedule}, "
+         f"distance={inv.distance}, strategy={inv.strategy}; images resized `{p['resize']}`."),
         "Rows: inspected model; columns: source of the non-belonging images (`all`: every source pooled).",
     ]
 

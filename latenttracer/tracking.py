@@ -25,7 +25,10 @@ import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Tracker", "WandbTracker", "start_run"]
 
@@ -53,7 +56,7 @@ class Tracker:
     def finish(self, exit_code: int = 0) -> None:
         """End the run (idempotent)."""
 
-    def __enter__(self) -> Tracker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
