@@ -29,6 +29,28 @@ lint: ## ruff
 zoo: ## train the embedded zoo from scratch into zoo/ (CPU)
 	$(PYTHON) -m data_gen.zoo --out zoo
 
+MODELS := kl-a,kl-b,kl-a-ft,vq,tiny
+PAR    := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) threads=1
+
+reproduce-table1: ## Table 1 on the shipped zoo -> results/table1.{md,csv,tex} (+ figures)
+	$(PYTHON) -m data_gen.generate -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) model=$(MODELS) n=200 batch_size=50
+	$(PYTHON) -m experiments.invert -m $(PAR) model=$(MODELS) images=table1
+	$(PYTHON) -m experiments.table1
+
+ablations: ## init x steps and lr sweeps (Hydra multirun) -> results/ablations.csv
+	$(PYTHON) -m experiments.ablations experiment=ablation_steps $(PAR)
+	$(PYTHON) -m experiments.ablations experiment=ablation_lr $(PAR)
+	$(PYTHON) -m experiments.ablations experiment=ablation_init $(PAR)
+
+figures: ## figures from cached scores only -> results/figures/*.png|pdf
+	$(PYTHON) -m experiments.figures
+
+sync-wandb: ## upload the offline W&B runs
+	find outputs multirun -type d -name 'offline-run-*' -prune -print0 2>/dev/null | xargs -0 -r $(BIN)/wandb sync
+
+zoo-grid: ## draw docs/zoo_samples.png from the shipped zoo
+	$(PYTHON) -m data_gen.zoo --out zoo --grid docs/zoo_samples.png
+
 benchmark: ## inversion throughput: batched engine vs the authors' procedure
 	$(PYTHON) benchmarks/inversion_throughput.py
 

@@ -103,7 +103,9 @@ def protocol(cfg: DictConfig) -> dict:
     return {"suite": suite.name, "n_generated": int(suite.generated.n), "generation_seed": int(suite.generated.seed),
             "calibration_fraction": float(suite.split.calibration_fraction), "split_seed": int(suite.split.seed),
             "target_tpr": float(suite.split.target_tpr), "real_kind": suite.real.kind, "n_real": int(suite.real.n),
-            "real_seed": int(suite.real.seed), "resize": cfg.image_options.resize}
+            "real_seed": int(suite.real.seed), "resize": cfg.image_options.resize,
+            "real_crops": (f"{int(suite.real.crops.n)} crops of {int(suite.real.crops.size)}px, seed "
+                           f"{int(suite.real.crops.seed)}" if suite.real.kind == "crops" else "")}
 
 
 def protocol_hash(cfg: DictConfig) -> str:
