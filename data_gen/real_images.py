@@ -73,7 +73,8 @@ PHOTOS: tuple[Photo, ...] = (
     Photo("chelsea", "skimage.data", "chelsea.png", _CC0, "Stefan van der Walt", "eval"),
     Photo("coffee", "skimage.data", "coffee.png", _CC0, "Rachel Michetti (Pikolo Espresso Bar)", "eval"),
     Photo("flower", "sklearn.datasets.images", "flower.jpg", _CC_BY_2,
-          "vultilion (Flickr), via scikit-learn", "eval"),
+          "vultilion (Flickr), via scikit-learn (its README credits danielbuechele but links vultilion)",
+          "eval"),
 )
 
 
@@ -219,3 +220,26 @@ def licence_table() -> str:
 def photo_records() -> list[dict]:
     """The photo table as plain dicts (for cards and reports)."""
     return [asdict(p) for p in PHOTOS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m data_gen.real_images",
+                                     description="Write the real evaluation crops (PNG + manifest.csv).")
+    parser.add_argument("--out", default="data/real", help="output folder (default data/real)")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--n", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--licences", action="store_true", help="print the photo table (Markdown) and exit")
+    args = parser.parse_args(argv)
+    if args.licences:
+        print(licence_table())
+        return 0
+    out = build_eval_set(args.out, size=args.size, n=args.n, seed=args.seed)
+    print(f"{out}: {len(read_manifest(out))} crops of {', '.join(p.name for p in photos('eval'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -607,7 +607,7 @@ def draw_grid(zoo_dir: str | Path, out_png: str | Path, n: int = 10, seed: int =
         rows.append((f"{name}\n({card['autoencoder_class']})", sample(load_member(zoo_dir / name), n, seed)))
         resolution = card["resolution"]
     real = real_images.make_eval_crops(resolution, 600, seed=0)[0]
-    pick = np.random.default_rng(seed).choice(len(real), n, replace=False)
+    pick = np.linspace(0, len(real) - 1, n).round().astype(int)  # spread over the eval photos
     rows.append(("real\n(eval photos)", torch.from_numpy(real[pick]).permute(0, 3, 1, 2).float() / 255))
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9 + 1.2, len(rows) * 0.95 + 0.4), squeeze=False)
     for r, (label, imgs) in enumerate(rows):
