@@ -62,13 +62,19 @@ def main() -> None:
     real = real_images.make_eval_crops(resolution, max(args.n, 3), seed=0)[0][: args.n]
     sources["real"] = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 255
     print(f"median min-over-{args.steps}-steps MSE ([0,1] pixels), {args.n} images per source")
-    print(f"{'inspected':10s}" + "".join(f"{s:>11s}" for s in sources) + "   own/other   s")
+    print("own/other: own median over the lowest other median; own max, other min: the worst own image and the "
+          "best non-belonging image (separable when own max < other min)")
+    print(f"{'inspected':10s}" + "".join(f"{s:>11s}" for s in sources)
+          + f"{'own/other':>11s}{'own max':>11s}{'other min':>11s}{'s':>5s}")
     for name, pipe in pipes.items():
         t0 = time.perf_counter()
-        med = {s: float(scores(pipe.vqvae, imgs, args.steps).median()) for s, imgs in sources.items()}
+        res = {s: scores(pipe.vqvae, imgs, args.steps) for s, imgs in sources.items()}
+        med = {s: float(v.median()) for s, v in res.items()}
         other = min(v for s, v in med.items() if s != name)
+        other_min = min(float(v.min()) for s, v in res.items() if s != name)
         print(f"{name:10s}" + "".join(f"{v:11.2e}" for v in med.values())
-              + f"   {med[name] / other:9.1e} {time.perf_counter() - t0:5.0f}", flush=True)
+              + f"{med[name] / other:11.1e}{float(res[name].max()):11.2e}{other_min:11.2e}"
+              + f"{time.perf_counter() - t0:5.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class Budget:
 
 
 MICRO = Budget(n_crops=256, ae_steps=4, ae_batch=8, finetune_steps=2, prior_steps=4, prior_batch=8,
-               n_heldout=16, speed_batch=8)
+               n_heldout=16, speed_batch=8, speed_threads=1)
 
 
 # -- architectures ---------------------------------------------------------------------------------------------

@@ -307,7 +307,7 @@ def test_figures_from_cached_files_only(micro_zoo, workspace, tmp_path, monkeypa
 
 # -- launchers (the real command line) ---------------------------------------------------------------------------
 def _cli(module: str, args: list[str], root: Path, zoo_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "LATENTTRACER_ROOT": str(root)}
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before the overrides
     cmd = [sys.executable, "-m", module, *flags, *MICRO, f"paths.root_dir={root}", f"paths.zoo_dir={zoo_dir}",
            *[a for a in args if not a.startswith("-")]]
@@ -318,13 +318,14 @@ def _cli(module: str, args: list[str], root: Path, zoo_dir: Path, timeout: int =
 
 def test_lr_multirun_with_the_joblib_launcher(micro_zoo, tmp_path):
     _cli("experiments.ablations", ["experiment=ablation_lr", "inversion.lr=0.01,0.1", "hydra/launcher=joblib",
-                                   "hydra.launcher.n_jobs=2", "threads=1", f"hydra.sweep.dir={tmp_path}/sweep"],
+                                   "hydra.launcher.n_jobs=2", "threads=1"],
          tmp_path, micro_zoo)
     rows = pd.read_csv(tmp_path / "results" / "debug" / "ablations.csv")
     assert sorted(rows["lr"].unique()) == [0.01, 0.1]  # the command line replaced the preset's 5 values
     assert len(rows) == 2 * 6 and set(rows["ablation"]) == {"lr"}
-    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
-    assert all((tmp_path / "sweep" / j / "ablation_cells.csv").is_file() for j in ("0", "1"))
+    (sweep,) = (tmp_path / "multirun" / "ablations").iterdir()  # the default sweep dir, under the root
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((sweep / j / "ablation_cells.csv").is_file() for j in ("0", "1"))
 
 
 def test_invert_multirun_with_the_submitit_local_launcher(micro_zoo, tmp_path):

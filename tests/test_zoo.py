@@ -17,7 +17,7 @@ SHIPPED = ROOT / "zoo"
 CARD_KEYS = {"name", "autoencoder_class", "seed", "resolution", "scaling_factor", "autoencoder_steps",
              "prior_steps", "seconds", "psnr_heldout_real_db", "speed", "autoencoder_config", "unet_config"}
 TINY_BUDGET = zoo.Budget(n_crops=64, ae_steps=3, ae_batch=8, finetune_steps=2, prior_steps=3, prior_batch=8,
-                         n_heldout=8, speed_batch=4)
+                         n_heldout=8, speed_batch=4, speed_threads=1)
 
 
 def _generate(pipe, n: int = 2) -> np.ndarray:
