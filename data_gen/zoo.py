@@ -591,11 +591,8 @@ def sample(pipe, n: int, seed: int = 0, steps: int = 50) -> torch.Tensor:
 def draw_grid(zoo_dir: str | Path, out_png: str | Path, n: int = 10, seed: int = 0,
               names: list[str] | None = None) -> Path:
     """One PNG: a row of samples per member, beside a row of real evaluation crops, labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     zoo_dir = Path(zoo_dir)
     names = names or [m for m in MEMBERS if (zoo_dir / m / "model_index.json").is_file()]
@@ -609,7 +606,8 @@ def draw_grid(zoo_dir: str | Path, out_png: str | Path, n: int = 10, seed: int =
     real = real_images.make_eval_crops(resolution, 600, seed=0)[0]
     pick = np.linspace(0, len(real) - 1, n).round().astype(int)  # spread over the eval photos
     rows.append(("real\n(eval photos)", torch.from_numpy(real[pick]).permute(0, 3, 1, 2).float() / 255))
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9 + 1.2, len(rows) * 0.95 + 0.4), squeeze=False)
+    fig = Figure(figsize=(n * 0.9 + 1.2, len(rows) * 0.95 + 0.4))
+    axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for c in range(n):
             ax = axes[r][c]
@@ -623,7 +621,6 @@ def draw_grid(zoo_dir: str | Path, out_png: str | Path, n: int = 10, seed: int =
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 

@@ -149,3 +149,37 @@ def test_shipped_member_loads_and_has_a_card(name):
 def test_shipped_zoo_is_small():
     files = [p for p in SHIPPED.rglob("*") if p.is_file()]
     assert files and sum(p.stat().st_size for p in files) < 40 * 2**20
+
+
+def test_shipped_members_own_samples_trace_as_belonging(tmp_path):
+    """Each member's own samples (8-bit PNGs) fall under a threshold set on other own samples; others' rarely do."""
+    from latenttracer.autoencoders import load_autoencoder
+    from latenttracer.images import list_images
+    from latenttracer.inversion import InversionConfig
+    from latenttracer.metrics import calibrate_threshold
+    from latenttracer.tracing import score_images
+
+    n = 4  # per member and split: calibration + evaluation
+    folders = {}
+    for name in zoo.MEMBERS:
+        pipe = DiffusionPipeline.from_pretrained(str(SHIPPED / name))
+        pipe.set_progress_bar_config(disable=True)
+        gen = [torch.Generator().manual_seed(100 + i) for i in range(2 * n)]
+        images = pipe(batch_size=2 * n, generator=gen, num_inference_steps=10, output_type="pil").images
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i, im in enumerate(images):
+            im.save(folders[name] / f"{i:02d}.png")
+    cfg = InversionConfig(steps=100, batch_size=64)
+    own_rates, other_rates = [], []
+    for inspected in zoo.MEMBERS:
+        ae = load_autoencoder(SHIPPED / inspected)
+        scores = {name: score_images(ae, list_images(folder), cfg, progress=False)[0]["score"].to_numpy()
+                  for name, folder in folders.items()}
+        own = scores.pop(inspected)
+        threshold = calibrate_threshold(own[:n], 0.95)  # calibration half: the first n images
+        own_rates.append(np.mean(own[n:] <= threshold))
+        for name, s in scores.items():
+            other_rates.append(np.mean(s <= threshold))
+            assert np.median(s) > 5 * np.median(own), (inspected, name, np.median(s), np.median(own))
+    assert np.mean(own_rates) >= 0.6 and np.mean(other_rates) <= 0.05, (own_rates, other_rates)
