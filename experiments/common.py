@@ -313,6 +313,7 @@ def cell_metrics(scores: pd.DataFrame, inspected: str, sources: Sequence[str], t
     if calibration.empty or belonging.empty:
         raise ValueError(f"inspected model {inspected!r}: no scored calibration or evaluation images of its own")
     threshold = calibrate_threshold(calibration, target_tpr)
+    own_eval = own[own["split"] == "evaluation"]
     rows = []
     for source in [*sources, ALL]:
         chosen = list(sources) if source == ALL else [source]
@@ -322,7 +323,11 @@ def cell_metrics(scores: pd.DataFrame, inspected: str, sources: Sequence[str], t
         except ValueError as err:
             raise ValueError(f"cell (inspected {inspected!r}, source {source!r}): {err}") from err
         n_failed = int((failed["source"].isin([*chosen, inspected])).sum())
-        rows.append({"inspected": inspected, "source": source, **metrics.as_dict(), "n_failed": n_failed})
+        # Baseline from the same rows: the step-0 loss alone (plain encode/decode error, AEROBLADE-like L2).
+        step0 = detection_metrics(own_eval["init_loss"], ok.loc[mask, "init_loss"]).auc
+        rows.append({"inspected": inspected, "source": source, **metrics.as_dict(), "n_failed": n_failed,
+                     "auc_step0": step0, "median_belonging": float(belonging.median()),
+                     "median_non_belonging": float(ok.loc[mask, "score"].median())})
     return rows
 
 

@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--recursive", action="store_true", help="also look in subfolders")
     t.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="results store directory")
     t.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -85,6 +86,10 @@ def trace(args: argparse.Namespace) -> int:
     from latenttracer.store import ResultStore
     from latenttracer.tracing import score_images, steps_per_second
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = InversionConfig(init=args.init, lr=args.lr, steps=args.steps, schedule=args.schedule,
                              distance=args.distance, strategy=args.strategy, batch_size=args.batch_size,
                              device=args.device, dtype=args.dtype, seed=args.seed)

@@ -50,6 +50,9 @@ METRIC_LABELS = {
     "auc": "AUC", "ap": "AP", "tpr_at_1fpr": "TPR@1%FPR", "tpr_at_5fpr": "TPR@5%FPR",
     "accuracy": "accuracy at the calibrated threshold", "balanced_accuracy": "balanced accuracy",
     "tpr": "TPR at the calibrated threshold", "fpr": "FPR at the calibrated threshold",
+    "auc_step0": "AUC of the step-0 loss alone (plain encode/decode error, no optimisation)",
+    "median_non_belonging": "median score (reconstruction MSE) of the non-belonging images",
+    "median_belonging": "median score of the belonging (evaluation) images",
 }
 
 
@@ -132,7 +135,7 @@ def metric_matrix(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
 def _fmt(value: float, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:.3g}" if metric == "threshold" else f"{value:.3f}"
+    return f"{value:.3g}" if metric == "threshold" or metric.startswith("median") else f"{value:.3f}"
 
 
 def _counts_line(cells: pd.DataFrame) -> str:
