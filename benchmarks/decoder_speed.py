@@ -35,7 +35,8 @@ def main() -> None:
         aes = {n: zoo.load_member(root / n).vqvae for n in zoo.MEMBERS if (root / n / "model_index.json").is_file()}
         if not aes:
             raise SystemExit(f"{root}: no zoo members (train with python -m data_gen.zoo, or use --fresh)")
-    print(f"batch {args.batch}, {args.threads} threads, fp32, forward + backward w.r.t. the latent, best of {args.reps}")
+    print(f"batch {args.batch}, {args.threads} threads, fp32, forward + backward w.r.t. the latent, "
+          f"best of {args.reps}")
     print(f"{'member':10s} {'class':16s} {'params':>9s} {'MFLOP/img':>10s} {'image-steps/s':>14s}")
     for name, ae in aes.items():
         s = zoo.decoder_speed(ae, batch=args.batch, reps=args.reps, threads=args.threads)

@@ -24,7 +24,6 @@ The Hydra entry point (``python -m data_gen.generate model=kl-a n=200``, or ``-m
 from __future__ import annotations
 
 import csv
-import hashlib
 import inspect
 import io
 import json
@@ -40,7 +39,7 @@ import hydra
 import numpy as np
 import torch
 
-from latenttracer.autoencoders import resolve_device, resolve_dtype
+from latenttracer.autoencoders import content_fingerprint, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -282,13 +281,7 @@ def weights_fingerprint(source: str) -> str | None:
     root = Path(source)
     if not root.is_dir():
         return None
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return content_fingerprint([p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES], root)
 
 
 def _diffusers_version() -> str:

@@ -158,7 +158,8 @@ def generated_set(cfg: DictConfig, name: str) -> list[Path]:
                 progress=bool(cfg.progress))
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"{set_dir}: {len(missing)} of {n} images missing after generation (first: {missing[0]})")
+        raise FileNotFoundError(
+            f"{set_dir}: {len(missing)} of {n} images missing after generation (first: {missing[0]})")
     return files
 
 

@@ -34,7 +34,10 @@ def matching(rows: pd.DataFrame, cfg: DictConfig, free: list[str]) -> pd.DataFra
         if key in free:
             continue
         value = getattr(inv, key)
-        keep &= np.isclose(rows[key].astype(float), float(value)) if key == "lr" else rows[key].astype(str) == str(value)
+        if key == "lr":
+            keep &= np.isclose(rows[key].astype(float), float(value))
+        else:
+            keep &= rows[key].astype(str) == str(value)
     return rows[keep].drop_duplicates(["inspected", "source", *free], keep="last")
 
 

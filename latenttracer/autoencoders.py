@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -150,11 +151,12 @@ def _native_resolution(read: Any, component: str | None, ae_config: dict) -> int
     return int(size) if isinstance(size, int) else None
 
 
-def _fingerprint(files: list[Path]) -> str:
-    """sha256 over the weight and config files: cached results are keyed on the weights, not only the name."""
+def content_fingerprint(files: Iterable[Path], root: Path) -> str:
+    """sha256 (16 hex digits) over files' paths relative to ``root`` and their bytes: path-independent, so a
+    moved checkout keeps its caches and a retrained model at the same path does not."""
     h = hashlib.sha256()
-    for f in sorted(files):
-        h.update(f.name.encode())
+    for f in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
@@ -263,7 +265,8 @@ def load_autoencoder(
     fingerprint = ""
     if subfolder_root is not None:
         ae_dir = subfolder_root / component if component else subfolder_root
-        fingerprint = _fingerprint([p for p in ae_dir.iterdir() if p.suffix in (".json", ".safetensors", ".bin")])
+        fingerprint = content_fingerprint(
+            [p for p in ae_dir.iterdir() if p.suffix in (".json", ".safetensors", ".bin")], ae_dir)
     else:
         fingerprint = hashlib.sha256(f"hub:{src}:{json.dumps(ae_config, sort_keys=True)}".encode()).hexdigest()[:16]
     ae = Autoencoder(model=model, kind=SUPPORTED_CLASSES[class_name], name=name or default_name,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -81,7 +80,8 @@ class InversionConfig:
 
     def identity(self) -> dict:
         """The fields that decide the scores (used in cache keys)."""
-        return {k: v for k, v in asdict(self).items() if k not in _NOT_IN_HASH and not (k == "seed" and self.init != "random")}
+        skip = set(_NOT_IN_HASH) | ({"seed"} if self.init != "random" else set())
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def hash(self, *extra: object) -> str:
         payload = json.dumps([self.identity(), *extra], sort_keys=True, default=str)
@@ -216,12 +216,3 @@ def invert(
         if on_batch is not None:
             on_batch(len(results))
     return results
-
-
-def timed_invert(ae: Autoencoder, images: torch.Tensor, config: InversionConfig, **kwargs) -> tuple[list[InversionResult], float]:
-    """:func:`invert` plus the wall seconds it took."""
-    t0 = time.perf_counter()
-    res = invert(ae, images, config, **kwargs)
-    if resolve_device(config.device).type == "cuda":
-        torch.cuda.synchronize()
-    return res, time.perf_counter() - t0

@@ -315,7 +315,8 @@ def metric_vs_param(rows: pd.DataFrame, param: str, metric: str = "auc", hue: st
         raise ValueError(f"no rows to plot {metric} against {param}")
     inspected = _ordered(rows["inspected"])
     sources = _ordered(rows["source"], first=inspected)
-    fig, axes = plt.subplots(len(inspected), len(sources), figsize=(2.1 * len(sources) + 0.6, 2.0 * len(inspected) + 0.6),
+    size = (2.1 * len(sources) + 0.6, 2.0 * len(inspected) + 0.6)
+    fig, axes = plt.subplots(len(inspected), len(sources), figsize=size,
                              squeeze=False, sharex=True, sharey=True)
     hues = [None] if hue is None else sorted(rows[hue].unique(), key=str)
     for r, name in enumerate(inspected):

@@ -34,14 +34,6 @@ MICRO = ["debug=default", "suite.generated.n=6", "suite.generated.batch_size=6",
          "suite.real.crops.n=12", "inversion.steps=3", "progress=false"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: extra intra-op threads only spin on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(autouse=True)
 def _wandb_sandbox(tmp_path, monkeypatch):

@@ -23,14 +23,6 @@ STEPS = {"num_inference_steps": 2}
 PROMPTS = ["a red cat", "a blue dog", "tree"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models here are tiny: extra intra-op threads only spin (several times slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---------------------------------------------------------------------------------------------- tiny pipelines
 
