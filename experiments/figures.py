@@ -41,6 +41,27 @@ def matching(rows: pd.DataFrame, cfg: DictConfig, free: list[str]) -> pd.DataFra
     return rows[keep].drop_duplicates(["inspected", "source", *free], keep="last")
 
 
+def summary_markdown(steps: pd.DataFrame, lr: pd.DataFrame) -> str:
+    """The pooled cells (``source == all``) of the steps and lr sweeps as Markdown: AUC and TPR@1%FPR."""
+    parts = []
+    for title, rows, index, columns in (("steps x init", steps, "steps", "init"), ("learning rate", lr, "lr", None)):
+        pooled = rows[rows["source"] == "all"]
+        if pooled.empty or pooled[index].nunique() < 2:
+            continue
+        for metric in ("auc", "tpr_at_1fpr"):
+            keys = [columns] if columns else []
+            table = pooled.pivot_table(index=["inspected", *keys], columns=index, values=metric, aggfunc="last")
+            header = [str(c) for c in table.columns]
+            parts += [f"### {report.METRIC_LABELS.get(metric, metric)} (all sources pooled) vs {title}", "",
+                      "| inspected | " + (f"{columns} | " if columns else "") + " | ".join(header) + " |",
+                      "|---" * (len(header) + 1 + bool(columns)) + "|"]
+            for key, row in table.iterrows():
+                key = key if isinstance(key, tuple) else (key,)
+                parts.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+            parts.append("")
+    return "\n".join(parts)
+
+
 def draw(cfg: DictConfig, out: Path) -> dict[str, list[Path]]:
     """Every figure the cached files allow, saved under ``out``; returns {name: [files]}."""
     formats = list(cfg.formats)
@@ -67,6 +88,11 @@ def draw(cfg: DictConfig, out: Path) -> dict[str, list[Path]]:
                 steps, "steps", hue="init", xscale="symlog", title=f"AUC vs inversion steps (lr {cfg.inversion.lr})"),
                 out / "auc_vs_steps", formats)
         lr = matching(rows, cfg, ["lr"])
+        summary = summary_markdown(steps, lr)
+        if summary:
+            report.atomic_write_text(out / "ablations.md", summary)
+            made["ablations_summary"] = [out / "ablations.md"]
+            print(summary, flush=True)
         if lr["lr"].nunique() > 1:
             made["auc_vs_lr"] = report.save_figure(report.metric_vs_param(
                 lr, "lr", xscale="log", title=f"AUC vs learning rate ({cfg.inversion.steps} steps, "
