@@ -36,6 +36,7 @@ reproduce-table1: ## Table 1 on the shipped zoo -> results/table1.{md,csv,tex} (
 	$(PYTHON) -m data_gen.generate -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) model=$(MODELS) n=200 batch_size=50
 	$(PYTHON) -m experiments.invert -m $(PAR) model=$(MODELS) images=table1
 	$(PYTHON) -m experiments.table1
+	$(PYTHON) -m experiments.figures
 
 ablations: ## init x steps and lr sweeps (Hydra multirun) -> results/ablations.csv
 	$(PYTHON) -m experiments.ablations experiment=ablation_steps $(PAR)

@@ -57,7 +57,8 @@ def summary_markdown(steps: pd.DataFrame, lr: pd.DataFrame) -> str:
                       "|---" * (len(header) + 1 + bool(columns)) + "|"]
             for key, row in table.iterrows():
                 key = key if isinstance(key, tuple) else (key,)
-                parts.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+                cells = [f"{v:.3f}" if v == v else "–" for v in row]
+                parts.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + " |")
             parts.append("")
     return "\n".join(parts)
 
