@@ -217,8 +217,10 @@ def save_figure(fig, stem: str | os.PathLike, formats: Sequence[str] = ("png", "
     paths = []
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
-        paths.append(atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f, dpi=dpi,
-                                                                          bbox_inches="tight")))
+        # No creation date (PDF) or software stamp: the same figure gives the same bytes on every rerun.
+        meta = {"CreationDate": None} if fmt == "pdf" else {"Software": None} if fmt == "png" else None
+        paths.append(atomic_write(target, lambda tmp, f=fmt, m=meta: fig.savefig(tmp, format=f, dpi=dpi,
+                                                                                 bbox_inches="tight", metadata=m)))
     _pyplot().close(fig)
     return paths
 
