@@ -92,7 +92,6 @@ def draw(cfg: DictConfig, out: Path) -> dict[str, list[Path]]:
         summary = summary_markdown(steps, lr)
         if summary:
             report.atomic_write_text(out / "ablations.md", summary)
-            made["ablations_summary"] = [out / "ablations.md"]
             print(summary, flush=True)
         if lr["lr"].nunique() > 1:
             made["auc_vs_lr"] = report.save_figure(report.metric_vs_param(
@@ -116,6 +115,9 @@ def run(cfg: DictConfig) -> dict[str, list[Path]]:
         for name, files in made.items():
             published[name] = [report.atomic_write(target / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
                                for f in files]
+        summary = out / "figures" / "ablations.md"  # the ablation tables, when there are ablations
+        if summary.is_file():
+            report.atomic_write(target / summary.name, lambda tmp: shutil.copyfile(summary, tmp))
         log.info("%d figures published to %s", len(published), target)
         tracker.log_images({f"figures/{name}": files[0] for name, files in made.items() if files[0].suffix == ".png"})
     return published
