@@ -20,8 +20,8 @@ install: ## create .venv and install the project with its dev extras (CPU torch 
 test: ## run the default (fast, CPU, offline) test suite
 	$(BIN)/pytest -n $(JOBS) -q
 
-test-slow: ## run the slow tier too
-	RUN_SLOW=1 $(BIN)/pytest -n $(JOBS) -q -m "slow or not slow"
+test-slow: ## run the slow tier too (retrains a zoo member: minutes)
+	$(BIN)/pytest -n $(JOBS) -q -m "slow or not slow"
 
 lint: ## ruff
 	$(BIN)/ruff check latenttracer data_gen experiments benchmarks tests

@@ -23,13 +23,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--zoo", default="zoo")
     p.add_argument("--fresh", action="store_true", help="measure freshly built architectures instead")
+    p.add_argument("--resolution", type=int, default=zoo.RESOLUTION, help="image size for --fresh")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     args = p.parse_args()
     if args.fresh:
         torch.manual_seed(0)
-        aes = {kind: zoo.build_autoencoder(kind) for kind in ("kl", "vq", "tiny")}
+        aes = {f"{kind}@{args.resolution}": zoo.build_autoencoder(kind, args.resolution) for kind in ("kl", "vq", "tiny")}
     else:
         root = Path(args.zoo)
         aes = {n: zoo.load_member(root / n).vqvae for n in zoo.MEMBERS if (root / n / "model_index.json").is_file()}

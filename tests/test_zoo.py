@@ -183,3 +183,23 @@ def test_shipped_members_own_samples_trace_as_belonging(tmp_path):
             other_rates.append(np.mean(s <= threshold))
             assert np.median(s) > 5 * np.median(own), (inspected, name, np.median(s), np.median(own))
     assert np.mean(own_rates) >= 0.6 and np.mean(other_rates) <= 0.05, (own_rates, other_rates)
+
+
+@pytest.mark.slow
+def test_make_zoo_reproduces_the_shipped_member_bit_for_bit(tmp_path):
+    """`make zoo` reproduces the shipped zoo: retrain kl-a from scratch (about 7 minutes on one core)."""
+    from safetensors.torch import load_file
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the zoo is trained single-threaded (`--threads 1`), which makes it bit-reproducible
+    try:
+        zoo.train_member(zoo.MEMBERS["kl-a"], tmp_path, measure_speed=False)
+    finally:
+        torch.set_num_threads(before)
+    for component in ("vqvae", "unet"):
+        (shipped,) = (SHIPPED / "kl-a" / component).glob("*.safetensors")
+        (fresh,) = (tmp_path / "kl-a" / component).glob("*.safetensors")
+        a, b = load_file(shipped), load_file(fresh)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{component}/{key} differs from the shipped zoo"
