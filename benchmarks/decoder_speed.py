@@ -30,7 +30,8 @@ def main() -> None:
     args = p.parse_args()
     if args.fresh:
         torch.manual_seed(0)
-        aes = {f"{kind}@{args.resolution}": zoo.build_autoencoder(kind, args.resolution) for kind in ("kl", "vq", "tiny")}
+        aes = {f"{kind}@{args.resolution}": zoo.build_autoencoder(kind, args.resolution)
+               for kind in ("kl", "vq", "tiny")}
     else:
         root = Path(args.zoo)
         aes = {n: zoo.load_member(root / n).vqvae for n in zoo.MEMBERS if (root / n / "model_index.json").is_file()}
