@@ -6,7 +6,7 @@ PYTHON  := $(BIN)/python
 JOBS    ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint zoo zoo-grid real-set generate reproduce-table1 ablations figures \
+.PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
         sync-wandb benchmark clean
 
 help: ## list every target
