@@ -144,6 +144,57 @@ def vqd_pipe(tiny_dir) -> Path:
     return tiny_dir / "vqd-tiny"
 
 
+@pytest.fixture(scope="module")
+def kandinsky_pipe(tiny_dir) -> Path:
+    """A tiny Kandinsky 2.1 in the hub layout: a KandinskyPipeline (decoder) directory whose README.md model card
+    names its KandinskyPriorPipeline directory under ``prior:``, as kandinsky-community/kandinsky-2-1 does."""
+    from diffusers import (DDIMScheduler, KandinskyPipeline, KandinskyPriorPipeline, PriorTransformer,
+                           UNet2DConditionModel, UnCLIPScheduler, VQModel)
+    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection, XLMRobertaTokenizer)
+
+    torch.manual_seed(0)
+    dim = 16  # CLIP image-embedding size: prior output, M-CLIP projection, UNet cross-attention
+    # XLM-Roberta (unigram) tokenizer over single letters; the decoder pads prompts to 77 tokens (hard-coded)
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(p, -1.0) for c in string.ascii_lowercase for p in ("\u2581" + c, c)]
+    xlm_tok = XLMRobertaTokenizer(vocab=pieces)
+    text_encoder = MultilingualCLIP(MCLIPConfig(
+        transformerDimSize=dim, imageDimSize=dim, vocab_size=len(xlm_tok), hidden_size=dim, intermediate_size=32,
+        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=80))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=8, block_out_channels=(16, 32),
+                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=dim, attention_head_dim=4,
+                                encoder_hid_dim=dim, encoder_hid_dim_type="text_image_proj",
+                                addition_embed_type="text_image", resnet_time_scale_shift="scale_shift",
+                                down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+                                up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+                                mid_block_type="UNetMidBlock2DSimpleCrossAttn")
+    movq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1,
+                   latent_channels=4, norm_num_groups=8, num_vq_embeddings=16, vq_embed_dim=4,
+                   norm_type="spatial")  # SpatialNorm has 32 groups: hence 32 channels
+    decoder = KandinskyPipeline(text_encoder=text_encoder, tokenizer=xlm_tok, unet=unet, movq=movq,
+                                scheduler=DDIMScheduler(num_train_timesteps=100, clip_sample=False,
+                                                        set_alpha_to_one=False, steps_offset=1))
+    clip_tok = _tokenizer(tiny_dir)
+    prior = KandinskyPriorPipeline(
+        prior=PriorTransformer(num_attention_heads=2, attention_head_dim=8, embedding_dim=dim, num_layers=1,
+                               num_embeddings=clip_tok.model_max_length),
+        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(len(clip_tok)))),
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+            patch_size=8, projection_dim=dim)),
+        tokenizer=clip_tok, image_processor=CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32}),
+        scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=100,
+                                  clip_sample=True, clip_sample_range=10.0))
+    decoder_dir, prior_dir = tiny_dir / "kandinsky-tiny", tiny_dir / "kandinsky-prior-tiny"
+    decoder.save_pretrained(decoder_dir)
+    prior.save_pretrained(prior_dir)
+    (decoder_dir / "README.md").write_text(f"---\nprior:\n- {json.dumps(str(prior_dir))}\n---\n")
+    return decoder_dir
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -372,6 +423,27 @@ def test_kandinsky_decoder_is_loaded_with_its_prior(tmp_path, monkeypatch):
     assert isinstance(gen.load_generation_pipeline(str(tmp_path), device="cpu"), Stub)
     assert loaded == {"source": str(tmp_path), "dtype": torch.float32}
     assert gen.pipeline_class("KandinskyPipeline").__name__ == "KandinskyCombinedPipeline"
+
+
+def test_kandinsky_2_1_generates_through_its_prior_offline(kandinsky_pipe, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: any request fails
+    pipe = gen.load_generation_pipeline(str(kandinsky_pipe), device="cpu")
+    assert type(pipe).__name__ == "KandinskyCombinedPipeline"
+    assert pipe.prior_prior.config.num_embeddings == 16  # the prior came from the directory the model card names
+    kwargs = {"n": 2, "batch_size": 2, "prompts": PROMPTS, "resolution": 16, "device": "cpu", "progress": False,
+              "pipeline_kwargs": {**STEPS, "prior_num_inference_steps": 2}}
+    set_dir = gen.generate_set(str(kandinsky_pipe), tmp_path / "a", **kwargs)
+    rows = _manifest(set_dir)
+    assert [r["prompt"] for r in rows] == PROMPTS[:2] and {r["model"] for r in rows} == {"kandinsky-tiny"}
+    assert {(r["width"], r["height"]) for r in rows} == {("16", "16")}
+    with Image.open(set_dir / "00001.png") as im:
+        assert (im.mode, im.size) == ("RGB", (16, 16)) and np.asarray(im).std() > 0
+    pngs = _pngs(set_dir)
+    assert sorted(pngs) == ["00000.png", "00001.png"] and len(set(pngs.values())) == 2
+    assert _pngs(gen.generate_set(str(kandinsky_pipe), tmp_path / "b", **kwargs)) == pngs  # seeded
 
 
 # ---------------------------------------------------------------------------------------------- prompts, entry point
