@@ -148,11 +148,24 @@ def vqd_pipe(tiny_dir) -> Path:
 def kandinsky_pipe(tiny_dir) -> Path:
     """A tiny Kandinsky 2.1 in the hub layout: a KandinskyPipeline (decoder) directory whose README.md model card
     names its KandinskyPriorPipeline directory under ``prior:``, as kandinsky-community/kandinsky-2-1 does."""
-    from diffusers import (DDIMScheduler, KandinskyPipeline, KandinskyPriorPipeline, PriorTransformer,
-                           UNet2DConditionModel, UnCLIPScheduler, VQModel)
+    from diffusers import (
+        DDIMScheduler,
+        KandinskyPipeline,
+        KandinskyPriorPipeline,
+        PriorTransformer,
+        UnCLIPScheduler,
+        UNet2DConditionModel,
+        VQModel,
+    )
     from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection, XLMRobertaTokenizer)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        XLMRobertaTokenizer,
+    )
 
     torch.manual_seed(0)
     dim = 16  # CLIP image-embedding size: prior output, M-CLIP projection, UNet cross-attention
