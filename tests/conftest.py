@@ -10,9 +10,30 @@ import pytest
 import torch
 from PIL import Image
 
+pytest_plugins = ["pytester"]  # tests/test_test_tiers.py runs pytest on throwaway files
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: extra threads only spin; run files in parallel with -n 2 instead
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def run_slow_requested() -> bool:
+    """``RUN_SLOW=1`` (or true/yes/on) in the environment asks for the slow tier too."""
+    return os.environ.get("RUN_SLOW", "").strip().lower() in _TRUE
+
+
+def pytest_configure(config):
+    """``RUN_SLOW=1 pytest`` runs the slow tier as well as the default one.
+
+    ``pyproject.toml`` deselects slow tests with ``addopts = "-m 'not slow'"``. With ``RUN_SLOW`` set, that default
+    expression is dropped, so every test runs. An ``-m`` given on the command line always wins.
+    """
+    args = config.invocation_params.args
+    explicit_m = any(a == "-m" or (a.startswith("-m") and not a.startswith("--")) for a in args)
+    if run_slow_requested() and not explicit_m and config.option.markexpr == "not slow":
+        config.option.markexpr = ""
 
 TINY_CONFIGS = {
     "AutoencoderKL": dict(
