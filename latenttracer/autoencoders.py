@@ -1,7 +1,7 @@
 """One small interface over the autoencoders LatentTracer inspects.
 
 An :class:`Autoencoder` wraps a diffusers ``AutoencoderKL``, ``VQModel`` or ``AutoencoderTiny`` and exposes
-exactly what latent inversion needs, in the authors' conventions (``../shared/reference/paper.md`` §1b):
+exactly what latent inversion needs, in the authors' conventions (``docs/method.md``, "Authors' settings"):
 
 * ``encode(x)``: images in [0, 1] -> the starting latent z0.
   KL: posterior **mean** times ``scaling_factor`` (minus ``shift_factor`` first, for models that have one).

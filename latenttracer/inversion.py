@@ -1,6 +1,6 @@
 """Latent inversion, written once: batched gradient descent on the decoder input.
 
-The defaults are the authors' settings (``../shared/reference/paper.md`` §1b, §8):
+The defaults are the authors' settings (``docs/method.md``, "Authors' settings" and "Code quirks"):
 
 * encoder initialisation (``init="encoder"``), Adam with default betas, ``lr=0.05``, ``steps=100``;
 * the ``authors`` schedule: the learning rate is halved *after* step 0 and after every 50th step
