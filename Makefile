@@ -31,12 +31,15 @@ zoo: ## train the embedded zoo from scratch into zoo/ (CPU)
 
 MODELS := kl-a,kl-b,kl-a-ft,vq,tiny
 PAR    := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) threads=1
+ARGS   ?=
 
-reproduce-table1: ## Table 1 on the shipped zoo -> results/table1.{md,csv,tex} (+ figures)
-	$(PYTHON) -m data_gen.generate -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) model=$(MODELS) n=200 batch_size=50
-	$(PYTHON) -m experiments.invert -m $(PAR) model=$(MODELS) images=table1
-	$(PYTHON) -m experiments.table1
-	$(PYTHON) -m experiments.figures
+# Every setting comes from conf/ (suite.generated: n, seed, batch size); ARGS goes to every step, e.g.
+# `make reproduce-table1 ARGS='suite.generated.seed=1'` (sets under results/cache/images/seed1/).
+reproduce-table1: ## Table 1 on the shipped zoo -> results/table1.{md,csv,tex} (+ figures); overrides: ARGS='...'
+	$(PYTHON) -m experiments.generate -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) images=$(MODELS) $(ARGS)
+	$(PYTHON) -m experiments.invert -m $(PAR) model=$(MODELS) images=table1 $(ARGS)
+	$(PYTHON) -m experiments.table1 $(ARGS)
+	$(PYTHON) -m experiments.figures $(ARGS)
 
 ablations: ## init x steps and lr sweeps (Hydra multirun) -> results/ablations.csv
 	$(PYTHON) -m experiments.ablations experiment=ablation_steps $(PAR)

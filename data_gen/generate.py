@@ -17,8 +17,8 @@ so it is the same whatever the batch size and whichever images already exist. A 
   missing images are made); one with a different config is refused, naming the differing keys, while the set holds
   images. ``overwrite=True`` starts the set afresh.
 
-The Hydra entry point (``python -m data_gen.generate model=kl-a n=200``, or ``-m model=kl-a,kl-b``) composes
-``conf/generate.yaml`` and calls :func:`generate_set`.
+Suites call it through :mod:`data_gen.sets` (the one place where settings become arguments); the Hydra entry point
+is ``python -m experiments.generate model=kl-a`` (``conf/generate.yaml``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 
@@ -455,34 +454,3 @@ def generate_set(
             _write_manifest(model_dir, rows)
             bar.update(len(indices))
     return model_dir
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Hydra entry point
-
-
-def run(cfg) -> Path:
-    """Generate the set described by a composed ``conf/generate.yaml`` config."""
-    from omegaconf import OmegaConf
-
-    model = cfg.model
-    kind = str(model.get("kind", "auto"))
-    prompts = None if kind == "zoo" else read_prompts(cfg.get("prompts_file"))
-    generation = model.get("generation")
-    pipeline_kwargs = OmegaConf.to_container(generation, resolve=True) if generation is not None else {}
-    return generate_set(
-        source=str(model.source), out_dir=Path(str(cfg.output)), n=int(cfg.n), seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size), model_name=str(model.name), kind=kind, prompts=prompts,
-        pipeline_kwargs=pipeline_kwargs, device=str(cfg.device), dtype=str(model.get("dtype", "float32")),
-        resolution=model.get("resolution"), overwrite=bool(cfg.overwrite), progress=bool(cfg.progress),
-    )
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
-def main(cfg) -> None:
-    """``python -m data_gen.generate model=kl-a n=200`` (multirun: ``-m model=kl-a,kl-b``)."""
-    log.info("image set: %s", run(cfg))
-
-
-if __name__ == "__main__":
-    main()

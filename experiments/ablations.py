@@ -9,7 +9,7 @@ Each job evaluates the Table 1 grid of the ``inspected`` models with its inversi
 into ``report.ablations`` (rows with the same protocol, inspected model, source and inversion config are
 replaced, so a rerun adds no duplicates). With ``ablation.trajectory_steps``, a job inverts once with that many
 steps (cached, shared by every job of the sweep with the same other settings) and cuts the trajectory to its
-own step count (:func:`experiments.common.truncate`; exact). Config: ``conf/ablations.yaml``.
+own step count (:func:`latenttracer.protocol.truncate`; exact). Config: ``conf/ablations.yaml``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from experiments import common
-from latenttracer import report
+from latenttracer import protocol, report
+from latenttracer.locks import locked
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,16 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     out = common.setup(cfg)
     steps = cfg.ablation.trajectory_steps
     with common.tracker(cfg, "ablations") as tracker:
-        cells, _ = common.evaluate(cfg, common.inspected_models(cfg),
-                                   trajectory_steps=None if steps is None else int(steps))
+        cells, _ = protocol.evaluate(common.image_sets(cfg), common.inspected_models(cfg),
+                                     common.scorer(cfg, trajectory_steps=None if steps is None else int(steps)),
+                                     target_tpr=common.split_settings(cfg).target_tpr)
         table = rows(cfg, cells)
         report.atomic_write_frame(table, out / "ablation_cells.csv")
         target = Path(cfg.report.ablations)
-        with common.locked(target.with_name(f".{target.name}.lock")):
+        with locked(target.with_name(f".{target.name}.lock")):
             merged = report.upsert_csv(target, table, KEY)
         log.info("%s: %d rows merged (%d in the file)", target, len(table), len(merged))
-        tracker.log_metrics(common.flat_metrics(cells, "ablation"))
+        tracker.log_metrics(protocol.flat_metrics(cells, "ablation"))
         tracker.log_table("ablation_cells", table)
     return table
 
@@ -63,7 +65,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 def main(cfg: DictConfig) -> float:
     """Returns the pooled AUC of the first inspected model (an objective for Hydra sweepers)."""
     table = run(cfg)
-    return float(table.loc[table["source"] == common.ALL, "auc"].iloc[0])
+    return float(table.loc[table["source"] == protocol.ALL, "auc"].iloc[0])
 
 
 if __name__ == "__main__":

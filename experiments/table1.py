@@ -7,7 +7,7 @@
 Scores come from the shared store, computing only what is missing. Writes into the job's output directory and
 publishes ``report.table1`` + ``.md``, ``.csv`` and ``.tex`` (the cells) and ``_scores.parquet`` (one row per
 (inspected model, image): inspected, source, split, path, score, init_loss, best_step, trajectory, ...); prints
-the Markdown table. The protocol is in :mod:`experiments.common`; config: ``conf/table1.yaml``.
+the Markdown table. The protocol is :mod:`latenttracer.protocol`; config: ``conf/table1.yaml``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from experiments import common
-from latenttracer import report
+from latenttracer import protocol, report
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,9 @@ def notes(cfg: DictConfig) -> list[str]:
     p, inv = common.protocol(cfg), cfg.inversion
     n_cal = round(p["calibration_fraction"] * p["n_generated"])
     return [
-        (f"Suite `{p['suite']}`: {p['n_generated']} generated images per model, split {n_cal} calibration / "
+        (f"Suite `{p['suite']}`: {p['n_generated']} generated images per model"
+         + (f" (generation seed {p['generation_seed']})" if p["generation_seed"] else "")
+         + f", split {n_cal} calibration / "
          f"{p['n_generated'] - n_cal} evaluation (seed {p['split_seed']}); {p['n_real']} real images "
          f"({p['real_kind']}). Threshold per inspected model: {p['target_tpr']:.0%} TPR on its calibration half."),
         (f"Inversion: init={inv.init}, lr={inv.lr}, steps={inv.steps}, schedule={inv.schedule}, "
@@ -59,7 +61,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     stem = Path(cfg.report.table1)
     title = f"Table 1 ({cfg.suite.name})"
     with common.tracker(cfg, "table1") as tracker:
-        cells, scores = common.evaluate(cfg, common.inspected_models(cfg))
+        cells, scores = protocol.evaluate(common.image_sets(cfg), common.inspected_models(cfg), common.scorer(cfg),
+                                          target_tpr=common.split_settings(cfg).target_tpr)
         metrics = list(cfg.report.metrics)
         report.write_tables(cells, out / stem.name, metrics, title, notes(cfg))
         parquet = report.atomic_write_frame(scores, out / f"{stem.name}_scores.parquet")
@@ -68,7 +71,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         print(report.tables_markdown(cells, metrics, title, notes(cfg)), flush=True)
         log.info("published %s.{md,csv,tex} and %s", stem, stem.with_name(parquet.name))
         images = figures(cells, scores, out / "figures") if cfg.figures else {}
-        tracker.log_metrics(common.flat_metrics(cells, "table1"))
+        tracker.log_metrics(protocol.flat_metrics(cells, "table1"))
         tracker.log_table("table1", cells)
         tracker.log_images(images)
         tracker.log_artifact(parquet, name=f"{stem.name}-scores", type="scores")
@@ -79,7 +82,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 def main(cfg: DictConfig) -> float:
     """Returns the mean AUC of the pooled cells (an objective for Hydra sweepers)."""
     cells = run(cfg)
-    return float(np.mean(cells.loc[cells["source"] == common.ALL, "auc"]))
+    return float(np.mean(cells.loc[cells["source"] == protocol.ALL, "auc"]))
 
 
 if __name__ == "__main__":

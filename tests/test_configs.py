@@ -1,7 +1,9 @@
-"""The Hydra configs (conf/): every preset composes with its entry points; struct mode rejects unknown keys."""
+"""The Hydra configs (conf/): every preset composes with its entry points; every key of every YAML is checked
+against the schemas of experiments/schema.py (a typo names the key and the YAML it is in)."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,11 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
+import experiments.schema  # noqa: F401  (registers the schemas, as every entry point does)
 from latenttracer.inversion import InversionConfig
 from latenttracer.tracking import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ENTRY_POINTS = ("invert", "table1", "ablations", "figures")
+ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate")
 ZOO = ["kl-a", "kl-b", "kl-a-ft", "vq", "tiny"]
 PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
 
@@ -24,9 +27,9 @@ def _names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def compose_resolved(name: str, overrides: list[str], tmp_path: Path):
+def compose_resolved(name: str, overrides: list[str], tmp_path: Path, conf: Path = CONF):
     """Compose like @hydra.main does, resolve every value, and return (job config, hydra config)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(name, overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out",
                                        *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
@@ -143,3 +146,67 @@ def test_unknown_groups_and_options_are_errors(tmp_path):
         compose_resolved("table1", ["experiment=no_such_preset"], tmp_path)
     with pytest.raises(ConfigCompositionException):
         compose_resolved("invert", ["model=no_such_model"], tmp_path)
+
+
+def test_generate_takes_its_settings_from_the_suite(tmp_path):
+    cfg, _ = compose_resolved("generate", ["images=kl-b"], tmp_path)
+    table, _ = compose_resolved("table1", [], tmp_path)
+    assert cfg.images == "kl-b" and cfg.suite == table.suite  # one source: the same suite node as table1's
+    paper, _ = compose_resolved("generate", ["experiment=table1_paper", "suite.generated.seed=3"], tmp_path)
+    assert list(paper.suite.models) == PAPER and paper.suite.generated.seed == 3
+
+
+# One typo per config group (and per top-level config): (YAML under conf/, entry point, overrides selecting it).
+TYPOS = [
+    ("model/kl-a.yaml", "table1", []),
+    ("model/sd15.yaml", "invert", ["model=sd15"]),
+    ("suite/zoo.yaml", "table1", []),
+    ("suite/paper.yaml", "generate", ["experiment=table1_paper"]),
+    ("inversion/paper.yaml", "ablations", []),
+    ("inversion/fast.yaml", "table1", ["inversion=fast"]),
+    ("experiment/full.yaml", "table1", ["experiment=full"]),
+    ("experiment/ablation_lr.yaml", "ablations", ["experiment=ablation_lr"]),
+    ("logger/wandb.yaml", "figures", []),
+    ("logger/none.yaml", "invert", ["logger=none"]),
+    ("debug/default.yaml", "table1", ["debug=default"]),
+    ("paths/default.yaml", "invert", []),
+    ("base.yaml", "figures", []),
+    *[(f"{entry}.yaml", entry, []) for entry in ENTRY_POINTS],
+]
+
+
+@pytest.mark.parametrize(("yaml", "entry", "overrides"), TYPOS, ids=[t[0] for t in TYPOS])
+def test_a_typo_in_any_yaml_names_the_key_and_the_file(yaml, entry, overrides, tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    path = conf / yaml
+    text = path.read_text()
+    # a mistyped key inside a nested node where there is one (suite.generated.nn, as in the issue), else on top
+    nested = {"suite/zoo.yaml": "generated", "suite/paper.yaml": "real", "experiment/full.yaml": "generated"}
+    lines = text.splitlines()
+    if yaml in nested:
+        (i,) = [i for i, line in enumerate(lines) if line.lstrip().startswith(f"{nested[yaml]}:")]
+        indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+        lines.insert(i + 1, f"{indent}  nn: 3")
+        key = "nn"
+    else:
+        lines.append("learning_rat: 0.1")
+        key = "learning_rat"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_resolved(entry, overrides, tmp_path, conf=conf)
+    message = str(err.value)
+    assert f"In '{yaml.removesuffix('.yaml')}'" in message  # the YAML (its path under conf/, without .yaml)
+    assert f"Key '{key}' not in" in message
+    # and untouched, the copy composes
+    shutil.copyfile(CONF / yaml, path)
+    compose_resolved(entry, overrides, tmp_path, conf=conf)
+
+
+def test_a_wrong_type_in_a_yaml_is_an_error(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "inversion" / "paper.yaml").write_text((CONF / "inversion" / "paper.yaml").read_text().replace(
+        "steps: 100", "steps: many"))
+    with pytest.raises(ConfigCompositionException, match="(?s)In 'inversion/paper'.*steps"):
+        compose_resolved("table1", [], tmp_path, conf=conf)

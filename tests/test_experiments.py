@@ -22,8 +22,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from experiments import ablations, common, figures, invert, table1
-from latenttracer import report, tracking
+from experiments import ablations, common, figures, generate, invert, table1
+from latenttracer import protocol, report, tracking
 from latenttracer.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,6 +214,41 @@ def test_tracker_calls_never_raise(tmp_path):
         tracking.start_run({"kind": "wandb", "offline": True})
 
 
+def test_another_generation_seed_end_to_end(micro_zoo, tmp_path):
+    """`make reproduce-table1 ARGS=suite.generated.seed=1`: the generation step, then table1, same overrides."""
+    import json
+
+    root = tmp_path / "root"
+    quick = [f"suite.models.{m}.generation.num_inference_steps=2" for m in MEMBERS]  # a generation setting too
+    seed1 = ["suite.generated.seed=1", *quick]
+    made = generate.run(job("generate", root, micro_zoo, tmp_path / "g1", seed1))  # every set of the suite
+    assert made == {**{m: 6 for m in MEMBERS}, "real": 4}
+    images = root / "results" / "cache" / "images"
+    for name in MEMBERS:
+        record = json.loads((images / "seed1" / name / "set.json").read_text())
+        assert record["config"]["seed"] == 1 and len(list((images / "seed1" / name).glob("*.png"))) == 6
+    assert not (images / "kl-a").exists()  # the seed-0 place is left alone
+
+    cells = table1.run(job("table1", root, micro_zoo, tmp_path / "t1", [*seed1, "inspected=[kl-a,vq]",
+                                                                         "figures=false"]))
+    assert len(cells) == 2 * 6
+    scores = pd.read_parquet(tmp_path / "t1" / "table1_scores.parquet")
+    generated = scores[scores["source"] != "real"]
+    assert generated["path"].map(lambda p: Path(p).parent.parent.name == "seed1").all()
+    assert "(generation seed 1)" in (tmp_path / "t1" / "table1.md").read_text()
+
+    # the default seed next to it: its own set at the old place, neither refuses the other
+    made = generate.run(job("generate", root, micro_zoo, tmp_path / "g0", ["images=kl-a", *quick]))
+    assert made == {"kl-a": 6}
+    assert json.loads((images / "kl-a" / "set.json").read_text())["config"]["seed"] == 0
+    zero = common.generated_set(job("table1", root, micro_zoo, tmp_path / "x", quick), "kl-a")
+    one = common.generated_set(job("table1", root, micro_zoo, tmp_path / "y", seed1), "kl-a")
+    assert {p.parent for p in zero} == {images / "kl-a"} and {p.parent for p in one} == {images / "seed1" / "kl-a"}
+    assert [p.read_bytes() for p in zero] != [p.read_bytes() for p in one]
+    with pytest.raises(FileExistsError, match="num_inference_steps|pipeline_kwargs"):  # settings differ: refused
+        common.generated_set(job("table1", root, micro_zoo, tmp_path / "z"), "kl-a")
+
+
 # -- invert, ablations, figures ----------------------------------------------------------------------------------
 def test_invert_named_sets_and_a_folder(micro_zoo, workspace, tmp_path):
     cfg = job("invert", workspace, micro_zoo, tmp_path / "a", ["model=vq", "images=kl-b", "split=evaluation"])
@@ -237,7 +272,7 @@ def test_invert_named_sets_and_a_folder(micro_zoo, workspace, tmp_path):
 def test_truncated_trajectory_equals_a_direct_run(micro_zoo, workspace, tmp_path, init):
     cfg = job("ablations", workspace, micro_zoo, tmp_path, [f"inversion.init={init}"])
     ae = common.load_model(cfg, cfg.suite.models["kl-a"])
-    paths = common.grid_images(cfg, "kl-a")["path"].tolist()[:10]
+    paths = protocol.grid_images(common.image_sets(cfg), "kl-a")["path"].tolist()[:10]
     for steps in (0, 1, 2, 5, 7):
         inv = common.inversion_config(cfg, steps=steps)
         direct = common.score(cfg, ae, paths, inv)
@@ -245,17 +280,6 @@ def test_truncated_trajectory_equals_a_direct_run(micro_zoo, workspace, tmp_path
         assert direct["score"].tolist() == cut["score"].tolist()  # bit for bit
         assert direct["best_step"].tolist() == cut["best_step"].tolist()
         assert [list(t) for t in direct["trajectory"]] == [list(t) for t in cut["trajectory"]]
-
-
-def test_truncate_marks_failures_inside_the_prefix_only():
-    frame = pd.DataFrame({"trajectory": [[3.0, 2.0, np.nan, np.nan], [5.0, 4.0, 1.0, 0.5]], "reason": ["x", ""],
-                          "score": [np.nan, 0.5], "best_step": [1, 3], "status": ["failed", "ok"]})
-    two = common.truncate(frame, 2)
-    assert two["status"].tolist() == ["ok", "ok"] and two["score"].tolist() == [2.0, 4.0]
-    three = common.truncate(frame, 3)
-    assert three["status"].tolist() == ["failed", "ok"] and three["best_step"].tolist() == [1, 2]
-    assert common.truncate(frame, 0)["score"].tolist() == [3.0, 5.0]  # 0 steps scores iteration 0
-    assert common.truncate(frame, 3, strategy="last")["score"].tolist()[1] == 1.0
 
 
 def test_ablation_rows_are_merged_without_duplicates(micro_zoo, workspace, tmp_path):
@@ -288,7 +312,7 @@ def test_figures_from_cached_files_only(micro_zoo, workspace, tmp_path, monkeypa
     for lr in (0.01, 0.05):
         ablations.run(job("ablations", workspace, micro_zoo, tmp_path / f"lr{lr}",
                           ["experiment=ablation_lr", f"inversion.lr={lr}"]))
-    monkeypatch.setattr(common, "score", lambda *a, **k: pytest.fail("figures must not invert"))
+    monkeypatch.setattr(protocol, "score_paths", lambda *a, **k: pytest.fail("figures must not invert"))
     made = figures.run(job("figures", workspace, micro_zoo, tmp_path / "f", small))
     target = workspace / "results" / "debug" / "figures"
     assert {"hist_kl-a", "roc_kl-a", "loss_vs_step_tiny", "auc_vs_lr"} <= set(made)

@@ -469,13 +469,14 @@ def test_the_project_prompt_list():
 
 
 def test_hydra_entry_point(zoo_pipe, tmp_path):
-    cmd = [sys.executable, "-m", "data_gen.generate", "model=kl-a", f"model.source={zoo_pipe}",
-           f"paths.root_dir={tmp_path}", "n=3", "batch_size=2", "device=cpu", "progress=false",
-           "model.generation.num_inference_steps=2", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    cmd = [sys.executable, "-m", "experiments.generate", "images=kl-a", f"suite.models.kl-a.source={zoo_pipe}",
+           f"paths.root_dir={tmp_path}", "suite.generated.n=3", "suite.generated.batch_size=2", "device=cpu",
+           "progress=false", "suite.models.kl-a.generation.num_inference_steps=2",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    set_dir = tmp_path / "results" / "cache" / "images" / "kl-a"  # the default output: ${paths.cache_dir}/images
+    set_dir = tmp_path / "results" / "cache" / "images" / "kl-a"  # the default: ${suite.generated.dir}/<model>
     assert sorted(_pngs(set_dir)) == ["00000.png", "00001.png", "00002.png"]
     assert {r["model"] for r in _manifest(set_dir)} == {"kl-a"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hydra", "results"]  # nothing written elsewhere

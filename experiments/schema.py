@@ -1,0 +1,185 @@
+"""Schemas of every config under ``conf/``: Hydra structured configs, registered in the ConfigStore.
+
+Each top-level config (``table1``, ``invert``, ``ablations``, ``figures``, ``generate``) lists its schema first in
+its defaults (``- table1_schema``), so the composed config is typed from the start and every YAML merged into it
+(``base``, ``paths/*``, ``suite/*`` with its ``model/*``, ``inversion/*``, ``logger/*``, ``experiment/*``,
+``debug/*``) is checked as it is merged: an unknown or mistyped key fails at compose time with Hydra's message
+naming the YAML (``In 'suite/zoo': ... Key 'nn' not in 'GeneratedSchema'``) and the key (``full_key:
+suite.generated.nn``); a wrong type likewise. Command-line overrides are checked against the same schema.
+
+To add a config group (e.g. ``method/``): write its dataclass here and add a field for it to :class:`BaseSchema`
+(or to one entry point's schema); its YAMLs are then validated like the others. Importing this module registers
+the schemas (every entry point does).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class PathsSchema:
+    root_dir: str = MISSING
+    zoo_dir: str = MISSING
+    data_dir: str = MISSING
+    cache_dir: str = MISSING
+    results_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class ModelSchema:
+    name: str = MISSING
+    source: str = MISSING
+    kind: str = "auto"
+    resolution: int | None = None
+    dtype: str = "float32"
+    generation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GeneratedSchema:
+    n: int = MISSING
+    seed: int = 0
+    batch_size: int = 8
+    dir: str = MISSING
+    prompts_file: str | None = None
+
+
+@dataclass
+class SplitSchema:
+    calibration_fraction: float = 0.5
+    seed: int = 0
+    target_tpr: float = 0.95
+
+
+@dataclass
+class CropsSchema:
+    n: int = 600
+    size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class RealSchema:
+    kind: str = MISSING
+    dir: str = MISSING
+    n: int = MISSING
+    seed: int = 0
+    crops: CropsSchema = field(default_factory=CropsSchema)
+
+
+@dataclass
+class SuiteSchema:
+    name: str = MISSING
+    models: dict[str, ModelSchema] = field(default_factory=dict)
+    generated: GeneratedSchema = field(default_factory=GeneratedSchema)
+    split: SplitSchema = field(default_factory=SplitSchema)
+    real: RealSchema = field(default_factory=RealSchema)
+
+
+@dataclass
+class InversionSchema:
+    init: str = MISSING
+    lr: float = MISSING
+    steps: int = MISSING
+    schedule: str = MISSING
+    distance: str = MISSING
+    strategy: str = MISSING
+    batch_size: int = MISSING
+    seed: int = 0
+
+
+@dataclass
+class LoggerSchema:
+    kind: str = MISSING
+    project: str | None = None
+    entity: str | None = None
+    mode: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    dir: str | None = None
+
+
+@dataclass
+class ImageOptionsSchema:
+    resize: str = "native"
+    alpha_background: str = "black"
+
+
+@dataclass
+class ReportSchema:
+    table1: str = MISSING
+    ablations: str = MISSING
+    figures: str = MISSING
+    metrics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BaseSchema:
+    """``conf/base.yaml`` and the groups it selects: shared by every entry point."""
+
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    suite: SuiteSchema = field(default_factory=SuiteSchema)
+    inversion: InversionSchema = field(default_factory=InversionSchema)
+    logger: LoggerSchema = field(default_factory=LoggerSchema)
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+    store: str = MISSING
+    image_options: ImageOptionsSchema = field(default_factory=ImageOptionsSchema)
+    report: ReportSchema = field(default_factory=ReportSchema)
+
+
+@dataclass
+class Table1Schema(BaseSchema):
+    inspected: list[str] | None = None
+    figures: bool = True
+
+
+@dataclass
+class InvertSchema(BaseSchema):
+    model: ModelSchema = field(default_factory=ModelSchema)
+    images: str = "table1"
+    split: str = "all"
+    recursive: bool = False
+    on_bad_image: str = "error"
+
+
+@dataclass
+class AblationSchema:
+    name: str = "custom"
+    trajectory_steps: int | None = None
+
+
+@dataclass
+class AblationsSchema(BaseSchema):
+    inspected: list[str] | None = None
+    ablation: AblationSchema = field(default_factory=AblationSchema)
+
+
+@dataclass
+class FiguresSchema(BaseSchema):
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+
+
+@dataclass
+class GenerateSchema(BaseSchema):
+    images: str | None = None
+    overwrite: bool = False
+
+
+ENTRY_POINTS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
+                "figures": FiguresSchema, "generate": GenerateSchema}
+
+
+def register() -> None:
+    """Store every entry point's schema as ``<entry point>_schema`` (idempotent)."""
+    store = ConfigStore.instance()
+    for name, node in ENTRY_POINTS.items():
+        store.store(name=f"{name}_schema", node=node)
+
+
+register()
