@@ -50,7 +50,7 @@ SPLITS = ("calibration", "evaluation")
 REAL = "real"
 ALL = "all"
 SCORE_COLUMNS = ["inspected", "source", "split", "path", "sha256", "score", "init_loss", "best_step", "status",
-                 "reason", "cached", "trajectory"]
+                 "reason", "cached", "trajectory", "best_latent"]
 
 
 # -- configuration ----------------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def truncate(frame: pd.DataFrame, steps: int, strategy: str = "min") -> pd.DataF
             reasons.append("")
     out["score"], out["best_step"], out["status"], out["reason"] = scores, best, status, reasons
     out["trajectory"] = trajectories
-    return out
+    return out.drop(columns=["best_latent"], errors="ignore")  # the long run's latent is not the cut run's
 
 
 def score(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], inv: InversionConfig, *,
