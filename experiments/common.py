@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from latenttracer import provenance
 from latenttracer.autoencoders import Autoencoder, load_autoencoder
 from latenttracer.images import ImageOptions, list_images
 from latenttracer.inversion import InversionConfig
@@ -363,11 +364,16 @@ def flat_metrics(cells: pd.DataFrame, prefix: str,
 
 
 # -- tracking ---------------------------------------------------------------------------------------------------
-def tracker(cfg: DictConfig, job_type: str) -> Tracker:
-    """A tracker for this job (see :mod:`latenttracer.tracking`), named after the job and its overrides."""
+@contextlib.contextmanager
+def tracker(cfg: DictConfig, job_type: str) -> Iterator[Tracker]:
+    """A tracker for this job (see :mod:`latenttracer.tracking`), named after the job and its overrides.
+
+    The job's wall time is recorded in ``<paths.results_dir>/provenance.json`` when it finishes without error
+    (stage ``job_type``, plus ``[overrides]`` when there are any).
+    """
     from hydra.core.hydra_config import HydraConfig
 
-    name = job_type
+    name = stage = job_type
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         num = OmegaConf.select(hydra_cfg, "job.num", default=None)  # set in multiruns only
@@ -375,4 +381,7 @@ def tracker(cfg: DictConfig, job_type: str) -> Tracker:
             name += f"-{num}"
         if hydra_cfg.job.override_dirname:
             name += f" [{hydra_cfg.job.override_dirname}]"
-    return start_run(plain(cfg.logger), config=plain(cfg), name=name, group=job_type, job_type=job_type)
+            stage += f" [{hydra_cfg.job.override_dirname}]"
+    run = start_run(plain(cfg.logger), config=plain(cfg), name=name, group=job_type, job_type=job_type)
+    with run, provenance.stage(cfg.paths.results_dir, stage, plain(cfg)):
+        yield run

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments import common
-from latenttracer import html_report, provenance
+from latenttracer import html_report
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> Path:
     def decoder(name: str):
         return common.load_model(cfg, common.model_config(cfg, name))
 
-    with common.tracker(cfg, "report") as tracker, provenance.stage(results, "report", common.plain(cfg)):
+    with common.tracker(cfg, "report") as tracker:  # also records the stage's wall time
         page = html_report.build_run_report(
             results, cfg.out, decoders=decoder if cfg.decode else None, image_options=common.image_options(cfg),
             config=common.plain(cfg), metrics=list(cfg.report.metrics), n_cases=int(cfg.cases),

@@ -370,6 +370,8 @@ def _provenance_section(results_dir: Path, config: Mapping[str, Any] | None, wal
                                  f"{m['torch_threads']}; device {m['device']}"))
     sec.facts.append(("packages", ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)))
     stages = provenance.load(results_dir)["stages"]
+    if wall is not None:  # this build's own time replaces the previous report's
+        stages = {k: v for k, v in stages.items() if k.split(" ")[0] != "report"}
     rows = []
     for name, entry in stages.items():
         state = {True: "dirty", False: "clean"}.get(entry.get("dirty"), "?")
@@ -412,8 +414,9 @@ def build_run_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 _ablations_section(results_dir, figures_dir, out),
                 _models_section(names, figures_dir, out)]
     sections.append(_provenance_section(results_dir, config, time.perf_counter() - t0))
+    built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return render(out / "index.html", title=title, sections=sections,
-                  subtitle=f"Built from the cached results in {results_dir.resolve()}; nothing was recomputed.")
+                  subtitle=f"Built on {built} from the cached results in {results_dir.name}/; nothing was recomputed.")
 
 
 # -- a traced folder --------------------------------------------------------------------------------------------

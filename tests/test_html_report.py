@@ -183,3 +183,35 @@ def test_report_in_headless_chromium(micro_results, tmp_path, tiny_dirs):
     assert len(widths) >= 4 + 2 * 2 * 2 * 3 and all(w > 0 for _, w in widths), widths
     assert present == SECTIONS
     assert Image.open(tmp_path / "report.png").size[1] > 900
+
+
+def test_report_entry_point_logs_the_folder_to_wandb(micro_results, tmp_path, monkeypatch):
+    """``python -m experiments.report`` on cached results: the page, its provenance stage, a W&B artifact."""
+    import warnings
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from experiments import report as entry
+
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    results = tmp_path / "results"
+    shutil.copytree(micro_results, results)
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("report", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
+                                           "logger.mode=offline", "decode=false", "cases=1"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        page = entry.run(cfg)
+    assert not [w for w in caught if "W&B" in str(w.message)]
+    assert page == results / "report" / "index.html" and page.is_file()
+    assert "report" in provenance.load(results)["stages"]
+    assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))
