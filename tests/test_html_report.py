@@ -120,6 +120,21 @@ def test_empty_results_dir_explains_every_section(tmp_path):
     assert html.count('class="missing"') >= 6 and "make reproduce-table1" in html
 
 
+def test_results_of_other_stages_appear_when_present(tmp_path):
+    results = tmp_path / "results"
+    (results / "figures").mkdir(parents=True)
+    pd.DataFrame({"method": ["latenttracer", "aedr"], "auc": [0.99, 0.7]}).to_csv(results / "methods.csv",
+                                                                                  index=False)
+    report.save_figure(report.score_histogram([1e-4, 2e-4, 1e-3], 3e-4), results / "figures" / "robustness_jpeg",
+                       ("png",))
+    html = html_report.build_run_report(results, tmp_path / "report").read_text()
+    methods = html.split('id="methods"')[1].split("<section")[0]
+    assert "aedr" in methods and "0.700" in methods and "background:#" in methods and "make methods" not in methods
+    robustness = html.split('id="robustness"')[1].split("<section")[0]
+    assert "figures/robustness_jpeg.png" in robustness and (tmp_path / "report/figures/robustness_jpeg.png").is_file()
+    assert "make attribution" in html
+
+
 def test_provenance_records_stages_atomically(tmp_path, monkeypatch):
     for k in range(3):
         provenance.record_stage(tmp_path, f"s{k}", k + 0.5, config={"k": k})
@@ -151,20 +166,23 @@ def test_trace_report(tmp_path, tiny_dirs, capsys):
     assert html.count("belonging</td>") == 6 and str(out) in capsys.readouterr().out
 
 
-def _browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("browser test: no `chromium` on PATH (Debian: apt-get install chromium)")
+def _browser_missing() -> str:
+    """Why the browser test cannot run here ("" when it can)."""
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        return "browser test: no `chromium` on PATH (Debian: apt-get install chromium; .ci/run installs it)"
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("browser test: the `playwright` Python package is not installed (pip install -e '.[dev]')")
-    return chromium, sync_playwright
+        return "browser test: the `playwright` Python package is not installed (pip install -e '.[dev]')"
+    return ""
 
 
 @pytest.mark.browser
+@pytest.mark.skipif(bool(_browser_missing()), reason=_browser_missing() or "-")
 def test_report_in_headless_chromium(micro_results, tmp_path, tiny_dirs):
-    chromium, sync_playwright = _browser()
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     page_path = build(micro_results, tmp_path / "report", tiny_dirs)
     errors: list[str] = []
     with sync_playwright() as pw:
