@@ -51,7 +51,7 @@ SPLITS = ("calibration", "evaluation")
 REAL = "real"
 ALL = "all"
 SCORE_COLUMNS = ["inspected", "source", "split", "path", "sha256", "score", "init_loss", "best_step", "status",
-                 "reason", "cached", "trajectory", "best_latent"]
+                 "reason", "cached", "trajectory"]
 
 
 # -- configuration ----------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@
 
 Reads what ``table1``, ``figures`` and ``ablations`` published under ``paths.results_dir`` (see
 :func:`latenttracer.html_report.build_run_report`); a missing input leaves its section with a note on how to make
-it. The hardest cases' reconstructions decode the best latents stored with the scores (one decode per image, no
-inversion). The report folder is logged to W&B as an artifact. Config: ``conf/report.yaml``.
+it. The hardest cases' reconstructions decode the best latents kept in the results store (``store``; one decode
+per image, no inversion). The report folder is logged to W&B as an artifact. Config: ``conf/report.yaml``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from experiments import common
 from latenttracer import html_report
+from latenttracer.store import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ def run(cfg: DictConfig) -> Path:
 
     with common.tracker(cfg, "report") as tracker:  # also records the stage's wall time
         page = html_report.build_run_report(
-            results, cfg.out, decoders=decoder if cfg.decode else None, image_options=common.image_options(cfg),
+            results, cfg.out, decoders=decoder if cfg.decode else None,
+            store=ResultStore(cfg.store) if Path(cfg.store).is_dir() else None, image_options=common.image_options(cfg),
             config=common.plain(cfg), metrics=list(cfg.report.metrics), n_cases=int(cfg.cases),
             gain=float(cfg.difference_gain), title=f"latenttracer report ({cfg.suite.name})")
         log.info("wrote %s", page)

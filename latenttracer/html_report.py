@@ -288,8 +288,8 @@ def _reconstruct(row: pd.Series, results_dir: Path, out: Path, rel_stem: str, lo
     ae = None
     note = ""
     if not isinstance(latent, (bytes, bytearray)):
-        note = ("No stored latent: this row was scored before latents were stored. To store them, rescore it "
-                "(remove results/cache/scores, then `make reproduce-table1`).")
+        note = ("No stored latent: this image was scored before latents were stored (or the results store is "
+                "missing). To store them, rescore it (remove results/cache/scores, then `make reproduce-table1`).")
     elif loader is None:
         note = "No model to decode the stored latent with."
     else:
@@ -315,8 +315,33 @@ def _reconstruct(row: pd.Series, results_dir: Path, out: Path, rel_stem: str, lo
             _save_png(diff, out, f"{rel_stem}_diff.png"), "")
 
 
+def _with_latents(chosen: pd.DataFrame, inspected: str, store: Any) -> pd.DataFrame:
+    """``chosen`` with ``best_latent`` filled from the results store where the scores table lacks it.
+
+    A store row matches when it is the same image (sha256) scored by the same model to exactly the same score,
+    so its latent decodes to that score.
+    """
+    chosen = chosen.copy()
+    if "best_latent" not in chosen:
+        chosen["best_latent"] = None
+    need = ~chosen["best_latent"].map(lambda v: isinstance(v, (bytes, bytearray)))
+    if store is None or not need.any() or "sha256" not in chosen:
+        return chosen
+    stored = store.load(model=inspected)
+    if "best_latent" not in stored:
+        return chosen
+    stored = stored[stored["sha256"].isin(chosen.loc[need, "sha256"])
+                    & stored["best_latent"].map(lambda v: isinstance(v, (bytes, bytearray)))]
+    found = {(sha, float(score)): latent for sha, score, latent in
+             zip(stored["sha256"], stored["score"], stored["best_latent"])}
+    chosen.loc[need, "best_latent"] = [found.get((sha, float(score))) for sha, score in
+                                       zip(chosen.loc[need, "sha256"], chosen.loc[need, "score"])]
+    return chosen
+
+
 def _hardest_section(cells: pd.DataFrame | None, scores: pd.DataFrame | None, results_dir: Path, out: Path,
-                     decoders: DecoderLoader | None, image_options: Any, n_cases: int, gain: float) -> Section:
+                     decoders: DecoderLoader | None, store: Any, image_options: Any, n_cases: int,
+                     gain: float) -> Section:
     sec = Section("hardest", "Hardest cases",
                   f"Per inspected model, the belonging images with the highest scores and the non-belonging images "
                   f"with the lowest, judged at the calibrated threshold. Reconstructions are the decoded best latent "
@@ -342,7 +367,7 @@ def _hardest_section(cells: pd.DataFrame | None, scores: pd.DataFrame | None, re
                 ("belonging, highest scores", rows[rows["source"] == name].nlargest(n_cases, "score"), True),
                 ("non-belonging, lowest scores", rows[rows["source"] != name].nsmallest(n_cases, "score"), False)):
             cases = []
-            for k, (_, row) in enumerate(chosen.iterrows()):
+            for k, (_, row) in enumerate(_with_latents(chosen, name, store).iterrows()):
                 predicted = float(row["score"]) <= threshold
                 stem = f"cases/{name}/{'belonging' if belongs else 'non_belonging'}_{k}"
                 image, recon, diff, note = _reconstruct(row, results_dir, out, stem,
@@ -387,14 +412,15 @@ def _provenance_section(results_dir: Path, config: Mapping[str, Any] | None, wal
 
 
 def build_run_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                     decoders: DecoderLoader | None = None, image_options: Any = None,
+                     decoders: DecoderLoader | None = None, store: Any = None, image_options: Any = None,
                      config: Mapping[str, Any] | None = None, metrics: Sequence[str] | None = None,
                      n_cases: int = 4, gain: float = 10.0, title: str = "latenttracer report") -> Path:
     """Write ``<out_dir>/index.html`` (and its images) from the files under ``results_dir``; return its path.
 
     ``decoders(name)`` loads an inspected model's autoencoder to decode the stored best latents of the hardest
-    cases (``None``: images only). ``image_options`` are the :class:`~latenttracer.images.ImageOptions` the
-    scores were computed with; ``config`` is shown under provenance.
+    cases (``None``: images only). The latents come from the scores table's ``best_latent`` column or, where it
+    has none, from ``store`` (a :class:`~latenttracer.store.ResultStore`). ``image_options``: the
+    :class:`~latenttracer.images.ImageOptions` the scores were computed with; ``config`` is shown under provenance.
     """
     import time
 
@@ -409,7 +435,7 @@ def build_run_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     metrics = list(metrics or ["auc", "ap", "tpr_at_1fpr", "tpr_at_5fpr", "accuracy", "auc_step0",
                                "median_non_belonging"])
     sections = [_table1_section(cells, metrics),
-                _hardest_section(cells, scores, results_dir, out, decoders, image_options, n_cases, gain),
+                _hardest_section(cells, scores, results_dir, out, decoders, store, image_options, n_cases, gain),
                 *_optional_sections(results_dir, figures_dir, out),
                 _ablations_section(results_dir, figures_dir, out),
                 _models_section(names, figures_dir, out)]

@@ -60,7 +60,7 @@ def micro_results(tmp_path_factory, tiny_dirs) -> Path:
             cells += cell_metrics(merged, name, [s for s in sets if s != name], 0.95)
         cells, scores = pd.DataFrame(cells), pd.concat(scores, ignore_index=True)
         report.write_tables(cells, results / "table1", ["auc", "tpr_at_1fpr", "median_non_belonging"])
-        report.atomic_write_frame(scores, results / "table1_scores.parquet")
+        report.atomic_write_frame(scores.drop(columns="best_latent"), results / "table1_scores.parquet")  # as table1
     with provenance.stage(results, "figures"):
         for name in models:
             threshold = float(cells.loc[cells["inspected"] == name, "threshold"].iloc[0])
@@ -74,8 +74,8 @@ def build(micro_results: Path, out: Path, tiny_dirs) -> Path:
     def decoders(name):
         return load_autoencoder(tiny_dirs[MODELS[name]], name=name, resolution=32)
 
-    return html_report.build_run_report(micro_results, out, decoders=decoders, config={"inversion": {"steps": 4}},
-                                        n_cases=2)
+    return html_report.build_run_report(micro_results, out, decoders=decoders, store=ResultStore(
+        micro_results.parent / "store"), config={"inversion": {"steps": 4}}, n_cases=2)
 
 
 def test_report_files_and_reconstructions(micro_results, tmp_path, tiny_dirs):
@@ -106,9 +106,10 @@ def test_report_files_and_reconstructions(micro_results, tmp_path, tiny_dirs):
 def test_rows_without_latent_or_image_say_so(micro_results, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(micro_results, results)
-    scores = pd.read_parquet(results / "table1_scores.parquet").drop(columns=["best_latent"])
+    scores = pd.read_parquet(results / "table1_scores.parquet")
     scores.loc[scores.index[scores["source"] == "real"], "path"] = "/nowhere/real.png"
     report.atomic_write_frame(scores, results / "table1_scores.parquet")
+    # no store: the latents cannot be found (as for rows cached before latents were stored)
     html = html_report.build_run_report(results, tmp_path / "report", decoders=lambda name: 1 / 0).read_text()
     assert "No stored latent" in html and "make reproduce-table1" in html
     assert not list((tmp_path / "report").rglob("*_recon.png"))
@@ -231,5 +232,5 @@ def test_report_entry_point_logs_the_folder_to_wandb(micro_results, tmp_path, mo
         page = entry.run(cfg)
     assert not [w for w in caught if "W&B" in str(w.message)]
     assert page == results / "report" / "index.html" and page.is_file()
-    assert "report" in provenance.load(results)["stages"]
+    assert [k for k in provenance.load(results)["stages"] if k.startswith("report [")]  # named with its overrides
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))
