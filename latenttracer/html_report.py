@@ -490,7 +490,7 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
                     array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
                 image = f"{rel}/" + _save_png(array, files, f"near_{k}.png", max_side=160)
             predicted = float(row["score"]) <= threshold
-            cases.append(Case(str(row["path"]), Path(str(row["path"])).name, float(row["score"]),
+            cases.append(Case(str(row["path"]), "", float(row["score"]),
                               "belonging" if predicted else "not belonging", True, image))
         near.groups.append(CaseGroup("closest scores", f"threshold {threshold:.3g}", cases))
     else:
