@@ -7,7 +7,7 @@ JOBS    ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
-        sync-wandb benchmark clean
+        report sync-wandb benchmark clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -17,8 +17,8 @@ install: ## create .venv and install the project with its dev extras (CPU torch 
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 
-test: ## run the default (fast, CPU, offline) test suite
-	$(BIN)/pytest -n $(JOBS) -q
+test: ## run the default (fast, CPU, offline) test suite (the browser test needs `chromium`; skips are listed)
+	$(BIN)/pytest -n $(JOBS) -q -rs
 
 test-slow: ## run the slow tier too (retrains a zoo member: minutes)
 	$(BIN)/pytest -n $(JOBS) -q -m "slow or not slow"
@@ -48,6 +48,9 @@ ablations: ## init x steps and lr sweeps (Hydra multirun) -> results/ablations.c
 
 figures: ## figures from cached scores only -> results/figures/*.png|pdf
 	$(PYTHON) -m experiments.figures
+
+report: ## HTML report from cached results only -> results/report/index.html (opens offline)
+	$(PYTHON) -m experiments.report
 
 sync-wandb: ## upload the offline W&B runs
 	find outputs multirun -type d -name 'offline-run-*' -prune -print0 2>/dev/null | xargs -0 -r $(BIN)/wandb sync

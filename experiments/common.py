@@ -8,10 +8,11 @@ shared results store (``cfg.store``), and the tracker's run name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import data_gen.sets as data_sets
 from data_gen.sets import GenerationSettings, ModelSpec, RealSettings
 from experiments import schema  # noqa: F401  (registers the config schemas)
 from latenttracer import protocol as proto
+from latenttracer import provenance
 from latenttracer.autoencoders import Autoencoder, load_autoencoder
 from latenttracer.images import ImageOptions, list_images
 from latenttracer.inversion import InversionConfig
@@ -179,11 +181,16 @@ def scorer(cfg: DictConfig, trajectory_steps: int | None = None) -> proto.Scorer
 
 
 # -- tracking ---------------------------------------------------------------------------------------------------
-def tracker(cfg: DictConfig, job_type: str) -> Tracker:
-    """A tracker for this job (see :mod:`latenttracer.tracking`), named after the job and its overrides."""
+@contextlib.contextmanager
+def tracker(cfg: DictConfig, job_type: str) -> Iterator[Tracker]:
+    """A tracker for this job (see :mod:`latenttracer.tracking`), named after the job and its overrides.
+
+    The job's wall time is recorded in ``<paths.results_dir>/provenance.json`` when it finishes without error
+    (stage ``job_type``, plus ``[overrides]`` when there are any).
+    """
     from hydra.core.hydra_config import HydraConfig
 
-    name = job_type
+    name = stage = job_type
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         num = OmegaConf.select(hydra_cfg, "job.num", default=None)  # set in multiruns only
@@ -191,4 +198,7 @@ def tracker(cfg: DictConfig, job_type: str) -> Tracker:
             name += f"-{num}"
         if hydra_cfg.job.override_dirname:
             name += f" [{hydra_cfg.job.override_dirname}]"
-    return start_run(plain(cfg.logger), config=plain(cfg), name=name, group=job_type, job_type=job_type)
+            stage += f" [{hydra_cfg.job.override_dirname}]"
+    run = start_run(plain(cfg.logger), config=plain(cfg), name=name, group=job_type, job_type=job_type)
+    with run, provenance.stage(cfg.paths.results_dir, stage, plain(cfg)):
+        yield run

@@ -166,13 +166,21 @@ class FiguresSchema(BaseSchema):
 
 
 @dataclass
+class HtmlReportSchema(BaseSchema):
+    out: str = MISSING
+    cases: int = 4
+    difference_gain: float = 10.0
+    decode: bool = True
+
+
+@dataclass
 class GenerateSchema(BaseSchema):
     images: str | None = None
     overwrite: bool = False
 
 
 ENTRY_POINTS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
-                "figures": FiguresSchema, "generate": GenerateSchema}
+                "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema}
 
 
 def register() -> None:

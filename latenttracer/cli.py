@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--report", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
     return p
 
 
@@ -145,6 +146,11 @@ def trace(args: argparse.Namespace) -> int:
     else:
         lines.append("no threshold given: 'belonging' left empty (use --threshold or --calibrate)")
     lines.append(f"wrote {args.out}")
+    if args.report:
+        from latenttracer.html_report import build_trace_report
+
+        page = build_trace_report(frame, args.report, model=ae.name, threshold=threshold, config=vars(args))
+        lines.append(f"wrote {page}")
     print("\n".join(lines))
     return 0
 

@@ -38,7 +38,7 @@ Strategy = Literal["min", "last"]
 _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "constant"),
             "distance": ("l2", "l1"), "strategy": ("min", "last")}
 # Fields that change how fast results come, not what they are (batch independence is tested).
-_NOT_IN_HASH = ("batch_size", "device", "record_trajectory")
+_NOT_IN_HASH = ("batch_size", "device", "record_trajectory", "record_latent")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class InversionConfig:
     dtype: str = "float32"
     seed: int = 0  # only used by init="random"
     record_trajectory: bool = False
+    record_latent: bool = False  # keep each image's best latent (InversionResult.best_latent), e.g. for reports
 
     def __post_init__(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -101,6 +102,9 @@ class InversionResult:
     status: Literal["ok", "failed"] = "ok"
     reason: str = ""
     trajectory: list[float] | None = field(default=None, repr=False)
+    # The latent of the scored iteration (``best_step``; iteration 0 is the initial latent), float32 on the CPU;
+    # ``decode(best_latent)`` reproduces the score. Only with ``record_latent``.
+    best_latent: torch.Tensor | None = field(default=None, repr=False)
 
 
 def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors") -> float:
@@ -141,6 +145,7 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig,
     trajectory: list[torch.Tensor] = []
     init_loss = last = best
     n_scored = cfg.scored_steps
+    best_z = z.detach().clone() if cfg.record_latent else None
 
     for i in range(n_scored):
         per_image = _distance(cfg.distance, ae.decode(z), x)
@@ -157,6 +162,9 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig,
             best = torch.where(improved, values, best)
             best_step = torch.where(improved, torch.full_like(best_step, i), best_step)
             last = values
+            if best_z is not None:
+                keep = improved if cfg.strategy == "min" else ~failed
+                best_z[keep] = z.detach()[keep]
             if cfg.record_trajectory:
                 trajectory.append(values.float().cpu())
         if i == n_scored - 1:
@@ -182,6 +190,7 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig,
             status="ok" if ok else "failed",
             reason=reasons[j],
             trajectory=traj[j] if traj is not None else None,
+            best_latent=best_z[j].float().cpu() if best_z is not None else None,
         ))
     return out
 

@@ -145,7 +145,7 @@ def truncate(frame: pd.DataFrame, steps: int, strategy: str = "min") -> pd.DataF
             reasons.append("")
     out["score"], out["best_step"], out["status"], out["reason"] = scores, best, status, reasons
     out["trajectory"] = trajectories
-    return out
+    return out.drop(columns=["best_latent"], errors="ignore")  # the long run's latent is not the cut run's
 
 
 def score_paths(ae: Autoencoder, paths: Sequence[str | Path], config: InversionConfig, *,

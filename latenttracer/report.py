@@ -40,6 +40,7 @@ __all__ = [
     "metric_vs_param",
     "roc_curves",
     "save_figure",
+    "score_histogram",
     "tables_latex",
     "tables_markdown",
     "upsert_csv",
@@ -350,4 +351,31 @@ def metric_vs_param(rows: pd.DataFrame, param: str, metric: str = "auc", hue: st
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def score_histogram(scores: Sequence[float], threshold: float | None = None, title: str = ""):
+    """One histogram of scores (log-x) with the threshold as a dashed line (the traced-folder report)."""
+    plt = _pyplot()
+    values = np.asarray(scores, float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        raise ValueError("no positive finite scores to draw")
+    hi = max(values.max(), threshold or 0) * 1.0001
+    lo = min(values.min(), threshold if threshold and threshold > 0 else values.min())
+    bins = np.geomspace(lo, hi, 40) if hi > lo else 10
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    if threshold is not None and threshold > 0:
+        ax.hist(values[values <= threshold], bins=bins, color="tab:green", alpha=0.6, label="belonging")
+        ax.hist(values[values > threshold], bins=bins, color="tab:grey", alpha=0.6, label="not belonging")
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
+        ax.legend(fontsize=7, frameon=False)
+    else:
+        ax.hist(values, bins=bins, color="tab:grey", alpha=0.7)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xlabel("score (reconstruction loss)")
+    ax.set_ylabel("images")
+    if title:
+        ax.set_title(title)
     return fig

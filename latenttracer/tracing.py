@@ -9,13 +9,16 @@ store atomically as soon as it finishes).
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from latenttracer.autoencoders import Autoencoder
@@ -30,6 +33,18 @@ def run_hash(ae: Autoencoder, config: InversionConfig, image_options: ImageOptio
     """The cache key part that says *how* an image was scored by this model."""
     prep = {k: v for k, v in asdict(image_options).items() if k in ("resize", "alpha_background")}
     return config.hash({"model": ae.fingerprint, "resolution": ae.resolution, "clamp": ae.clamp}, prep)
+
+
+def latent_to_bytes(latent: torch.Tensor) -> bytes:
+    """A latent as the ``best_latent`` store value: ``.npy`` bytes (float32, shape included)."""
+    buf = io.BytesIO()
+    np.save(buf, latent.detach().float().cpu().numpy(), allow_pickle=False)
+    return buf.getvalue()
+
+
+def latent_from_bytes(value: bytes) -> torch.Tensor:
+    """The latent stored by :func:`latent_to_bytes` (one image, no batch dimension)."""
+    return torch.from_numpy(np.load(io.BytesIO(bytes(value)), allow_pickle=False))
 
 
 def image_seed(sha256: str, seed: int) -> int:
@@ -51,8 +66,9 @@ def score_images(
     """Score every file in ``paths``; return (one row per scored path, [(path, reason) skipped]).
 
     Rows carry ``path, sha256, score, init_loss, best_step, status, reason, seconds, cached`` and the loss
-    trajectory (``trajectory``, one float per scored step). With a ``store``, finished images are taken from it
-    and new results are appended batch by batch; without one, everything is computed in memory.
+    trajectory (``trajectory``, one float per scored step) and the latent of the scored step (``best_latent``,
+    :func:`latent_to_bytes`; rows cached before it existed have none). With a ``store``, finished images are taken
+    from it and new results are appended batch by batch; without one, everything is computed in memory.
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image: {on_bad_image!r} is not one of ['error', 'skip']")
@@ -75,7 +91,7 @@ def score_images(
             todo.append(p)
             seen.add(sha)
 
-    cfg = InversionConfig(**{**asdict(config), "record_trajectory": True})
+    cfg = InversionConfig(**{**asdict(config), "record_trajectory": True, "record_latent": True})
     fresh: list[dict] = []
     bar = tqdm(total=len(todo), desc=desc or f"trace {ae.name}", unit="img", disable=not progress or not todo)
     for start in range(0, len(todo), config.batch_size):
@@ -91,6 +107,7 @@ def score_images(
             "path": r.path, "sha256": r.sha256, "model": ae.name, "config_hash": key,
             "score": res.score, "init_loss": res.init_loss, "best_step": res.best_step, "status": res.status,
             "reason": res.reason, "seconds": per_image, "trajectory": res.trajectory,
+            "best_latent": latent_to_bytes(res.best_latent) if res.status == "ok" else None,
             "conversions": ";".join(r.conversions),
         } for r, res in zip(records, results)]
         if store is not None:

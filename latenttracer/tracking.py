@@ -51,7 +51,7 @@ class Tracker:
         """Log image files (PNG) under their keys."""
 
     def log_artifact(self, path: str | os.PathLike, name: str, type: str) -> None:
-        """Log one file as a versioned artifact."""
+        """Log one file (or a whole folder, e.g. an HTML report) as a versioned artifact."""
 
     def finish(self, exit_code: int = 0) -> None:
         """End the run (idempotent)."""
@@ -119,7 +119,10 @@ class WandbTracker(Tracker):
     def log_artifact(self, path: str | os.PathLike, name: str, type: str) -> None:
         def call() -> None:
             artifact = self._wandb.Artifact(_artifact_name(name), type=type)
-            artifact.add_file(str(path))
+            if Path(path).is_dir():
+                artifact.add_dir(str(path))
+            else:
+                artifact.add_file(str(path))
             self._run.log_artifact(artifact)
 
         self._safe(f"log_artifact({name!r})", call)

@@ -18,7 +18,7 @@ from latenttracer.inversion import InversionConfig
 from latenttracer.tracking import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate")
+ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate", "report")
 ZOO = ["kl-a", "kl-b", "kl-a-ft", "vq", "tiny"]
 PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
 
