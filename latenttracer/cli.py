@@ -2,7 +2,7 @@
 
     latenttracer trace --model zoo/kl-a --images photos/ --out scores.csv --calibrate own_samples/
     latenttracer trace --method aedr --model zoo/kl-a --images photos/ --out scores.csv --calibrate own/
-    latenttracer attribute --model zoo/kl-a --calibrate own_a/ --model zoo/kl-b --calibrate own_b/ \
+    latenttracer attribute --model zoo/kl-a --calibrate own_a/ --model zoo/kl-b --calibrate own_b/ \\
         --images photos/ --out attribution.csv
 
 Writes one CSV row per image (``path,score,init_loss,best_step,status,belonging,...``); ``belonging`` is
