@@ -349,7 +349,9 @@ def test_aeroblade_reconstruction_follows_their_recipe(tiny_dirs, tmp_path):
 def test_auto_batch_size(monkeypatch):
     sd_like = SimpleNamespace(config=SimpleNamespace(block_out_channels=[128, 256, 512, 512]))
     assert memory.auto_batch_size(sd_like, 512, torch.device("cpu"), backward=True) == memory.MAX_AUTO_BATCH
-    assert memory.bytes_per_image(sd_like, 512, backward=True) == 40 * 128 * 512 ** 2 * 4
+    assert memory.bytes_per_image(sd_like, 512, backward=True) == memory.SAVED_ACTIVATIONS_BACKWARD * 128 * 512**2 * 4
+    assert memory.bytes_per_image(sd_like, 512, backward=True, dtype=torch.float16) == \
+        memory.bytes_per_image(sd_like, 512, backward=True) // 2
     free = 24 * 1024 ** 3
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, free))
     per_image = memory.bytes_per_image(sd_like, 512, backward=True)
