@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -116,6 +116,33 @@ class Autoencoder:
             out = self.model.decode(latents / self.scaling_factor + self.shift_factor).sample
         out = out / 2 + 0.5
         return out.clamp(0, 1) if self.clamp else out
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, *, generators: Sequence[torch.Generator] | None = None,
+                    quantize: bool = True) -> torch.Tensor:
+        """One encode -> decode pass in the model's own pixel space, [-1, 1] in and out, **not** clamped.
+
+        This is the reconstruction of the one-pass methods (AEDR, AEROBLADE), as diffusers'
+        ``retrieve_latents`` + ``decode`` give it: KL: a latent **sampled** from the posterior, one generator
+        per image (``generators``; draws continue where the generator stopped, so a second call with the same
+        generators makes AEDR's second draw), or the posterior mean when ``generators`` is None. VQ: the
+        encoder output, quantised by the decoder unless ``quantize=False`` (AEROBLADE decodes with
+        ``force_not_quantize=True``). Tiny: its deterministic latent. Scaling and shift factors cancel out.
+        """
+        x = x.to(self.device, self.dtype)
+        if self.kind == "kl":
+            posterior = self.model.encode(x).latent_dist
+            latents = posterior.mean
+            if generators is not None:
+                if len(generators) != x.shape[0]:
+                    raise ValueError(f"generators: {len(generators)} given for {x.shape[0]} images")
+                noise = torch.stack([torch.randn(latents.shape[1:], generator=g, dtype=torch.float32)
+                                     for g in generators]).to(latents.device, latents.dtype)
+                latents = latents + posterior.std * noise
+            return self.model.decode(latents).sample
+        if self.kind == "vq":
+            return self.model.decode(self.model.encode(x).latents, force_not_quantize=not quantize).sample
+        return self.model.decode(self.model.encode(x).latents).sample
 
     def __repr__(self) -> str:
         return f"Autoencoder(name={self.name!r}, kind={self.kind}, resolution={self.resolution})"

@@ -1,12 +1,19 @@
-"""``latenttracer trace``: verdicts for a folder of images against one inspected model.
+"""``latenttracer trace`` and ``latenttracer attribute``: verdicts for a folder of images.
 
     latenttracer trace --model zoo/kl-a --images photos/ --out scores.csv --calibrate own_samples/
+    latenttracer trace --method aedr --model zoo/kl-a --images photos/ --out scores.csv --calibrate own/
+    latenttracer attribute --model zoo/kl-a --calibrate own_a/ --model zoo/kl-b --calibrate own_b/ \\
+        --images photos/ --out attribution.csv
 
 Writes one CSV row per image (``path,score,init_loss,best_step,status,belonging,...``); ``belonging`` is
 empty unless a threshold is given (``--threshold``) or calibrated on images known to come from the model
 (``--calibrate DIR``: the threshold is set at the ``--target-tpr`` point, 95% by default). Scores are cached
 (``--cache``, default ``$LATENTTRACER_CACHE`` or ``~/.cache/latenttracer/scores``), so a rerun, or a run
-interrupted and started again, recomputes nothing already done.
+interrupted and started again, recomputes nothing already done. ``--method`` picks the scoring method
+(``latenttracer`` default, ``ronan``, ``aedr``, ``aeroblade``); each calibrates its own way (quantile, or
+AEDR's Gaussian KDE). ``attribute`` scores every image under every ``--model`` (one ``--calibrate`` folder
+per model, same order) and names the model with the strongest claim among those whose threshold the image
+passes, or ``none``.
 """
 
 from __future__ import annotations
@@ -25,10 +32,63 @@ CSV_COLUMNS = ["path", "score", "init_loss", "best_step", "status", "belonging",
                "cached"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    from latenttracer.inversion import InversionConfig
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}")
+    return value
 
-    d = InversionConfig()
+
+def _add_method_args(t: argparse.ArgumentParser) -> None:
+    """Method choice and every method's options (shared by trace and attribute)."""
+    from latenttracer.methods import METHODS
+
+    m = t.add_argument_group("method")
+    m.add_argument("--method", choices=sorted(METHODS), default="latenttracer",
+                   help="scoring method (default latenttracer)")
+    inv = t.add_argument_group("latenttracer / ronan (inversion; defaults: the method's preset)")
+    inv.add_argument("--steps", type=int)
+    inv.add_argument("--lr", type=float)
+    inv.add_argument("--init", choices=["encoder", "random", "zeros"])
+    inv.add_argument("--schedule", choices=["authors", "constant"])
+    inv.add_argument("--distance", choices=["l2", "l1", "lpips_vgg_2", "ssim"],
+                     help="inversion loss (l2|l1), or aeroblade's distance (lpips_vgg_2|l2|ssim)")
+    inv.add_argument("--strategy", choices=["min", "last"])
+    inv.add_argument("--seed", type=int, help="seed of --init random (latenttracer/ronan) or of the posterior "
+                                               "sample (aedr/aeroblade, default 1)")
+    pe = t.add_argument_group("aedr / aeroblade")
+    pe.add_argument("--posterior", choices=["sample", "mean"], help="KL latent: sampled (default) or the mean")
+    pe.add_argument("--vgg-weights", help="aeroblade lpips_vgg_2: torchvision VGG16 weights file")
+    pe.add_argument("--lpips-weights", help="aeroblade lpips_vgg_2: lpips' v0.1 vgg.pth linear weights file")
+    pe.add_argument("--no-quantize-output", action="store_true",
+                    help="aeroblade: do not round the reconstruction to 8 bits before the distance")
+
+
+def _add_common_args(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--target-tpr", type=float, default=0.95, help="TPR on --calibrate images (default 0.95)")
+    t.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="images per batch, or auto (from free GPU memory; 64 on CPU); halved on out-of-memory")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    t.add_argument("--resolution", type=int, help="override the model's native resolution")
+    t.add_argument("--resize", choices=["native", "authors"], default="native",
+                   help="native: to the model's size; authors: 512x512 area first, as the authors' code")
+    t.add_argument("--alpha-background", choices=["black", "white"], default="black")
+    t.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
+    t.add_argument("--recursive", action="store_true", help="also look in subfolders")
+    t.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="results store directory")
+    t.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_method_args(t)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latenttracer", description="Trace images back to a latent generative model.")
     p.add_argument("--version", action="version", version=f"latenttracer {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -40,29 +100,64 @@ def _parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="belonging iff score <= threshold")
     g.add_argument("--calibrate", type=Path, metavar="DIR", help="images known to come from the model")
-    t.add_argument("--target-tpr", type=float, default=0.95, help="TPR on --calibrate images (default 0.95)")
-    t.add_argument("--steps", type=int, default=d.steps)
-    t.add_argument("--lr", type=float, default=d.lr)
-    t.add_argument("--init", choices=["encoder", "random", "zeros"], default=d.init)
-    t.add_argument("--schedule", choices=["authors", "constant"], default=d.schedule)
-    t.add_argument("--distance", choices=["l2", "l1"], default=d.distance)
-    t.add_argument("--strategy", choices=["min", "last"], default=d.strategy)
-    t.add_argument("--seed", type=int, default=d.seed, help="seed of --init random")
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"])
-    t.add_argument("--resolution", type=int, help="override the model's native resolution")
-    t.add_argument("--resize", choices=["native", "authors"], default="native",
-                   help="native: to the model's size; authors: 512x512 area first, as the authors' code")
-    t.add_argument("--alpha-background", choices=["black", "white"], default="black")
-    t.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
-    t.add_argument("--recursive", action="store_true", help="also look in subfolders")
-    t.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="results store directory")
-    t.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common_args(t)
     t.add_argument("--report", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
+
+    a = sub.add_parser("attribute", help="which of several inspected models made each image, or none",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--model", action="append", required=True,
+                   help="an inspected model (repeat; its name is the directory's base name)")
+    a.add_argument("--calibrate", type=Path, action="append", required=True, metavar="DIR",
+                   help="images known to come from the --model at the same position (repeat, same order)")
+    a.add_argument("--images", required=True, type=Path, help="folder of images to attribute")
+    a.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    a.add_argument("--normalise", choices=["ratio", "pvalue"], default="ratio",
+                   help="ratio: score / threshold (default); pvalue: empirical p-value among calibration scores")
+    _add_common_args(a)
     return p
+
+
+_INVERSION_ARGS = ("steps", "lr", "init", "schedule", "distance", "strategy", "seed")
+_EXTRA_ARGS = ("posterior", "vgg_weights", "lpips_weights")
+
+
+def method_from_args(args: argparse.Namespace):
+    """The :class:`~latenttracer.methods.Method` the command line asks for; options another method does not
+    take are an error naming them."""
+    from latenttracer.methods import get_method
+
+    given = {k: getattr(args, k) for k in (*_INVERSION_ARGS, *_EXTRA_ARGS) if getattr(args, k) is not None}
+    if args.no_quantize_output:
+        given["quantize_output"] = False
+    if args.method in ("latenttracer", "ronan"):
+        takes = set(_INVERSION_ARGS)
+        options = {**given, "device": args.device, "dtype": args.dtype}
+        if args.batch_size != "auto":
+            options["batch_size"] = args.batch_size
+    elif args.method == "aedr":
+        takes = {"posterior", "seed"}
+        options = {**given, "device": args.device, "dtype": args.dtype}
+    else:
+        takes = {"distance", "posterior", "seed", "vgg_weights", "lpips_weights", "quantize_output"}
+        options = {**given, "device": args.device, "dtype": args.dtype}
+    wrong = sorted(k for k in given if k not in takes)
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") if k != "quantize_output" else "--no-quantize-output"
+                          for k in wrong)
+        raise ValueError(f"--method {args.method} does not take {flags}")
+    if args.method != "aeroblade" and options.get("distance") not in (None, "l2", "l1"):
+        raise ValueError(f"--distance {options['distance']} is an aeroblade distance; --method {args.method} "
+                         "takes l2 or l1")
+    return get_method(args.method, options)
+
+
+def _describe(method) -> str:
+    from latenttracer.methods import LatentTracer
+
+    if isinstance(method, LatentTracer):
+        c = method.config
+        return f"{method.label}: steps={c.steps} lr={c.lr} init={c.init} schedule={c.schedule}"
+    return f"{method.label}: " + " ".join(f"{k}={v}" for k, v in method.identity().items())
 
 
 def write_csv_atomic(frame, path: Path) -> None:
@@ -77,46 +172,68 @@ def write_csv_atomic(frame, path: Path) -> None:
             os.unlink(tmp)
 
 
-def trace(args: argparse.Namespace) -> int:
-    import pandas as pd
+def _calibration_text(method, target_tpr: float) -> str:
+    if method.calibration == "kde":
+        return f"Gaussian KDE, {target_tpr:.0%} quantile"
+    return f"{target_tpr:.0%} TPR"
 
-    from latenttracer.autoencoders import load_autoencoder
-    from latenttracer.images import ImageOptions, list_images
-    from latenttracer.inversion import InversionConfig
-    from latenttracer.metrics import calibrate_threshold
+
+def _setup(args: argparse.Namespace):
+    from latenttracer.images import ImageOptions
     from latenttracer.store import ResultStore
-    from latenttracer.tracing import score_images, steps_per_second
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    config = InversionConfig(init=args.init, lr=args.lr, steps=args.steps, schedule=args.schedule,
-                             distance=args.distance, strategy=args.strategy, batch_size=args.batch_size,
-                             device=args.device, dtype=args.dtype, seed=args.seed)
+    method = method_from_args(args)
     options = ImageOptions(resize=args.resize, alpha_background=args.alpha_background)
-    paths = list_images(args.images, recursive=args.recursive)
-    cal_paths = list_images(args.calibrate, recursive=args.recursive) if args.calibrate else []
-    ae = load_autoencoder(args.model, resolution=args.resolution, device=args.device, dtype=args.dtype)
     store = None if args.no_cache else ResultStore(args.cache)
-    progress = not args.quiet
+    return method, options, store
+
+
+def _threshold(ae, method, cal_dir: Path, args, options, store) -> tuple[float, object]:
+    """Score ``cal_dir`` (images known to come from ``ae``'s model) and calibrate the method's threshold."""
+    from latenttracer.images import list_images
+    from latenttracer.tracing import score_images
+
+    cal, cal_bad = score_images(ae, list_images(cal_dir, recursive=args.recursive), method=method,
+                                batch_size=args.batch_size, store=store, image_options=options,
+                                on_bad_image=args.on_bad_image, progress=not args.quiet,
+                                desc=f"calibrate {ae.name}")
+    ok = cal[cal["status"] == "ok"]["score"].to_numpy()
+    if len(ok) == 0:
+        raise ValueError(f"--calibrate {cal_dir}: no image could be scored")
+    threshold = method.calibrate(ok, args.target_tpr)
+    print(f"{ae.name}: threshold {threshold:.4g}: calibrated at {_calibration_text(method, args.target_tpr)} on "
+          f"{len(ok)} images from {cal_dir}" + (f" ({len(cal_bad)} skipped)" if cal_bad else ""), file=sys.stderr)
+    return threshold, ok
+
+
+def trace(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from latenttracer.autoencoders import load_autoencoder
+    from latenttracer.images import list_images
+    from latenttracer.methods import LatentTracer
+    from latenttracer.tracing import score_images, steps_per_second
+
+    method, options, store = _setup(args)
+    paths = list_images(args.images, recursive=args.recursive)
+    if args.calibrate:
+        list_images(args.calibrate, recursive=args.recursive)  # fail early on an empty or missing folder
+    ae = load_autoencoder(args.model, resolution=args.resolution, device=args.device, dtype=args.dtype)
     print(f"inspected model: {ae.name} ({ae.kind}, {ae.resolution}px); {len(paths)} images; "
-          f"steps={config.steps} lr={config.lr} init={config.init} schedule={config.schedule}", file=sys.stderr)
+          f"{_describe(method)}", file=sys.stderr)
 
     t0 = time.perf_counter()
     threshold = args.threshold
-    if cal_paths:
-        cal, cal_bad = score_images(ae, cal_paths, config, store=store, image_options=options,
-                                    on_bad_image=args.on_bad_image, progress=progress, desc="calibrate")
-        ok = cal[cal["status"] == "ok"]["score"].to_numpy()
-        if len(ok) == 0:
-            raise SystemExit(f"--calibrate {args.calibrate}: no image could be scored")
-        threshold = calibrate_threshold(ok, args.target_tpr)
-        print(f"threshold {threshold:.4g}: calibrated at {args.target_tpr:.0%} TPR on {len(ok)} images from "
-              f"{args.calibrate}" + (f" ({len(cal_bad)} skipped)" if cal_bad else ""), file=sys.stderr)
+    if args.calibrate:
+        threshold, _ = _threshold(ae, method, args.calibrate, args, options, store)
 
-    frame, skipped = score_images(ae, paths, config, store=store, image_options=options,
-                                  on_bad_image=args.on_bad_image, progress=progress, desc="trace")
+    frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
+                                  image_options=options, on_bad_image=args.on_bad_image, progress=not args.quiet,
+                                  desc="trace")
     elapsed = time.perf_counter() - t0
     if threshold is not None:
         frame["belonging"] = [bool(s <= threshold) if st == "ok" else None
@@ -128,18 +245,19 @@ def trace(args: argparse.Namespace) -> int:
                           ignore_index=True)
     order = {str(p): i for i, p in enumerate(paths)}
     frame = frame.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order))), kind="stable")
-    write_csv_atomic(frame.reindex(columns=CSV_COLUMNS), args.out)
+    write_csv_atomic(frame.reindex(columns=CSV_COLUMNS + list(method.components)), args.out)
 
     n_ok = int((frame["status"] == "ok").sum())
     n_failed = int((frame["status"] == "failed").sum())
     lines = [f"{len(paths)} images: {n_ok} scored, {n_failed} failed, {len(skipped)} skipped; "
              f"{int(frame['cached'].fillna(False).astype(bool).sum())} from cache; {elapsed:.1f}s"]
-    rate = steps_per_second(frame[frame["status"] != "skipped"], config) if n_ok else float("nan")
-    if rate == rate:
-        lines.append(f"speed: {rate:.0f} image-steps/s on {config.device}")
+    if n_ok and isinstance(method, LatentTracer):
+        rate = steps_per_second(frame[frame["status"] != "skipped"], method.config)
+        if rate == rate:
+            lines.append(f"speed: {rate:.0f} image-steps/s on {args.device}")
     if n_ok:
         s = frame.loc[frame["status"] == "ok", "score"]
-        lines.append(f"score (reconstruction loss): median {s.median():.3g}, min {s.min():.3g}, max {s.max():.3g}")
+        lines.append(f"score ({method.label}): median {s.median():.3g}, min {s.min():.3g}, max {s.max():.3g}")
     if threshold is not None:
         n_bel = int((frame["belonging"] == True).sum())  # noqa: E712
         lines.append(f"belonging (score <= {threshold:.4g}): {n_bel} of {n_ok}")
@@ -155,11 +273,60 @@ def trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def attribute(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from latenttracer.attribution import NONE
+    from latenttracer.attribution import attribute as attribute_frame
+    from latenttracer.autoencoders import load_autoencoder
+    from latenttracer.images import list_images
+    from latenttracer.tracing import score_images
+
+    if len(args.calibrate) != len(args.model):
+        raise ValueError(f"attribute: {len(args.model)} --model but {len(args.calibrate)} --calibrate; give one "
+                         "--calibrate folder per --model, in the same order")
+    method, options, store = _setup(args)
+    paths = list_images(args.images, recursive=args.recursive)
+    for folder in args.calibrate:
+        list_images(folder, recursive=args.recursive)  # fail early on an empty or missing folder
+    t0 = time.perf_counter()
+    scores, calibration, thresholds, skipped_all = {}, {}, {}, {}
+    for source, cal_dir in zip(args.model, args.calibrate):
+        ae = load_autoencoder(source, resolution=args.resolution, device=args.device, dtype=args.dtype)
+        if ae.name in scores:
+            raise ValueError(f"attribute: two --model share the name {ae.name!r} (names are directory base names)")
+        if ae.name == NONE:
+            raise ValueError(f"attribute: a model may not be called {NONE!r}")
+        print(f"inspected model: {ae.name} ({ae.kind}, {ae.resolution}px); {_describe(method)}", file=sys.stderr)
+        thresholds[ae.name], calibration[ae.name] = _threshold(ae, method, cal_dir, args, options, store)
+        frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
+                                      image_options=options, on_bad_image=args.on_bad_image,
+                                      progress=not args.quiet, desc=f"attribute {ae.name}")
+        ok = frame[frame["status"] == "ok"]
+        scores[ae.name] = pd.Series(ok["score"].to_numpy(dtype=float), index=ok["path"].astype(str))
+        skipped_all.update(dict(skipped))
+        del ae
+    wide = pd.DataFrame(scores).reindex([str(p) for p in paths if str(p) not in skipped_all])
+    out = attribute_frame(wide, calibration, thresholds, args.normalise)
+    out.insert(0, "path", out.index)
+    if skipped_all:
+        out = pd.concat([out, pd.DataFrame([{"path": p, "predicted": None} for p in skipped_all])],
+                        ignore_index=True)
+    write_csv_atomic(out.reset_index(drop=True), args.out)
+    counts = out["predicted"].value_counts(dropna=False)
+    summary = ", ".join(f"{name}: {int(counts.get(name, 0))}" for name in [*scores, NONE])
+    print(f"{len(paths)} images ({len(skipped_all)} skipped), method {method.label}, normalised by "
+          f"{args.normalise}; {time.perf_counter() - t0:.1f}s\npredicted: {summary}\nwrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "trace":
             return trace(args)
+        if args.command == "attribute":
+            return attribute(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         print(f"latenttracer: error: {err}", file=sys.stderr)
         return 2

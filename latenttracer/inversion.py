@@ -20,12 +20,14 @@ NaN or Inf marks that image failed (with the step and reason); its gradient is z
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from latenttracer.autoencoders import Autoencoder, resolve_device, resolve_dtype
@@ -51,7 +53,7 @@ class InversionConfig:
     schedule: Schedule = "authors"
     distance: Distance = "l2"
     strategy: Strategy = "min"
-    batch_size: int = 64
+    batch_size: int | Literal["auto"] = "auto"  # "auto": from free device memory (latenttracer.memory)
     device: str = "auto"
     dtype: str = "float32"
     seed: int = 0  # only used by init="random"
@@ -66,8 +68,9 @@ class InversionConfig:
             raise ValueError(f"inversion.lr: must be a positive number, got {self.lr!r}")
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"inversion.steps: must be an integer >= 0, got {self.steps!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"inversion.batch_size: must be an integer >= 1, got {self.batch_size!r}")
+        if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                          or self.batch_size < 1):
+            raise ValueError(f"inversion.batch_size: must be an integer >= 1 or 'auto', got {self.batch_size!r}")
         resolve_dtype(self.dtype)
 
     @classmethod
@@ -105,6 +108,31 @@ class InversionResult:
     # The latent of the scored iteration (``best_step``; iteration 0 is the initial latent), float32 on the CPU;
     # ``decode(best_latent)`` reproduces the score. Only with ``record_latent``.
     best_latent: torch.Tensor | None = field(default=None, repr=False)
+
+
+def ronan_config(**overrides) -> InversionConfig:
+    """RONAN's settings (NeurIPS 2023, README commands) as a preset of this one loop: random N(0, 1) initial
+    latent, Adam lr 0.1, 1500 iterations, min over iterations, squared error, and a **constant** learning rate
+    (RONAN's ``main.py`` has no schedule). ``overrides`` change any field (e.g. ``steps`` for a quick run)."""
+    return InversionConfig(**{"init": "random", "lr": 0.1, "steps": 1500, "schedule": "constant",
+                              "distance": "l2", "strategy": "min", **overrides})
+
+
+def image_seed(sha256: str, seed: int) -> int:
+    """Random-init seed of one image: fixed by its content, independent of batch and position."""
+    return (int(sha256[:12], 16) + int(seed)) % (2**63)
+
+
+def latent_to_bytes(latent: torch.Tensor) -> bytes:
+    """A latent as the ``best_latent`` store value: ``.npy`` bytes (float32, shape included)."""
+    buf = io.BytesIO()
+    np.save(buf, latent.detach().float().cpu().numpy(), allow_pickle=False)
+    return buf.getvalue()
+
+
+def latent_from_bytes(value: bytes) -> torch.Tensor:
+    """The latent stored by :func:`latent_to_bytes` (one image, no batch dimension)."""
+    return torch.from_numpy(np.load(io.BytesIO(bytes(value)), allow_pickle=False))
 
 
 def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors") -> float:
@@ -216,9 +244,14 @@ def invert(
         raise ValueError(f"seeds: {len(seeds)} given for {images.shape[0]} images")
     device = resolve_device(config.device)
     ae.to(device, config.dtype)
+    batch_size = config.batch_size
+    if batch_size == "auto":
+        from latenttracer.memory import auto_batch_size
+
+        batch_size = auto_batch_size(ae.model, images.shape[-1], device, backward=True, dtype=ae.dtype)
     results: list[InversionResult] = []
-    for start in range(0, images.shape[0], config.batch_size):
-        stop = start + config.batch_size
+    for start in range(0, images.shape[0], batch_size):
+        stop = start + batch_size
         x = images[start:stop].to(device, resolve_dtype(config.dtype))
         with torch.enable_grad():
             results.extend(_invert_batch(ae, x, config, seeds[start:stop]))

@@ -28,8 +28,10 @@ from sklearn.metrics import (
 
 __all__ = [
     "DetectionMetrics",
+    "CALIBRATIONS",
     "calibrate_threshold",
     "detection_metrics",
+    "kde_threshold",
     "roc_points",
     "split_calibration",
 ]
@@ -50,26 +52,67 @@ def _scores(values, name: str) -> np.ndarray:
     return arr
 
 
-def calibrate_threshold(belonging_scores, target_tpr: float = 0.95) -> float:
-    """The smallest score ``t`` among ``belonging_scores`` with ``mean(scores <= t) >= target_tpr``.
+CALIBRATIONS = ("quantile", "kde")
+"""How a method turns its calibration (belonging) scores into a threshold; see :func:`calibrate_threshold`."""
 
-    That is the ``ceil(target_tpr * n)``-th smallest score. Calibrate on belonging scores held out from the
-    evaluation (see :func:`split_calibration`); on its own data the rule then gives a TPR of at least
-    ``target_tpr`` by construction.
+KDE_GRID_POINTS = 10_000
 
-    The authors' first detection script took the sorted score at index ``-int(0.05 * n)``, one order
-    statistic higher than this rule whenever ``0.05 * n`` is a whole number (TPR 476/500 instead of 475/500).
+
+def calibrate_threshold(belonging_scores, target_tpr: float = 0.95, kind: str = "quantile") -> float:
+    """A threshold from scores of images known to belong, so that about ``target_tpr`` of them pass.
+
+    ``kind="quantile"`` (LatentTracer's rule, the default): the smallest score ``t`` among ``belonging_scores``
+    with ``mean(scores <= t) >= target_tpr``, i.e. the ``ceil(target_tpr * n)``-th smallest score. Calibrate on
+    belonging scores held out from the evaluation (see :func:`split_calibration`); on its own data the rule then
+    gives a TPR of at least ``target_tpr`` by construction. The authors' first detection script took the
+    sorted score at index ``-int(0.05 * n)``, one order statistic higher than this rule whenever ``0.05 * n``
+    is a whole number (TPR 476/500 instead of 475/500).
+
+    ``kind="kde"`` (AEDR's rule): the ``target_tpr`` quantile of a Gaussian KDE fitted to the scores; see
+    :func:`kde_threshold` (``alpha = 1 - target_tpr``).
 
     Raises:
-        ValueError: empty input, NaN (or infinite) scores, or ``target_tpr`` outside ``(0, 1]``.
+        ValueError: empty input, NaN (or infinite) scores, ``target_tpr`` outside ``(0, 1]`` (``(0, 1)`` for
+            ``kde``), or an unknown ``kind``.
     """
+    if kind not in CALIBRATIONS:
+        raise ValueError(f"calibration kind {kind!r} is not one of {list(CALIBRATIONS)}")
     if not 0.0 < float(target_tpr) <= 1.0:  # also rejects NaN
         raise ValueError(f"target_tpr must be in (0, 1], got {target_tpr!r}")
+    if kind == "kde":
+        return kde_threshold(belonging_scores, alpha=1.0 - float(target_tpr))
     scores = np.sort(_scores(belonging_scores, "belonging"))
     n = scores.size
     # Rounding guards against products like 0.95 * 500 = 475.00000000000006 asking for one score too many.
     k = max(1, math.ceil(round(float(target_tpr) * n, 9)))
     return float(scores[k - 1])
+
+
+def kde_threshold(belonging_scores, alpha: float = 0.05, grid_points: int = KDE_GRID_POINTS) -> float:
+    """AEDR's threshold: the ``1 - alpha`` quantile of a Gaussian KDE of the belonging scores.
+
+    :class:`scipy.stats.gaussian_kde` (Scott's bandwidth) is fitted to the scores and evaluated on
+    ``grid_points`` evenly spaced points from ``min - s`` to ``max + s`` (``s``: the sample standard deviation,
+    ``ddof=1``); the density's cumulative sum, divided by its last value, is the CDF, and the threshold is where
+    it reaches ``1 - alpha`` (linear interpolation between grid points), as in AEDR's ``cal_threshold.py``.
+
+    Raises:
+        ValueError: fewer than two distinct scores (no KDE can be fitted), NaN scores, ``alpha`` not in (0, 1).
+    """
+    from scipy.stats import gaussian_kde
+
+    if not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r} (a KDE threshold needs target_tpr < 1)")
+    values = _scores(belonging_scores, "belonging")
+    if np.unique(values).size < 2:
+        raise ValueError(f"a KDE threshold needs at least two distinct belonging scores, got {values.size} "
+                         f"score(s) with {np.unique(values).size} distinct value(s)")
+    sigma = float(np.std(values, ddof=1))
+    kde = gaussian_kde(values)
+    grid = np.linspace(values.min() - sigma, values.max() + sigma, int(grid_points))
+    cdf = np.cumsum(kde(grid))
+    cdf = cdf / cdf[-1]
+    return float(np.interp(1.0 - float(alpha), cdf, grid))
 
 
 def split_calibration(n: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

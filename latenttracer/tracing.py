@@ -1,62 +1,69 @@
-"""Score files of images against one inspected model: images -> inversion -> results store.
+"""Score files of images against one inspected model: images -> a method -> results store.
 
-This is the one path from a list of image files to per-image scores; the CLI, the Hydra entry points and the
-benchmarks all use it. Results are keyed on (image content sha256, model name, run hash); the run hash covers
-the inversion config, the image preprocessing and a fingerprint of the autoencoder weights, so a rerun skips
-every image already scored, and a run killed half-way resumes where it stopped (each batch is written to the
-store atomically as soon as it finishes).
+This is the one path from a list of image files to per-image scores, for every method
+(:mod:`latenttracer.methods`); the CLI, the Hydra entry points and the benchmarks all use it. Results are
+keyed on (image content sha256, model name, run hash); the run hash covers the method and its settings, the
+image preprocessing and a fingerprint of the autoencoder weights, so a rerun skips every image already scored,
+and a run killed half-way resumes where it stopped (each batch is written to the store atomically as soon as
+it finishes). The default method is LatentTracer with the given :class:`InversionConfig`, with the same cache
+key as before other methods existed.
+
+Batches: ``batch_size="auto"`` picks the first batch from the model's resolution and the device's free memory
+(:mod:`latenttracer.memory`; 64 on CPU). On an out-of-memory error the batch is halved and the same images are
+tried again (logged); batches already finished are in the store and are kept.
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from latenttracer.autoencoders import Autoencoder
 from latenttracer.images import BadImageError, ImageOptions, file_sha256, load_images
-from latenttracer.inversion import InversionConfig, invert
+from latenttracer.inversion import InversionConfig, image_seed, latent_from_bytes, latent_to_bytes  # noqa: F401
+from latenttracer.memory import auto_batch_size, is_out_of_memory
+from latenttracer.methods import LatentTracer, Method, get_method
 from latenttracer.store import ResultStore
+
+__all__ = ["RESULT_COLUMNS", "as_method", "image_seed", "run_hash", "score_images", "steps_per_second"]
+
+log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["path", "sha256", "score", "init_loss", "best_step", "status", "reason", "seconds", "cached"]
 
 
-def run_hash(ae: Autoencoder, config: InversionConfig, image_options: ImageOptions) -> str:
-    """The cache key part that says *how* an image was scored by this model."""
-    prep = {k: v for k, v in asdict(image_options).items() if k in ("resize", "alpha_background")}
-    return config.hash({"model": ae.fingerprint, "resolution": ae.resolution, "clamp": ae.clamp}, prep)
+def as_method(method: Method | str | InversionConfig | None, config: InversionConfig | None = None) -> Method:
+    """A :class:`Method` from a method, a method name, an inversion config (LatentTracer) or ``None``."""
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, InversionConfig):
+        return LatentTracer(method)
+    if isinstance(method, str):
+        return get_method(method)
+    if method is None:
+        return LatentTracer(config if config is not None else InversionConfig())
+    raise TypeError(f"method: expected a Method, a method name or an InversionConfig, got {type(method).__name__}")
 
 
-def latent_to_bytes(latent: torch.Tensor) -> bytes:
-    """A latent as the ``best_latent`` store value: ``.npy`` bytes (float32, shape included)."""
-    buf = io.BytesIO()
-    np.save(buf, latent.detach().float().cpu().numpy(), allow_pickle=False)
-    return buf.getvalue()
-
-
-def latent_from_bytes(value: bytes) -> torch.Tensor:
-    """The latent stored by :func:`latent_to_bytes` (one image, no batch dimension)."""
-    return torch.from_numpy(np.load(io.BytesIO(bytes(value)), allow_pickle=False))
-
-
-def image_seed(sha256: str, seed: int) -> int:
-    """Random-init seed of one image: fixed by its content, independent of batch and position."""
-    return (int(sha256[:12], 16) + int(seed)) % (2**63)
+def run_hash(ae: Autoencoder, config: InversionConfig | Method, image_options: ImageOptions) -> str:
+    """The cache key part that says *how* an image was scored by this model (any method)."""
+    return as_method(config).run_hash(ae, image_options)
 
 
 def score_images(
     ae: Autoencoder,
     paths: Sequence[str | Path],
-    config: InversionConfig = InversionConfig(),
+    config: InversionConfig | None = None,
     *,
+    method: Method | str | None = None,
+    batch_size: int | str | None = None,
     store: ResultStore | None = None,
     image_options: ImageOptions = ImageOptions(),
     on_bad_image: str = "error",
@@ -65,15 +72,22 @@ def score_images(
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Score every file in ``paths``; return (one row per scored path, [(path, reason) skipped]).
 
-    Rows carry ``path, sha256, score, init_loss, best_step, status, reason, seconds, cached`` and the loss
-    trajectory (``trajectory``, one float per scored step) and the latent of the scored step (``best_latent``,
-    :func:`latent_to_bytes`; rows cached before it existed have none). With a ``store``, finished images are taken
-    from it and new results are appended batch by batch; without one, everything is computed in memory.
+    ``method`` (a :class:`Method` or a name) defaults to LatentTracer with ``config`` (give one or the other).
+    ``batch_size`` defaults to the method's (``config.batch_size`` for LatentTracer, else ``"auto"``).
+    Rows carry ``path, sha256, score, init_loss, best_step, status, reason, seconds, cached``, the loss
+    trajectory (``trajectory``, one float per scored step; inversion methods only) and the method's component
+    columns (e.g. AEDR's ``loss_1, loss_2, homogeneity``); inversion methods also store the latent of the scored
+    step (``best_latent``, :func:`latent_to_bytes`; rows cached before it existed have none). With a
+    ``store``, finished images are taken from it and new results are appended batch by batch; without one,
+    everything is computed in memory.
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image: {on_bad_image!r} is not one of ['error', 'skip']")
+    if method is not None and config is not None:
+        raise ValueError("score_images: give either config (LatentTracer) or method, not both")
+    method = as_method(method, config)
     paths = [str(p) for p in paths]
-    key = run_hash(ae, config, image_options)
+    key = method.run_hash(ae, image_options)
     skipped: list[tuple[str, str]] = []
     shas: dict[str, str] = {}
     for p in paths:
@@ -91,30 +105,17 @@ def score_images(
             todo.append(p)
             seen.add(sha)
 
-    cfg = InversionConfig(**{**asdict(config), "record_trajectory": True, "record_latent": True})
     fresh: list[dict] = []
-    bar = tqdm(total=len(todo), desc=desc or f"trace {ae.name}", unit="img", disable=not progress or not todo)
-    for start in range(0, len(todo), config.batch_size):
-        chunk = todo[start:start + config.batch_size]
-        images, records, bad = load_images(chunk, ae.resolution, image_options, on_bad_image=on_bad_image)
-        skipped.extend(bad)
-        if not records:
-            continue
-        t0 = time.perf_counter()
-        results = invert(ae, images, cfg, seeds=[image_seed(r.sha256, config.seed) for r in records])
-        per_image = (time.perf_counter() - t0) / len(records)
-        rows = [{
-            "path": r.path, "sha256": r.sha256, "model": ae.name, "config_hash": key,
-            "score": res.score, "init_loss": res.init_loss, "best_step": res.best_step, "status": res.status,
-            "reason": res.reason, "seconds": per_image, "trajectory": res.trajectory,
-            "best_latent": latent_to_bytes(res.best_latent) if res.status == "ok" else None,
-            "conversions": ";".join(r.conversions),
-        } for r, res in zip(records, results)]
-        if store is not None:
-            store.append(rows)
-        fresh.extend(rows)
-        bar.update(len(chunk))
-    bar.close()
+    if todo:
+        method.prepare(ae)
+        size = batch_size if batch_size is not None else method.batch_size
+        if size == "auto":
+            size = auto_batch_size(ae.model, ae.resolution, ae.device, backward=method.needs_grad, dtype=ae.dtype)
+        elif isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"batch_size: must be an integer >= 1 or 'auto', got {size!r}")
+        fresh = _score_todo(ae, method, todo, key, int(size), store, image_options, on_bad_image, skipped,
+                            tqdm(total=len(todo), desc=desc or f"{method.label} {ae.name}", unit="img",
+                                 disable=not progress))
 
     skipped_paths = {p for p, _ in skipped}
     by_sha: dict[str, dict] = {row["sha256"]: {**row, "cached": False} for row in fresh}
@@ -133,8 +134,44 @@ def score_images(
         out.append(row)
     frame = pd.DataFrame(out)
     if frame.empty:
-        frame = pd.DataFrame(columns=RESULT_COLUMNS + ["trajectory"])
+        frame = pd.DataFrame(columns=RESULT_COLUMNS + ["trajectory", *method.components])
     return frame, skipped
+
+
+def _score_todo(ae: Autoencoder, method: Method, todo: list[str], key: str, size: int, store: ResultStore | None,
+                image_options: ImageOptions, on_bad_image: str, skipped: list[tuple[str, str]], bar) -> list[dict]:
+    """Score ``todo`` in batches of ``size``, halving the batch on out-of-memory errors."""
+    fresh: list[dict] = []
+    start = 0
+    while start < len(todo):
+        chunk = todo[start:start + size]
+        images, records, bad = load_images(chunk, ae.resolution, image_options, on_bad_image=on_bad_image)
+        if records:
+            t0 = time.perf_counter()
+            try:
+                results = method.score_batch(ae, images, records)
+            except Exception as err:
+                if not is_out_of_memory(err) or len(chunk) == 1:
+                    raise
+                del images
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                size = max(1, len(chunk) // 2)
+                log.warning("out of memory with a batch of %d images (%s); retrying with batches of %d",
+                            len(chunk), type(err).__name__, size)
+                continue
+            per_image = (time.perf_counter() - t0) / len(records)
+            rows = [{"path": r.path, "sha256": r.sha256, "model": ae.name, "config_hash": key, **res,
+                     "seconds": per_image, "conversions": ";".join(r.conversions)}
+                    for r, res in zip(records, results)]
+            if store is not None:
+                store.append(rows)
+            fresh.extend(rows)
+        skipped.extend(bad)
+        start += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    return fresh
 
 
 def steps_per_second(frame: pd.DataFrame, config: InversionConfig) -> float:

@@ -109,3 +109,80 @@ def test_resume_after_kill_9_recomputes_nothing_done(tmp_path, tiny_dirs):
     assert len(df) == 24 and (df["status"] == "ok").all()
     assert df["cached"].sum() >= 4 * chunks  # every batch finished before the kill was reused
     assert len(list(cache.glob("part-*.parquet"))) == 6  # and only the missing batches were computed
+
+
+def test_trace_method_aedr_end_to_end(tmp_path, tiny_dirs, folders, capsys):
+    out, cache = tmp_path / "aedr.csv", tmp_path / "cache"
+    args = ["--method", "aedr", "--model", tiny_dirs["AutoencoderTiny-0"], "--images", folders["other"], "--out", out,
+            "--calibrate", folders["cal"], "--cache", cache, "--resolution", 32, "--quiet"]
+    assert _run(*args) == 0
+    printed = capsys.readouterr()
+    assert "calibrated at Gaussian KDE, 95% quantile on 6 images" in printed.err
+    assert "score (aedr)" in printed.out
+    df = pd.read_csv(out)
+    assert list(df.columns) == CSV_COLUMNS + ["loss_1", "loss_2", "homogeneity"]
+    assert (df["status"] == "ok").all() and not df["belonging"].any()
+    assert (df["score"] - df["loss_1"] * df["homogeneity"] / df["loss_2"]).abs().max() < 1e-9 * df["score"].max()
+    assert _run(*args) == 0  # cached, components included
+    again = pd.read_csv(out)
+    assert again["cached"].all()
+    pd.testing.assert_frame_equal(again.drop(columns=["cached", "seconds"]), df.drop(columns=["cached", "seconds"]))
+
+
+def test_trace_method_options_and_errors(tmp_path, tiny_dirs, folders, capsys):
+    out = tmp_path / "s.csv"
+    base = ["--model", tiny_dirs["AutoencoderTiny-0"], "--images", folders["own"], "--out", out, "--no-cache",
+            "--resolution", 32, "--quiet"]
+    assert _run("--method", "aeroblade", *base) == 2
+    err = capsys.readouterr().err
+    assert "vgg_weights not given" in err and "vgg16-397923af.pth" in err and "--distance l2" in err
+    assert _run("--method", "aedr", "--steps", 5, *base) == 2
+    assert "--method aedr does not take --steps" in capsys.readouterr().err
+    assert _run("--method", "latenttracer", "--distance", "ssim", *base) == 2
+    assert "aeroblade distance" in capsys.readouterr().err
+    assert _run("--method", "aeroblade", "--distance", "l2", "--threshold", 1.0, *base) == 0
+    printed = capsys.readouterr().out
+    assert "score (aeroblade[l2])" in printed
+    assert pd.read_csv(out)["belonging"].all()
+    assert _run("--method", "ronan", "--steps", 3, "--batch-size", 2, *base) == 0
+    assert "init=random" in capsys.readouterr().err
+
+
+def test_attribute_end_to_end(tmp_path, tiny_dirs, folders, capsys):
+    sib = load_autoencoder(tiny_dirs["AutoencoderTiny-1"], resolution=32)
+    cal_b = tmp_path / "cal_b"
+    cal_b.mkdir()
+    for i, x in enumerate(decoded_images(sib, 6, 1)):
+        save_png(x, cal_b / f"{i:03d}.png")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("own", "other", "real"):
+        for f in sorted(folders[name].iterdir())[:4]:
+            (mixed / f"{name}_{f.name}").write_bytes(f.read_bytes())
+    out, cache = tmp_path / "attribution.csv", tmp_path / "cache"
+    a, b = tiny_dirs["AutoencoderTiny-0"], tiny_dirs["AutoencoderTiny-1"]
+    args = ["attribute", "--model", a, "--calibrate", folders["cal"], "--model", b, "--calibrate", cal_b,
+            "--images", mixed, "--out", out, "--cache", cache, "--resolution", 32, *FAST]
+    assert main(list(map(str, args))) == 0
+    printed = capsys.readouterr().out
+    assert "predicted: AutoencoderTiny-0: 4, AutoencoderTiny-1: 4, none: 4" in printed
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["path", "predicted", "score_AutoencoderTiny-0", "norm_AutoencoderTiny-0",
+                                "score_AutoencoderTiny-1", "norm_AutoencoderTiny-1"]
+    expected = {"own": "AutoencoderTiny-0", "other": "AutoencoderTiny-1", "real": "none"}
+    assert [expected[p.split("/")[-1].split("_")[0]] for p in df["path"]] == df["predicted"].tolist()
+    for name in ("AutoencoderTiny-0", "AutoencoderTiny-1"):  # a model's claims pass its threshold (ratio <= 1)
+        assert (df.loc[df["predicted"] == name, f"norm_{name}"] <= 1).all()
+    assert (df.loc[df["predicted"] == "none", ["norm_AutoencoderTiny-0", "norm_AutoencoderTiny-1"]] > 1).all().all()
+    # Scores are cached per model: a rerun (p-value normalisation this time) computes nothing new.
+    chunks = len(list(cache.glob("part-*.parquet")))
+    assert main(list(map(str, args + ["--normalise", "pvalue"]))) == 0
+    assert len(list(cache.glob("part-*.parquet"))) == chunks
+    assert pd.read_csv(out)["predicted"].tolist() == df["predicted"].tolist()
+    capsys.readouterr()
+    assert main(list(map(str, args[:5] + args[7:]))) == 2
+    assert "1 --model but 2 --calibrate" in capsys.readouterr().err
+    assert main(list(map(str, ["attribute", "--model", a, "--calibrate", folders["cal"], "--model", a,
+                               "--calibrate", folders["cal"], "--images", mixed, "--out", out, "--no-cache",
+                               "--resolution", 32, *FAST]))) == 2
+    assert "share the name 'AutoencoderTiny-0'" in capsys.readouterr().err

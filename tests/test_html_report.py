@@ -20,12 +20,12 @@ import torch
 from conftest import decoded_images, natural_crops, save_png
 from PIL import Image
 
-from latenttracer.protocol import cell_metrics
 from latenttracer import html_report, provenance, report
 from latenttracer.autoencoders import load_autoencoder
 from latenttracer.cli import main
 from latenttracer.images import ImageOptions, load_images
 from latenttracer.inversion import InversionConfig
+from latenttracer.protocol import cell_metrics
 from latenttracer.store import ResultStore
 from latenttracer.tracing import score_images
 
