@@ -7,7 +7,7 @@ JOBS    ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
-        report sync-wandb benchmark clean
+        report sync-wandb benchmark clean compare-methods attribution
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,17 @@ reproduce-table1: ## Table 1 on the shipped zoo -> results/table1.{md,csv,tex} (
 	$(PYTHON) -m experiments.invert -m $(PAR) model=$(MODELS) images=table1 $(ARGS)
 	$(PYTHON) -m experiments.table1 $(ARGS)
 	$(PYTHON) -m experiments.figures $(ARGS)
+
+# Peer methods (conf/method/): one job per preset, 2 at a time, then the aggregation. RONAN first: it is the long one
+# (its preset scores smaller sets, see conf/method/ronan.yaml; method=ronan_full for the full sets).
+METHODS ?= ronan,latenttracer,aedr,aeroblade_l2,aeroblade_ssim
+compare-methods: ## peer methods in the Table 1 protocol -> results/methods.{md,csv,tex} + figures/methods_auc_vs_seconds.*
+	$(PYTHON) -m experiments.generate $(ARGS)
+	$(PYTHON) -m experiments.methods -m $(PAR) method=$(METHODS) $(ARGS)
+	$(PYTHON) -m experiments.methods aggregate=true threads=1 $(ARGS)
+
+attribution: ## K-model attribution per method from stored scores -> results/attribution.{md,csv} + figures/confusion_*
+	$(PYTHON) -m experiments.attribution $(ARGS)
 
 ablations: ## init x steps and lr sweeps (Hydra multirun) -> results/ablations.csv
 	$(PYTHON) -m experiments.ablations experiment=ablation_steps $(PAR)

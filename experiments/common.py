@@ -27,7 +27,10 @@ from latenttracer import provenance
 from latenttracer.autoencoders import Autoencoder, load_autoencoder
 from latenttracer.images import ImageOptions, list_images
 from latenttracer.inversion import InversionConfig
+from latenttracer.locks import locked
+from latenttracer.methods import LatentTracer, Method, get_method
 from latenttracer.store import ResultStore
+from latenttracer.tracing import score_images
 from latenttracer.tracking import Tracker, start_run
 
 log = logging.getLogger(__name__)
@@ -176,6 +179,69 @@ def scorer(cfg: DictConfig, trajectory_steps: int | None = None) -> proto.Scorer
         spec = model_spec(cfg, name)
         ae = load_model(cfg, spec)
         return score(cfg, ae, paths, inversion_config(cfg, dtype=spec.dtype), trajectory_steps=trajectory_steps)
+
+    return score_model
+
+
+def method(cfg: DictConfig, dtype: str = "float32") -> Method:
+    """``cfg.method`` as a :class:`~latenttracer.methods.Method` (on ``cfg.device``, in ``dtype``).
+
+    ``latenttracer`` is :class:`~latenttracer.methods.LatentTracer` with :func:`inversion_config` (its settings are
+    the ``inversion`` node, so its scores and cache keys are Table 1's); it takes no ``method.options``. Any other
+    method gets ``method.options`` (an unknown option is an error naming it) plus the job's device and dtype.
+    """
+    name = str(cfg.method.name)
+    options = plain(cfg.method.options) or {}
+    if name == "latenttracer":
+        if options:
+            raise ValueError(f"method.options: latenttracer takes its settings from the `inversion` node "
+                             f"(conf/inversion/), not from method options {sorted(options)}")
+        return LatentTracer(inversion_config(cfg, dtype=dtype))
+    try:
+        return get_method(name, {**options, "device": str(cfg.device), "dtype": str(dtype)})
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        raise type(err)(f"method {name!r} (conf/method/, key method.options): {err}") from err
+
+
+def method_preset(cfg: DictConfig) -> str:
+    """The name of the ``method/`` preset this job runs (``ronan``, ``aeroblade_l2``...; the label without Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = OmegaConf.select(HydraConfig.get(), "runtime.choices.method", default=None)
+        if choice:
+            return str(choice)
+    return method(cfg).label.replace("[", "_").replace("]", "")
+
+
+def score_method(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
+                 store: ResultStore | None) -> pd.DataFrame:
+    """``scoring``'s scores of ``paths`` against ``ae``: one row per path. With a store, under a file lock per
+    (model, run hash), so parallel jobs never compute the same thing twice; LatentTracer goes through
+    :func:`latenttracer.protocol.score_paths` (Table 1's path)."""
+    if type(scoring) is LatentTracer:
+        return proto.score_paths(ae, paths, scoring.config, store=store, image_options=image_options(cfg),
+                                 progress=bool(cfg.progress))
+    options = image_options(cfg)
+
+    def run() -> pd.DataFrame:
+        frame, _ = score_images(ae, [str(p) for p in paths], method=scoring, store=store, image_options=options,
+                                progress=bool(cfg.progress), desc=f"{scoring.label} {ae.name}")
+        return frame
+
+    if store is None:
+        return run()
+    with locked(store.root / ".locks" / f"{ae.name}-{scoring.run_hash(ae, options)}.lock"):
+        return run()
+
+
+def method_scorer(cfg: DictConfig) -> proto.Scorer:
+    """``cfg.method`` as a :data:`latenttracer.protocol.Scorer` on the shared store (``cfg.store``)."""
+
+    def score_model(name: str, paths: Sequence[str]) -> pd.DataFrame:
+        spec = model_spec(cfg, name)
+        return score_method(cfg, load_model(cfg, spec), paths, method(cfg, dtype=spec.dtype),
+                            store=ResultStore(cfg.store))
 
     return score_model
 

@@ -114,7 +114,21 @@ class ReportSchema:
     table1: str = MISSING
     ablations: str = MISSING
     figures: str = MISSING
+    methods: str = MISSING
+    method_runs: str = MISSING
+    attribution: str = MISSING
     metrics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MethodSchema:
+    """``conf/method/*.yaml``: a method of :mod:`latenttracer.methods` by name, with its options (checked by the
+    method itself: an unknown option is an error naming it). ``latenttracer`` takes no options here: its settings
+    are the ``inversion`` node (one source per setting)."""
+
+    name: str = MISSING
+    options: dict[str, Any] = field(default_factory=dict)
+    probe: int = 16   # images per inspected model timed by experiments.methods (uncached, after a warm-up)
 
 
 @dataclass
@@ -124,6 +138,7 @@ class BaseSchema:
     paths: PathsSchema = field(default_factory=PathsSchema)
     suite: SuiteSchema = field(default_factory=SuiteSchema)
     inversion: InversionSchema = field(default_factory=InversionSchema)
+    method: MethodSchema = field(default_factory=MethodSchema)
     logger: LoggerSchema = field(default_factory=LoggerSchema)
     device: str = "auto"
     threads: int | None = None
@@ -174,13 +189,26 @@ class HtmlReportSchema(BaseSchema):
 
 
 @dataclass
+class MethodsSchema(BaseSchema):
+    inspected: list[str] | None = None
+    aggregate: bool = False
+
+
+@dataclass
+class AttributionSchema(BaseSchema):
+    normalisation: str = "ratio"
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+
+
+@dataclass
 class GenerateSchema(BaseSchema):
     images: str | None = None
     overwrite: bool = False
 
 
 ENTRY_POINTS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
-                "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema}
+                "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema,
+                "methods": MethodsSchema, "attribution": AttributionSchema}
 
 
 def register() -> None:

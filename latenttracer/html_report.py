@@ -39,7 +39,7 @@ _ZERO_TO_ONE = {"tpr_at_1fpr", "tpr_at_5fpr", "tpr"}
 _LOWER_IS_BETTER = {"fpr"}
 # Results written by other stages; a missing one becomes a note saying how to produce it.
 OPTIONAL_SECTIONS = (
-    ("methods", "Methods comparison", ("methods.csv",), ("methods*.png",), "make methods"),
+    ("methods", "Methods comparison", ("methods.csv",), ("methods*.png",), "make compare-methods"),
     ("attribution", "Attribution", ("attribution.csv",), ("confusion*.png", "attribution*.png"), "make attribution"),
     ("robustness", "Robustness", ("robustness.csv",), ("robustness*.png",), "make robustness"),
 )

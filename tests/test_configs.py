@@ -18,7 +18,7 @@ from latenttracer.inversion import InversionConfig
 from latenttracer.tracking import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate", "report")
+ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate", "report", "methods", "attribution")
 ZOO = ["kl-a", "kl-b", "kl-a-ft", "vq", "tiny"]
 PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
 
@@ -171,6 +171,9 @@ TYPOS = [
     ("debug/default.yaml", "table1", ["debug=default"]),
     ("paths/default.yaml", "invert", []),
     ("base.yaml", "figures", []),
+    ("method/aedr.yaml", "methods", ["method=aedr"]),
+    ("method/ronan.yaml", "methods", ["method=ronan"]),
+    ("method/latenttracer.yaml", "table1", []),
     *[(f"{entry}.yaml", entry, []) for entry in ENTRY_POINTS],
 ]
 
@@ -201,6 +204,65 @@ def test_a_typo_in_any_yaml_names_the_key_and_the_file(yaml, entry, overrides, t
     # and untouched, the copy composes
     shutil.copyfile(CONF / yaml, path)
     compose_resolved(entry, overrides, tmp_path, conf=conf)
+
+
+METHOD_LABELS = {"latenttracer": "latenttracer", "aedr": "aedr", "aeroblade_l2": "aeroblade[l2]",
+                 "aeroblade_ssim": "aeroblade[ssim]", "ronan": "ronan", "ronan_full": "ronan"}
+
+
+def test_every_method_preset_is_listed_here():
+    assert _names("method") == sorted([*METHOD_LABELS, "aeroblade_lpips"])
+
+
+@pytest.mark.parametrize("preset", sorted(METHOD_LABELS))
+def test_method_presets_compose_and_build(preset, tmp_path):
+    from experiments import common
+
+    cfg, hydra_cfg = compose_resolved("methods", [f"method={preset}"], tmp_path)
+    built = common.method(cfg)
+    assert built.label == METHOD_LABELS[preset]
+    assert hydra_cfg.runtime.choices.method == preset == common.method_preset(cfg)
+    table, _ = compose_resolved("table1", [], tmp_path)
+    # only the sized RONAN preset changes the sets (to prefixes of the suite's); every other keeps Table 1's
+    if preset == "ronan":
+        assert cfg.suite.generated.n < table.suite.generated.n and cfg.suite.real.n < table.suite.real.n
+        assert cfg.method.probe < 16 and built.config.steps == 1500 and built.config.init == "random"
+    else:
+        assert cfg.suite == table.suite
+
+
+def test_latenttracer_method_is_the_inversion_node(tmp_path):
+    from experiments import common
+    from latenttracer.methods import LatentTracer
+
+    cfg, _ = compose_resolved("methods", ["inversion.steps=7"], tmp_path)
+    assert cfg.method.name == "latenttracer"  # the default of every entry point
+    built = common.method(cfg)
+    assert type(built) is LatentTracer and built.config == common.inversion_config(cfg)
+    assert built.config.steps == 7
+    bad, _ = compose_resolved("methods", ["+method.options.steps=5"], tmp_path)
+    with pytest.raises(ValueError, match="latenttracer takes its settings from the `inversion` node"):
+        common.method(bad)
+
+
+def test_method_options_are_checked_by_the_method(tmp_path):
+    from experiments import common
+
+    cfg, _ = compose_resolved("methods", ["method=aedr", "+method.options.posteriorr=mean"], tmp_path)
+    with pytest.raises(ValueError, match=r"method 'aedr' \(conf/method/, key method.options\).*posteriorr"):
+        common.method(cfg)
+
+
+def test_lpips_preset_fails_clearly_without_weight_files(tmp_path):
+    from experiments import common
+
+    cfg, _ = compose_resolved("methods", ["method=aeroblade_lpips"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="vgg_weights not given.*lpips_weights not given"):
+        common.method(cfg)
+    cfg, _ = compose_resolved("methods", ["method=aeroblade_lpips", f"method.options.vgg_weights={tmp_path}/v.pth",
+                                          f"method.options.lpips_weights={tmp_path}/l.pth"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="v.pth not found"):
+        common.method(cfg)
 
 
 def test_a_wrong_type_in_a_yaml_is_an_error(tmp_path):

@@ -352,3 +352,111 @@ def test_invert_multirun_with_the_submitit_local_launcher(micro_zoo, tmp_path):
     assert len(pd.read_csv(tmp_path / "sweep" / "0" / "scores.csv")) == 4
     assert list(tmp_path.glob("sweep/.submitit/*/*_result.pkl"))  # it really went through submitit
     assert set(ResultStore(tmp_path / "results" / "cache" / "scores").load()["model"]) == {"tiny"}
+
+
+# -- peer methods and attribution ---------------------------------------------------------------------------------
+def test_methods_latenttracer_is_table1_and_recomputes_nothing(micro_zoo, workspace, tmp_path):
+    from experiments import methods
+
+    t1 = table1.run(job("table1", workspace, micro_zoo, tmp_path / "t1"))
+    before = len(ResultStore(workspace / "results" / "cache" / "scores").load())
+    cells = methods.run_method(job("methods", workspace, micro_zoo, tmp_path / "m", ["method=latenttracer"]))
+    assert len(ResultStore(workspace / "results" / "cache" / "scores").load()) == before  # the probe is uncached
+    assert (cells["method"] == "latenttracer").all() and (cells["preset"] == "latenttracer").all()
+    merged = cells.merge(t1, on=["inspected", "source"], suffixes=("", "_t1"))
+    assert len(merged) == len(t1) == len(cells)
+    for metric in ("auc", "ap", "threshold", "accuracy", "auc_step0"):
+        assert np.allclose(merged[metric], merged[f"{metric}_t1"], equal_nan=True), metric
+    assert (cells["seconds_per_image"] > 0).all() and (cells["probe_images"] == 3).all()  # 3 evaluation images
+    scores = pd.read_parquet(workspace / "results" / "debug" / "cache" / "methods" / "latenttracer_scores.parquet")
+    assert scores["cached"].all() and len(scores) == 5 * (6 + 4 * 3 + 4)
+
+
+def test_methods_multirun_and_aggregation_end_to_end(micro_zoo, tmp_path):
+    _cli("experiments.methods", ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1",
+                                 "method=aedr,aeroblade_l2"], tmp_path, micro_zoo)
+    runs = tmp_path / "results" / "debug" / "cache" / "methods"
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        f"{preset}_{kind}" for preset in ("aedr", "aeroblade_l2") for kind in ("cells.csv", "scores.parquet"))
+    (sweep,) = (tmp_path / "multirun" / "methods").iterdir()
+    assert all((sweep / j / "cells.csv").is_file() and (sweep / j / "scores.parquet").is_file() for j in ("0", "1"))
+    aedr = pd.read_parquet(runs / "aedr_scores.parquet")
+    assert {"loss_1", "loss_2", "homogeneity"} <= set(aedr)  # the method's components, per image
+    ok = aedr[aedr["status"] == "ok"]
+    assert np.allclose(ok["score"], ok["loss_1"] * ok["homogeneity"] / ok["loss_2"])
+    assert aedr["init_loss"].isna().all()
+
+    done = _cli("experiments.methods", ["aggregate=true"], tmp_path, micro_zoo)
+    results = tmp_path / "results" / "debug"
+    table = pd.read_csv(results / "methods.csv")
+    assert sorted(table["method"].unique()) == ["aedr", "aeroblade[l2]"]  # labelled plainly, never as LPIPS
+    assert len(table) == 2 * 5 * 6 and not table.duplicated(["method", "inspected", "source"]).any()
+    assert table["auc_step0"].isna().all()  # no init_loss for these methods
+    assert (table["seconds_per_image"] > 0).all() and (table["threads"] == 1).all()
+    # each method's own threshold: AEDR's from a KDE, AEROBLADE's the 95% quantile of its calibration scores
+    for preset, label in (("aedr", "aedr"), ("aeroblade_l2", "aeroblade[l2]")):
+        scores = pd.read_parquet(runs / f"{preset}_scores.parquet")
+        cal = scores[(scores.inspected == "vq") & (scores.source == "vq") & (scores.split == "calibration")]
+        t = table[(table.method == label) & (table.inspected == "vq")]["threshold"].iloc[0]
+        assert (cal["score"] <= t).mean() >= (0.95 if label != "aedr" else 0.0)
+    md = (results / "methods.md").read_text()
+    assert "| method / inspected \\ source | kl-a | kl-b | kl-a-ft | vq | tiny | real | all |" in md
+    assert "| aeroblade[l2] / kl-a | – |" in md and "## TPR@5%FPR" in md and "image-steps/s" in md
+    assert md.strip() in done.stdout
+    assert "\\begin{tabular}" in (results / "methods.tex").read_text()
+    for fmt in ("png", "pdf"):
+        assert (results / "figures" / f"methods_auc_vs_seconds.{fmt}").stat().st_size > 1000
+
+
+def _fake_grid(models: list[str], n: int = 4, n_real: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table-1-shaped (cells, scores) where each model scores its own images low and everything else high."""
+    rows, cells = [], []
+    sets = {m: {"calibration": [f"{m}/c{i}.png" for i in range(n)],
+                "evaluation": [f"{m}/e{i}.png" for i in range(n)]} for m in models}
+    sets["real"] = {"evaluation": [f"real/r{i}.png" for i in range(n_real)]}
+    rng = np.random.default_rng(0)
+    for inspected in models:
+        images = protocol.grid_images(sets, inspected)
+        own = images["source"] == inspected
+        score = np.where(own, 0.1, 1.0) * rng.uniform(0.9, 1.1, len(images))
+        rows.append(images.assign(inspected=inspected, score=score, status="ok", sha256="x"))
+        cells.append({"inspected": inspected, "source": "all", "threshold": 0.2})
+    return pd.DataFrame(cells), pd.concat(rows, ignore_index=True)
+
+
+def test_attribution_end_to_end_on_separable_scores(micro_zoo, tmp_path):
+    from experiments import attribution
+
+    cfg = job("attribution", tmp_path, micro_zoo, tmp_path / "out")
+    models = list(cfg.suite.models)
+    results = tmp_path / "results" / "debug"
+    cells, scores = _fake_grid(models)
+    results.mkdir(parents=True)
+    cells.to_csv(results / "table1.csv", index=False)
+    scores.to_parquet(results / "table1_scores.parquet")
+    # a second "method" that cannot tell kl-a from kl-a-ft (both claim each other's images equally)
+    runs = results / "cache" / "methods"
+    runs.mkdir(parents=True)
+    blurred = scores.copy()
+    pair = blurred["inspected"].isin(["kl-a", "kl-a-ft"]) & blurred["source"].isin(["kl-a", "kl-a-ft"])
+    blurred.loc[pair, "score"] = np.where(blurred.loc[pair, "inspected"] == "kl-a", 0.1, 0.12)
+    blurred.assign(method="aedr").to_parquet(runs / "aedr_scores.parquet")
+    cells.assign(method="aedr", preset="aedr").to_csv(runs / "aedr_cells.csv", index=False)
+
+    table = attribution.run(cfg)
+    published = pd.read_csv(results / "attribution.csv")
+    assert list(published["method"].unique()) == ["latenttracer", "aedr"]
+    lt = published[published["method"] == "latenttracer"].set_index("source")
+    assert list(lt.index) == [*models, "real", "all"]
+    assert (lt["accuracy"] == 1.0).all()  # separable: a perfect diagonal, real -> none
+    for m in models:
+        assert lt.loc[m, f"pred_{m}"] == 4 and lt.loc[m, "n"] == 4  # evaluation images only, never calibration
+    assert lt.loc["real", "pred_none"] == 3 and lt.loc["all", "n"] == 4 * len(models) + 3
+    ae = table[table["method"] == "aedr"].set_index("source")
+    assert ae.loc["kl-a-ft", "pred_kl-a"] == 4 and ae.loc["kl-a-ft", "accuracy"] == 0.0  # the hard pair
+    assert ae.loc["kl-a", "accuracy"] == 1.0 and ae.loc["vq", "accuracy"] == 1.0
+    md = (results / "attribution.md").read_text()
+    assert "## Confusion: aedr" in md and "| kl-a-ft | **4** | 0 |" in md.replace("**0**", "0")
+    for name in ("latenttracer", "aedr"):
+        assert (results / "figures" / f"confusion_{name}.png").stat().st_size > 1000
+        assert (tmp_path / "out" / "figures" / f"confusion_{name}.pdf").is_file()

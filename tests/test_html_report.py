@@ -83,7 +83,7 @@ def test_report_files_and_reconstructions(micro_results, tmp_path, tiny_dirs):
     html = page.read_text()
     for sid in SECTIONS:
         assert f'id="{sid}"' in html
-    assert "make ablations" in html and "make methods" in html  # missing inputs say how to make them
+    assert "make ablations" in html and "make compare-methods" in html  # missing inputs say how to make them
     assert "http://" not in html and "https://" not in html  # self-contained
     for src in (s.split('"')[0] for s in html.split('src="')[1:]):
         assert (page.parent / src).is_file(), src
@@ -130,7 +130,8 @@ def test_results_of_other_stages_appear_when_present(tmp_path):
                        ("png",))
     html = html_report.build_run_report(results, tmp_path / "report").read_text()
     methods = html.split('id="methods"')[1].split("<section")[0]
-    assert "aedr" in methods and "0.700" in methods and "background:#" in methods and "make methods" not in methods
+    assert "aedr" in methods and "0.700" in methods and "background:#" in methods
+    assert "make compare-methods" not in methods
     robustness = html.split('id="robustness"')[1].split("<section")[0]
     assert "figures/robustness_jpeg.png" in robustness and (tmp_path / "report/figures/robustness_jpeg.png").is_file()
     assert "make attribution" in html

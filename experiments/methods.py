@@ -1,0 +1,201 @@
+"""Peer methods in the Table 1 protocol: one job per method (``method=``), then one aggregation.
+
+    python -m experiments.methods -m hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 \\
+        method=ronan,latenttracer,aedr,aeroblade_l2,aeroblade_ssim      # one job per method preset
+    python -m experiments.methods aggregate=true                         # -> results/methods.{md,csv,tex} + figure
+
+A job scores the Table 1 grid of every inspected model with its method through the shared results store
+(LatentTracer's rows are Table 1's: nothing is recomputed), thresholds each inspected model with the method's
+own calibration (:meth:`~latenttracer.methods.Method.calibrate`), and times a small probe: ``method.probe``
+images of the model's own evaluation half, scored again **without** the store after one warm-up image, in
+this job (its ``threads``). It writes its cells (with ``method``, ``preset``, ``seconds_per_image``...) and
+per-image scores into its output directory and into ``report.method_runs/<preset>_{cells.csv,scores.parquet}``
+(what the aggregation and :mod:`experiments.attribution` read). The aggregation publishes every preset found
+there: ``report.methods`` + ``.md/.csv/.tex`` (rows: method / inspected model) and
+``<report.figures>/methods_auc_vs_seconds.{png,pdf}``. Config: ``conf/methods.yaml``, ``conf/method/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from experiments import common
+from latenttracer import protocol, report
+
+log = logging.getLogger(__name__)
+
+ROW = "method / inspected"
+METRICS = ["auc", "ap", "tpr_at_1fpr", "tpr_at_5fpr", "accuracy"]
+FIGURE = "methods_auc_vs_seconds"
+
+
+# -- one method -------------------------------------------------------------------------------------------------
+def probe_seconds(cfg: DictConfig, name: str, paths: list) -> dict:
+    """Seconds per image of ``cfg.method`` on ``paths`` against model ``name``: one warm-up image, then the
+    images scored together without the store (nothing cached), in this process."""
+    spec = common.model_spec(cfg, name)
+    ae = common.load_model(cfg, spec)
+    scoring = common.method(cfg, dtype=spec.dtype)
+    common.score_method(cfg, ae, paths[:1], scoring, store=None)  # warm-up (allocations, lazy imports)
+    t0 = time.perf_counter()
+    common.score_method(cfg, ae, paths, scoring, store=None)
+    seconds = time.perf_counter() - t0
+    return {"seconds_per_image": seconds / len(paths), "probe_images": len(paths)}
+
+
+def run_method(cfg: DictConfig) -> pd.DataFrame:
+    """Score the grid with ``cfg.method``, time the probe, write the job's files; return the cells."""
+    out = common.setup(cfg)
+    preset = common.method_preset(cfg)
+    scoring = common.method(cfg)
+    target_tpr = common.split_settings(cfg).target_tpr
+    p = common.protocol(cfg)
+    with common.tracker(cfg, "methods") as tracker:
+        sets = common.image_sets(cfg)
+        inspected = common.inspected_models(cfg)
+        cells, scores = protocol.evaluate(sets, inspected, common.method_scorer(cfg), target_tpr=target_tpr,
+                                          calibrate=lambda s: scoring.calibrate(s, target_tpr))
+        timing = {}
+        for name in inspected:
+            paths = [str(x) for x in sets[name]["evaluation"][:max(1, int(cfg.method.probe))]]
+            timing[name] = probe_seconds(cfg, name, paths)
+            log.info("%s on %s: %.4g s/image (%d images)", scoring.label, name,
+                     timing[name]["seconds_per_image"], len(paths))
+        cells.insert(0, "method", scoring.label)
+        cells.insert(1, "preset", preset)
+        cells["seconds_per_image"] = cells["inspected"].map(lambda n: timing[n]["seconds_per_image"])
+        cells["probe_images"] = cells["inspected"].map(lambda n: timing[n]["probe_images"])
+        cells["threads"] = torch.get_num_threads()
+        cells["torch"] = torch.__version__
+        cells["n_generated"], cells["n_real"] = p["n_generated"], p["n_real"]
+        scores.insert(0, "method", scoring.label)
+        scores = scores.drop(columns=["trajectory"], errors="ignore")
+        report.atomic_write_frame(cells, out / "cells.csv")
+        report.atomic_write_frame(scores, out / "scores.parquet")
+        runs = Path(cfg.report.method_runs)
+        report.atomic_write_frame(scores, runs / f"{preset}_scores.parquet")
+        report.atomic_write_frame(cells, runs / f"{preset}_cells.csv")
+        log.info("wrote %s/%s_{cells.csv,scores.parquet}", runs, preset)
+        tracker.log_metrics(protocol.flat_metrics(cells, f"methods/{scoring.label}"))
+        tracker.log_table(f"methods-{preset}", cells)
+    return cells
+
+
+# -- aggregation ------------------------------------------------------------------------------------------------
+def read_runs(runs: Path) -> pd.DataFrame:
+    """Every ``<preset>_cells.csv`` under ``runs``, concatenated (presets in name order)."""
+    files = sorted(Path(runs).glob("*_cells.csv"))
+    if not files:
+        raise FileNotFoundError(f"{runs}: no method results (*_cells.csv); run the methods multirun first "
+                                f"(make compare-methods)")
+    cells = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    # A method label run by two presets (ronan, ronan_full) is named by its preset too.
+    shared = cells.groupby("method")["preset"].transform("nunique") > 1
+    cells["method"] = np.where(shared, cells["method"] + " (" + cells["preset"] + ")", cells["method"])
+    return cells
+
+
+def speed_context(threads: int = 1) -> str:
+    """The machine's speed: decoder forward + backward image-steps/s of a fresh KL member at ``threads``."""
+    from data_gen import zoo
+
+    torch.manual_seed(0)
+    ae = zoo.build_autoencoder("kl", zoo.RESOLUTION)
+    s = zoo.decoder_speed(ae, batch=64, reps=3, threads=threads)
+    return (f"{s['image_steps_per_s']:.0f} KL-decoder image-steps/s (forward + backward, batch 64, {threads} "
+            f"thread, best of 3; benchmarks/decoder_speed.py's measurement)")
+
+
+def aggregate_notes(cfg: DictConfig, cells: pd.DataFrame, context: str) -> list[str]:
+    p = common.protocol(cfg)
+    sized = cells.drop_duplicates("method")
+    sizes = "; ".join(f"`{r.method}`: {int(r.n_generated)} generated per model "
+                      f"({round(p['calibration_fraction'] * r.n_generated)} calibration) + {int(r.n_real)} real"
+                      for r in sized.itertuples())
+    timing = cells.drop_duplicates(["method", "inspected"]).pivot_table(
+        index="method", columns="inspected", values="seconds_per_image", aggfunc="last", sort=False)
+    probe = cells.drop_duplicates("method").set_index("method")["probe_images"]
+    lines = [
+        f"Suite `{p['suite']}`, the Table 1 protocol: per inspected model, its calibration half sets the method's "
+        f"own threshold ({p['target_tpr']:.0%} TPR: empirical quantile, KDE for aedr); every other source's "
+        f"evaluation half and the real crops are non-belonging. Lower score = more belonging for every method.",
+        f"Image sets per method: {sizes}.",
+        "aeroblade[l2] and aeroblade[ssim] are AEROBLADE's weight-free ablation distances, not LPIPS.",
+        f"Seconds per image: measured inside each method's job (torch {cells['torch'].iloc[0]}, "
+        f"{int(cells['threads'].iloc[0])} thread(s) per job, 2 jobs in parallel on {platform.processor() or 'CPU'}"
+        f"): the first images of the inspected model's own evaluation half scored without the store after one "
+        f"warm-up image. Machine speed, measured by this aggregation: {context}.",
+        "",
+        "| method (probe images) | " + " | ".join(timing.columns) + " |",
+        "|---" * (len(timing.columns) + 1) + "|",
+    ]
+    for method, row in timing.iterrows():
+        lines.append(f"| {method} ({int(probe[method])}) | " + " | ".join(f"{v:.3g} s" for v in row.values) + " |")
+    return lines
+
+
+def auc_vs_seconds(cells: pd.DataFrame):
+    """Pooled AUC against seconds per image (log x): one point per (method, inspected model)."""
+    plt = report._pyplot()
+    pooled = cells[cells["source"] == protocol.ALL]
+    methods = list(dict.fromkeys(pooled["method"]))
+    models = list(dict.fromkeys(pooled["inspected"]))
+    markers = "osD^vP*Xh<>p"
+    colors = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    for i, m in enumerate(methods):
+        for j, name in enumerate(models):
+            r = pooled[(pooled["method"] == m) & (pooled["inspected"] == name)]
+            if len(r):
+                ax.scatter(r["seconds_per_image"], r["auc"], color=colors(i % 10), marker=markers[j % len(markers)],
+                           s=46, edgecolor="black", linewidth=0.4, zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per image (log scale, measured in the same run)")
+    ax.set_ylabel("AUC, every non-belonging source pooled")
+    ax.grid(True, which="both", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    by_method = [Line2D([], [], color=colors(i % 10), marker="o", linestyle="", label=m) for i, m in enumerate(methods)]
+    by_model = [Line2D([], [], color="gray", marker=markers[j % len(markers)], linestyle="", label=n)
+                for j, n in enumerate(models)]
+    first = ax.legend(handles=by_method, title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.add_artist(first)
+    ax.legend(handles=by_model, title="inspected model", loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8)
+    return fig
+
+
+def aggregate(cfg: DictConfig) -> pd.DataFrame:
+    """Publish every method run found under ``report.method_runs``; return the combined cells."""
+    common.setup(cfg)
+    cells = read_runs(Path(cfg.report.method_runs))
+    cells.insert(0, ROW, cells["method"] + " / " + cells["inspected"])
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    notes = aggregate_notes(cfg, cells, speed_context(1))
+    title = f"Methods compared ({cfg.suite.name})"
+    stem = Path(cfg.report.methods)
+    report.write_tables(cells, stem, METRICS, title, notes, rows=ROW)
+    report.save_figure(auc_vs_seconds(cells), Path(cfg.report.figures) / FIGURE)
+    print(report.tables_markdown(cells, METRICS, title, notes, rows=ROW), flush=True)
+    log.info("published %s.{md,csv,tex} and %s/%s.{png,pdf}", stem, cfg.report.figures, FIGURE)
+    return cells
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="methods")
+def main(cfg: DictConfig) -> float:
+    """Returns the mean pooled AUC of this job's method (an objective for Hydra sweepers)."""
+    cells = aggregate(cfg) if cfg.aggregate else run_method(cfg)
+    return float(np.mean(cells.loc[cells["source"] == protocol.ALL, "auc"]))
+
+
+if __name__ == "__main__":
+    main()
