@@ -63,7 +63,8 @@ def run_method(cfg: DictConfig) -> pd.DataFrame:
         sets = common.image_sets(cfg)
         inspected = common.inspected_models(cfg)
         cells, scores = protocol.evaluate(sets, inspected, common.method_scorer(cfg), target_tpr=target_tpr,
-                                          calibrate=lambda s: scoring.calibrate(s, target_tpr))
+                                          calibrate=lambda s: scoring.calibrate(s, target_tpr),
+                                          extra_columns=scoring.components)
         timing = {}
         for name in inspected:
             paths = [str(x) for x in sets[name]["evaluation"][:max(1, int(cfg.method.probe))]]

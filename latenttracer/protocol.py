@@ -216,10 +216,12 @@ def cell_metrics(scores: pd.DataFrame, inspected: str, sources: Sequence[str], t
 
 
 def evaluate(sets: ImageSets, inspected: Sequence[str], score: Scorer, target_tpr: float = 0.95,
-             calibrate: Calibrator | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+             calibrate: Calibrator | None = None,
+             extra_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score the grid of each ``inspected`` model with ``score`` and compute its cells.
 
-    Returns (cells: one row per (inspected, source) incl. ``all``; per-image scores: :data:`SCORE_COLUMNS`).
+    Returns (cells: one row per (inspected, source) incl. ``all``; per-image scores: :data:`SCORE_COLUMNS`, plus
+    the scorer's ``extra_columns`` where it gives them, e.g. a method's per-image components).
     Sources are the keys of ``sets`` in their order; for an inspected model, every source but itself.
     """
     cells, scores = [], []
@@ -229,7 +231,8 @@ def evaluate(sets: ImageSets, inspected: Sequence[str], score: Scorer, target_tp
         merged = images.merge(frame.drop(columns=[c for c in ("source", "split") if c in frame]), on="path",
                               how="left", validate="one_to_one")
         merged.insert(0, "inspected", name)
-        scores.append(merged[[c for c in SCORE_COLUMNS if c in merged]])
+        keep = [*SCORE_COLUMNS, *[c for c in extra_columns if c not in SCORE_COLUMNS]]
+        scores.append(merged[[c for c in keep if c in merged]])
         sources = [s for s in sets if s != name]
         cells.extend(cell_metrics(merged, name, sources, target_tpr, calibrate))
         log.info("%s: AUC (all sources pooled) %.4f", name, cells[-1]["auc"])

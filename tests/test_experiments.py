@@ -374,7 +374,7 @@ def test_methods_latenttracer_is_table1_and_recomputes_nothing(micro_zoo, worksp
 
 def test_methods_multirun_and_aggregation_end_to_end(micro_zoo, tmp_path):
     _cli("experiments.methods", ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1",
-                                 "method=aedr,aeroblade_l2"], tmp_path, micro_zoo)
+                                 "method=aedr,aeroblade_l2"], tmp_path, micro_zoo, timeout=900)
     runs = tmp_path / "results" / "debug" / "cache" / "methods"
     assert sorted(p.name for p in runs.iterdir()) == sorted(
         f"{preset}_{kind}" for preset in ("aedr", "aeroblade_l2") for kind in ("cells.csv", "scores.parquet"))
