@@ -44,7 +44,7 @@ def method_runs(cfg: DictConfig) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]
         preset = cells_file.name[: -len("_cells.csv")]
         cells = pd.read_csv(cells_file)
         label = str(cells["method"].iloc[0])
-        if label == "latenttracer":
+        if label == "latenttracer" and label in runs:
             continue  # the same rows as Table 1's
         if label in runs:
             label = f"{label} ({preset})"
@@ -62,8 +62,8 @@ def attribute_method(cells: pd.DataFrame, scores: pd.DataFrame, suite_models: li
     missing = [m for m in suite_models if m not in models]
     if missing:
         log.warning("models %s have no scores in this run: attributing among %s only", missing, models)
-    if not models:
-        raise ValueError(f"no scores of any suite model {suite_models}")
+    if len(models) < 2:
+        raise ValueError(f"attribution needs scores of at least 2 suite models; this run has {models}")
     ok = scores["status"] == "ok"
     values = scores.assign(score=scores["score"].where(ok))
     thresholds = {m: float(cells.loc[cells["inspected"] == m, "threshold"].iloc[0]) for m in models}
@@ -151,14 +151,22 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     suite_models = list(cfg.suite.models)
     tables, per_image = [], []
     with common.tracker(cfg, "attribution") as tracker:
+        skipped = []
         for method, (cells, scores) in method_runs(cfg).items():
-            result, models = attribute_method(cells, scores, suite_models, str(cfg.normalisation))
+            try:
+                result, models = attribute_method(cells, scores, suite_models, str(cfg.normalisation))
+            except ValueError as err:
+                log.warning("%s left out: %s", method, err)
+                skipped.append(f"`{method}` left out: {err}.")
+                continue
             tables.append(summary_rows(method, result, models))
             per_image.append(result[["source", "path", "predicted"]].assign(method=method))
             for fig_dir in (out / "figures", Path(cfg.report.figures)):
                 report.save_figure(confusion_figure(method, result, models), fig_dir / f"confusion_{slug(method)}",
                                    formats=list(cfg.formats))
             log.info("%s: attribution accuracy %.3f", method, tables[-1]["accuracy"].iloc[-1])
+        if not tables:
+            raise ValueError("no method could be attributed: " + " ".join(skipped))
         table = pd.concat(tables, ignore_index=True)
         pair = " / ".join(HARD_PAIR)
         notes = [f"Suite `{cfg.suite.name}`: every evaluation image (each model's evaluation half and the real "
@@ -167,7 +175,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
                  f"(normalisation `{cfg.normalisation}`). Real images are correct when predicted `none`.",
                  "Scores are read from the stored grids, nothing is recomputed: LatentTracer's are Table 1's; the "
                  "other methods' come from `make compare-methods` (their own set sizes, see results/methods.md).",
-                 f"The {pair} pair shares its encoder (kl-a-ft fine-tunes kl-a's decoder): the hard case."]
+                 f"The {pair} pair shares its encoder (kl-a-ft fine-tunes kl-a's decoder): the hard case.", *skipped]
         title = f"Attribution across {len(suite_models)} models ({cfg.suite.name})"
         text = markdown(table, title, notes)
         stem = Path(cfg.report.attribution)

@@ -18,7 +18,6 @@ there: ``report.methods`` + ``.md/.csv/.tex`` (rows: method / inspected model) a
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from pathlib import Path
 
@@ -132,7 +131,7 @@ def aggregate_notes(cfg: DictConfig, cells: pd.DataFrame, context: str) -> list[
         f"Image sets per method: {sizes}.",
         "aeroblade[l2] and aeroblade[ssim] are AEROBLADE's weight-free ablation distances, not LPIPS.",
         f"Seconds per image: measured inside each method's job (torch {cells['torch'].iloc[0]}, "
-        f"{int(cells['threads'].iloc[0])} thread(s) per job, 2 jobs in parallel on {platform.processor() or 'CPU'}"
+        f"{int(cells['threads'].iloc[0])} thread(s) per job, on a machine shared with other jobs"
         f"): the first images of the inspected model's own evaluation half scored without the store after one "
         f"warm-up image. Machine speed, measured by this aggregation: {context}.",
         "",
