@@ -139,7 +139,7 @@ def aggregate_notes(cfg: DictConfig, cells: pd.DataFrame, context: str) -> list[
         "|---" * (len(timing.columns) + 1) + "|",
     ]
     for method, row in timing.iterrows():
-        lines.append(f"| {method} ({int(probe[method])}) | " + " | ".join(f"{v:.3g} s" for v in row.values) + " |")
+        lines.append(f"| {method} ({int(probe[method])}) | " + " | ".join(f"{v:.3g} s" if v == v else "–" for v in row.values) + " |")
     return lines
 
 
