@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from latenttracer import __version__
+from latenttracer import __version__, atomic
 
 DEFAULT_CACHE = Path(os.environ.get("LATENTTRACER_CACHE", Path.home() / ".cache" / "latenttracer" / "scores"))
 CSV_COLUMNS = ["path", "score", "init_loss", "best_step", "status", "belonging", "reason", "sha256", "seconds",
@@ -62,18 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
-
-
-def write_csv_atomic(frame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def trace(args: argparse.Namespace) -> int:
@@ -127,7 +114,7 @@ def trace(args: argparse.Namespace) -> int:
                           ignore_index=True)
     order = {str(p): i for i, p in enumerate(paths)}
     frame = frame.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order))), kind="stable")
-    write_csv_atomic(frame.reindex(columns=CSV_COLUMNS), args.out)
+    atomic.write_frame(frame.reindex(columns=CSV_COLUMNS), args.out)
 
     n_ok = int((frame["status"] == "ok").sum())
     n_failed = int((frame["status"] == "failed").sum())
