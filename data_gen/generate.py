@@ -158,6 +158,8 @@ def load_generation_pipeline(source: str, kind: str = "auto", dtype: str = "floa
     """
     from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
+    from data_gen.zoo.members import known_vqvae_type_quiet
+
     torch_device = resolve_device(device)
     torch_dtype = generation_dtype(dtype, torch_device)
     class_name = pipeline_class_name(source)
@@ -169,7 +171,8 @@ def load_generation_pipeline(source: str, kind: str = "auto", dtype: str = "floa
         init = inspect.signature(cls.__init__).parameters
         switches = {k: v for k, v in _NO_POSTPROCESSING.items() if k in init}
         loader = AutoPipelineForText2Image if class_name in _COMBINED else DiffusionPipeline
-        pipe = loader.from_pretrained(str(source), dtype=torch_dtype, **switches)
+        with known_vqvae_type_quiet():  # zoo members keep KL/Tiny autoencoders in LDMPipeline's `vqvae`
+            pipe = loader.from_pretrained(str(source), dtype=torch_dtype, **switches)
     pipe = pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
