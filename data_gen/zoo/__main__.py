@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             print(draw_grid(args.out, args.grid, names=names or None))
         return 0
     t0 = time.perf_counter()
-    cards = train_zoo(args.out, names, MICRO if args.micro else Budget(), jobs=args.jobs, n_threads=args.threads)
+    cards = train_zoo(args.out, names, MICRO if args.micro else Budget(), jobs=args.jobs, threads=args.threads)
     print(f"\ntrained {len(cards)} member(s) into {args.out} in {time.perf_counter() - t0:.0f}s")
     for c in cards:
         print(f"  {c['name']:8s} {c['autoencoder_class']:16s} {c['seconds']['total']:6.0f}s  "

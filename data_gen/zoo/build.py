@@ -30,10 +30,10 @@ from data_gen.zoo.training import (
     finetune_decoder,
     latents_for_prior,
     psnr,
-    threads,
     train_autoencoder,
     train_prior,
 )
+from data_gen.zoo.training import threads as set_threads
 
 
 def train_member(member: Member, out_root: str | Path, budget: Budget = Budget(),
@@ -110,8 +110,8 @@ def _heldout(resolution: int, n: int) -> torch.Tensor:
     return torch.from_numpy(real_images.make_eval_crops(resolution, n, seed=0)[0]).permute(0, 3, 1, 2).float() / 255
 
 
-def _worker_init(n_threads: int, counter) -> None:
-    torch.set_num_threads(n_threads)
+def _worker_init(threads: int, counter) -> None:
+    torch.set_num_threads(threads)
     with counter.get_lock():
         training.BAR["position"] = 1 + counter.value
         counter.value += 1
@@ -126,10 +126,10 @@ def _report(card: dict) -> None:
 
 
 def train_zoo(out_root: str | Path, names: list[str] | None = None, budget: Budget = Budget(),
-              resolution: int = RESOLUTION, jobs: int = 1, n_threads: int = 1) -> list[dict]:
+              resolution: int = RESOLUTION, jobs: int = 1, threads: int = 1) -> list[dict]:
     """Train the named members (default: all) into ``out_root``; return their cards.
 
-    ``jobs > 1`` trains that many members at once in worker processes of ``n_threads`` intra-op threads each
+    ``jobs > 1`` trains that many members at once in worker processes of ``threads`` intra-op threads each
     (single-threaded processes use the cores better than multi-threaded ones on a shared machine, and keep
     each member bit-reproducible); a fine-tuned member starts when its base is done.
     """
@@ -141,7 +141,7 @@ def train_zoo(out_root: str | Path, names: list[str] | None = None, budget: Budg
     bar = tqdm(total=len(names), desc="zoo", position=0)
     cards = []
     if jobs <= 1:
-        with threads(n_threads):
+        with set_threads(threads):
             crops01 = real_images.training_crops(resolution, budget.n_crops, seed=0)
             heldout01 = _heldout(resolution, budget.n_heldout)
             for name in names:
@@ -153,7 +153,7 @@ def train_zoo(out_root: str | Path, names: list[str] | None = None, budget: Budg
     ctx = multiprocessing.get_context("spawn")
     later = [n for n in names if MEMBERS[n].base in names]
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(n_threads, ctx.Value("i", 0))) as pool:
+                             initargs=(threads, ctx.Value("i", 0))) as pool:
         def submit(name: str):
             return pool.submit(_worker_train, name, str(out_root), budget, resolution)
 
