@@ -12,6 +12,7 @@ image-steps/s of the decoder's forward + backward pass w.r.t. its input (weights
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -30,18 +31,19 @@ def main() -> None:
     args = p.parse_args()
     if args.fresh:
         torch.manual_seed(0)
-        aes = {f"{kind}@{args.resolution}": zoo.build_autoencoder(kind, args.resolution)
+        aes = {f"{kind}@{args.resolution}": (zoo.build_autoencoder(kind, args.resolution), args.resolution)
                for kind in ("kl", "vq", "tiny")}
     else:
         root = Path(args.zoo)
-        aes = {n: zoo.load_member(root / n).vqvae for n in zoo.MEMBERS if (root / n / "model_index.json").is_file()}
+        aes = {n: (zoo.load_member(root / n).vqvae, json.loads((root / n / "card.json").read_text())["resolution"])
+               for n in zoo.MEMBERS if (root / n / "model_index.json").is_file()}
         if not aes:
             raise SystemExit(f"{root}: no zoo members (train with python -m data_gen.zoo, or use --fresh)")
     print(f"batch {args.batch}, {args.threads} threads, fp32, forward + backward w.r.t. the latent, "
           f"best of {args.reps}")
     print(f"{'member':10s} {'class':16s} {'params':>9s} {'MFLOP/img':>10s} {'image-steps/s':>14s}")
-    for name, ae in aes.items():
-        s = zoo.decoder_speed(ae, batch=args.batch, reps=args.reps, threads=args.threads)
+    for name, (ae, resolution) in aes.items():
+        s = zoo.decoder_speed(ae, batch=args.batch, reps=args.reps, threads=args.threads, resolution=resolution)
         print(f"{name:10s} {ae.__class__.__name__:16s} {s['decoder_params']:9d} {s['decoder_mflop_per_image']:10.1f}"
               f" {s['image_steps_per_s']:14.0f}", flush=True)
 

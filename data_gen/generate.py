@@ -10,7 +10,7 @@ Two kinds of source go through the same :func:`generate_set`:
 Image ``i`` is made from its own ``torch.Generator`` seeded with ``seed + i`` (and prompt ``i mod len(prompts)``),
 so it is the same whatever the batch size and whichever images already exist. A set directory holds:
 
-* ``NNNNN.png``: 8-bit RGB, ``round(clip(x, 0, 1) * 255)``, each written atomically (temp file + ``os.replace``);
+* ``NNNNN.png``: 8-bit RGB, ``round(clip(x, 0, 1) * 255)``, each written atomically (:mod:`latenttracer.atomic`);
 * ``manifest.csv``: one row per image (:data:`MANIFEST_COLUMNS`), rewritten atomically after every batch;
 * ``set.json``: the generation config (model name, a fingerprint of a local source's weights, kind, seed, dtype,
   resolution, pipeline arguments, prompts). A later call with the same config resumes or extends the set (only
@@ -24,13 +24,12 @@ is ``python -m experiments.generate model=kl-a`` (``conf/generate.yaml``).
 from __future__ import annotations
 
 import csv
+import hashlib
 import inspect
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latenttracer import atomic
 from latenttracer.autoencoders import content_fingerprint, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ DEFAULT_PROMPTS_FILE = Path(__file__).with_name("prompts.txt")
 KINDS = ("auto", "zoo", "hub")
 
 _IMAGE_NAME = re.compile(r"^(\d{5,})\.png$")
-_TMP_PREFIX = ".tmp-"
 _WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".ckpt", ".txt", ".model")
 # model_index.json classes that are decoder halves; AutoPipelineForText2Image loads them with their prior.
 _COMBINED = {"KandinskyPipeline": "KandinskyCombinedPipeline", "KandinskyV22Pipeline": "KandinskyV22CombinedPipeline"}
@@ -158,6 +157,8 @@ def load_generation_pipeline(source: str, kind: str = "auto", dtype: str = "floa
     """
     from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
+    from data_gen.zoo.members import known_vqvae_type_quiet
+
     torch_device = resolve_device(device)
     torch_dtype = generation_dtype(dtype, torch_device)
     class_name = pipeline_class_name(source)
@@ -169,7 +170,8 @@ def load_generation_pipeline(source: str, kind: str = "auto", dtype: str = "floa
         init = inspect.signature(cls.__init__).parameters
         switches = {k: v for k, v in _NO_POSTPROCESSING.items() if k in init}
         loader = AutoPipelineForText2Image if class_name in _COMBINED else DiffusionPipeline
-        pipe = loader.from_pretrained(str(source), dtype=torch_dtype, **switches)
+        with known_vqvae_type_quiet():  # zoo members keep KL/Tiny autoencoders in LDMPipeline's `vqvae`
+            pipe = loader.from_pretrained(str(source), dtype=torch_dtype, **switches)
     pipe = pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -193,20 +195,6 @@ def read_prompts(path: str | Path | None = None) -> list[str]:
 
 def image_name(index: int) -> str:
     return f"{index:05d}.png"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete (temp file + os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_uint8(image: Any) -> np.ndarray:
@@ -249,7 +237,7 @@ def _write_manifest(model_dir: Path, rows: dict[int, dict]) -> None:
     writer.writeheader()
     for i in sorted(rows):
         writer.writerow(rows[i])
-    _atomic_write(model_dir / MANIFEST_FILE, buf.getvalue().encode("utf-8"))
+    atomic.write_text(model_dir / MANIFEST_FILE, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,14 +261,42 @@ def _call_kwargs(cls: type, pipeline_kwargs: dict, resolution: int | None) -> di
     return kwargs
 
 
+def connected_prior(source: str) -> str | None:
+    """The prior pipeline a Kandinsky decoder directory names in its ``README.md`` (``prior:`` entry), as
+    ``AutoPipelineForText2Image`` finds it; None for other sources or without such an entry."""
+    root = Path(source)
+    readme = root / "README.md"
+    if not (root / "model_index.json").is_file() or not readme.is_file():
+        return None
+    if json.loads((root / "model_index.json").read_text()).get("_class_name") not in _COMBINED:
+        return None
+    from huggingface_hub import ModelCard
+
+    priors = getattr(ModelCard.load(str(readme)).data, "prior", None) or [None]
+    return None if priors[0] is None else str(priors[0])
+
+
+def _directory_fingerprint(root: Path) -> str:
+    return content_fingerprint([p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES], root)
+
+
 def weights_fingerprint(source: str) -> str | None:
     """sha256 (16 hex digits) over a local pipeline directory's weight, config and tokenizer files, by relative
     path and content; None for a hub id. Path-independent: a moved checkout keeps its sets, a retrained model
-    at the same path does not."""
+    at the same path does not.
+
+    A Kandinsky decoder is generated with the prior its README names (:func:`connected_prior`), so the prior
+    enters too: its files' fingerprint when it is a local directory, else its hub id.
+    """
     root = Path(source)
     if not root.is_dir():
         return None
-    return content_fingerprint([p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES], root)
+    own = _directory_fingerprint(root)
+    prior = connected_prior(source)
+    if prior is None:
+        return own
+    prior_part = _directory_fingerprint(Path(prior)) if Path(prior).is_dir() else f"hub:{prior}"
+    return hashlib.sha256(f"{own}\0prior:{prior_part}".encode()).hexdigest()[:16]
 
 
 def _diffusers_version() -> str:
@@ -299,8 +315,7 @@ def _prepare_dir(model_dir: Path, config: dict, overwrite: bool) -> dict | None:
     A fresh set starts from an empty directory: with ``overwrite``, this module's files there are removed first.
     """
     set_path = model_dir / SET_FILE
-    for stale in model_dir.glob(f"{_TMP_PREFIX}*"):
-        stale.unlink(missing_ok=True)
+    atomic.remove_stale(model_dir)
     images = _existing_images(model_dir)
     if not overwrite:
         if set_path.is_file():
@@ -417,7 +432,7 @@ def generate_set(
     record = {"config": config, "n": max(int(n), int((record or {}).get("n", 0))), "source": source,
               "pipeline_class": cls.__name__,
               "versions": {"diffusers": _diffusers_version(), "torch": torch.__version__}}
-    _atomic_write(model_dir / SET_FILE, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+    atomic.write_text(model_dir / SET_FILE, json.dumps(record, indent=2) + "\n")
 
     args_json = json.dumps(call_kwargs, sort_keys=True)
 
@@ -449,7 +464,7 @@ def generate_set(
                 if None not in want and (height, width) != tuple(want):
                     raise ValueError(f"{cls.__name__} made {height}x{width} images but resolution asks for "
                                      f"{want[0]}x{want[1]}; fix `resolution` (null: the model's own)")
-                _atomic_write(model_dir / image_name(i), _png_bytes(pixels))
+                atomic.write_bytes(model_dir / image_name(i), _png_bytes(pixels))
                 rows[i] = row(i, width, height)
             _write_manifest(model_dir, rows)
             bar.update(len(indices))

@@ -20,6 +20,7 @@ Licences are quoted from the packages themselves: the docstrings of the ``skimag
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from latenttracer import atomic
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "photo", "left", "top", "right", "bottom", "scale")
@@ -183,14 +186,13 @@ def build_eval_set(out_dir: str | os.PathLike, size: int = 32, n: int = 600, see
     crops, rows = make_eval_crops(size, n, seed, max_scale)
     out.mkdir(parents=True, exist_ok=True)
     for crop, row in zip(crops, rows):
-        Image.fromarray(crop).save(out / row["file"])
-    tmp = out / (MANIFEST + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / _META).write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / MANIFEST)
+        atomic.write(out / row["file"], lambda tmp, crop=crop: Image.fromarray(crop).save(tmp, format="PNG"))
+    manifest = io.StringIO(newline="")
+    writer = csv.DictWriter(manifest, fieldnames=MANIFEST_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(out / _META, json.dumps(meta, indent=1))
+    atomic.write_text(out / MANIFEST, manifest.getvalue())
     return out
 
 
@@ -212,9 +214,10 @@ def eval_crops(eval_dir: str | os.PathLike) -> torch.Tensor:
 
 def licence_table() -> str:
     """The photo table as Markdown (name, package, file, licence, credit, split)."""
-    lines = ["| photo | package | file | licence | credit | split |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p.name} | {p.package} | {p.file} | {p.licence} | {p.credit} | {p.split} |" for p in PHOTOS]
-    return "\n".join(lines)
+    from latenttracer.report import markdown_table
+
+    return markdown_table([[p.name, p.package, p.file, p.licence, p.credit, p.split] for p in PHOTOS],
+                          ["photo", "package", "file", "licence", "credit", "split"])
 
 
 def photo_records() -> list[dict]:

@@ -103,17 +103,16 @@ def markdown(table: pd.DataFrame, title: str, notes: list[str]) -> str:
     lines = [f"# {title}", "", *notes, "", "## Accuracy per true source", ""]
     acc = table.pivot_table(index="method", columns="source", values="accuracy", aggfunc="first", sort=False)
     acc = acc[[c for c in acc.columns if c != protocol.ALL] + [protocol.ALL]]
-    lines += ["| method \\ source | " + " | ".join(acc.columns) + " |", "|---" * (len(acc.columns) + 1) + "|"]
-    lines += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in row.values) + " |" for m, row in acc.iterrows()]
+    lines.append(report.markdown_table([[m, *(f"{v:.3f}" for v in row.values)] for m, row in acc.iterrows()],
+                                       ["method \\ source", *acc.columns]))
     for method, group in table.groupby("method", sort=False):
         group = group[group["source"] != protocol.ALL]
         preds = [c for c in group.columns if c.startswith("pred_")]
+        body = [[r["source"], *(f"**{r[c]}**" if r["source"] in HARD_PAIR and c[5:] in HARD_PAIR else str(r[c])
+                                for c in preds), f"{r['accuracy']:.3f}"] for r in group.to_dict("records")]
         lines += ["", f"## Confusion: {method} (rows: true source; columns: prediction; **bold**: the kl-a / kl-a-ft "
-                  "pair)", "", "| source \\ predicted | " + " | ".join(c[5:] for c in preds) + " | accuracy |",
-                  "|---" * (len(preds) + 2) + "|"]
-        for r in group.to_dict("records"):
-            cells = [f"**{r[c]}**" if r["source"] in HARD_PAIR and c[5:] in HARD_PAIR else str(r[c]) for c in preds]
-            lines.append(f"| {r['source']} | " + " | ".join(cells) + f" | {r['accuracy']:.3f} |")
+                  "pair)", "", report.markdown_table(body, ["source \\ predicted", *(c[5:] for c in preds),
+                                                              "accuracy"])]
     return "\n".join(lines) + "\n"
 
 

@@ -51,15 +51,11 @@ def summary_markdown(steps: pd.DataFrame, lr: pd.DataFrame) -> str:
         for metric in ("auc", "tpr_at_1fpr"):
             keys = [columns] if columns else []
             table = pooled.pivot_table(index=["inspected", *keys], columns=index, values=metric, aggfunc="last")
-            header = [str(c) for c in table.columns]
+            header = ["inspected", *keys, *table.columns]
+            body = [[*(key if isinstance(key, tuple) else (key,)), *(f"{v:.3f}" if v == v else "–" for v in row)]
+                    for key, row in table.iterrows()]
             parts += [f"### {report.METRIC_LABELS.get(metric, metric)} (all sources pooled) vs {title}", "",
-                      "| inspected | " + (f"{columns} | " if columns else "") + " | ".join(header) + " |",
-                      "|---" * (len(header) + 1 + bool(columns)) + "|"]
-            for key, row in table.iterrows():
-                key = key if isinstance(key, tuple) else (key,)
-                cells = [f"{v:.3f}" if v == v else "–" for v in row]
-                parts.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + " |")
-            parts.append("")
+                      report.markdown_table(body, header), ""]
     return "\n".join(parts)
 
 

@@ -135,11 +135,9 @@ def aggregate_notes(cfg: DictConfig, cells: pd.DataFrame, context: str) -> list[
         f"): the first images of the inspected model's own evaluation half scored without the store after one "
         f"warm-up image. Machine speed, measured by this aggregation: {context}.",
         "",
-        "| method (probe images) | " + " | ".join(timing.columns) + " |",
-        "|---" * (len(timing.columns) + 1) + "|",
+        report.markdown_table([[f"{m} ({int(probe[m])})", *(f"{v:.3g} s" if v == v else "–" for v in row.values)]
+                               for m, row in timing.iterrows()], ["method (probe images)", *timing.columns]),
     ]
-    for method, row in timing.iterrows():
-        lines.append(f"| {method} ({int(probe[method])}) | " + " | ".join(f"{v:.3g} s" if v == v else "–" for v in row.values) + " |")
     return lines
 
 

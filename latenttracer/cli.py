@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from latenttracer import __version__
+from latenttracer import __version__, atomic
 
 DEFAULT_CACHE = Path(os.environ.get("LATENTTRACER_CACHE", Path.home() / ".cache" / "latenttracer" / "scores"))
 CSV_COLUMNS = ["path", "score", "init_loss", "best_step", "status", "belonging", "reason", "sha256", "seconds",
@@ -160,18 +159,6 @@ def _describe(method) -> str:
     return f"{method.label}: " + " ".join(f"{k}={v}" for k, v in method.identity().items())
 
 
-def write_csv_atomic(frame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _calibration_text(method, target_tpr: float) -> str:
     if method.calibration == "kde":
         return f"Gaussian KDE, {target_tpr:.0%} quantile"
@@ -245,7 +232,7 @@ def trace(args: argparse.Namespace) -> int:
                           ignore_index=True)
     order = {str(p): i for i, p in enumerate(paths)}
     frame = frame.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order))), kind="stable")
-    write_csv_atomic(frame.reindex(columns=CSV_COLUMNS + list(method.components)), args.out)
+    atomic.write_frame(frame.reindex(columns=CSV_COLUMNS + list(method.components)), args.out)
 
     n_ok = int((frame["status"] == "ok").sum())
     n_failed = int((frame["status"] == "failed").sum())
@@ -312,7 +299,7 @@ def attribute(args: argparse.Namespace) -> int:
     if skipped_all:
         out = pd.concat([out, pd.DataFrame([{"path": p, "predicted": None} for p in skipped_all])],
                         ignore_index=True)
-    write_csv_atomic(out.reset_index(drop=True), args.out)
+    atomic.write_frame(out.reset_index(drop=True), args.out)
     counts = out["predicted"].value_counts(dropna=False)
     summary = ", ".join(f"{name}: {int(counts.get(name, 0))}" for name in [*scores, NONE])
     print(f"{len(paths)} images ({len(skipped_all)} skipped), method {method.label}, normalised by "

@@ -11,21 +11,22 @@ Two frames feed everything here:
   inspected model are its own ``evaluation`` rows, the non-belonging ones every other source's ``evaluation``
   rows.
 
-Every file is written atomically (a temporary file in the same directory, then :func:`os.replace`), so a reader
-never sees half a table. Figures use matplotlib's Agg backend (no display needed) and are not shown.
+Every file is written atomically (:mod:`latenttracer.atomic`: a temporary file in the same directory, fsynced, then
+:func:`os.replace`), so a reader never sees half a table. Figures use matplotlib's Agg backend (no display needed)
+and are not shown.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from latenttracer import atomic
 from latenttracer.metrics import roc_points
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "atomic_write_text",
     "belonging_split",
     "loss_histograms",
+    "markdown_table",
     "mean_loss_vs_step",
     "metric_matrix",
     "metric_vs_param",
@@ -57,34 +59,10 @@ METRIC_LABELS = {
 }
 
 
-# -- atomic files -----------------------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then move it onto ``path`` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``frame`` as CSV or Parquet, chosen by the suffix of ``path``."""
-    suffix = Path(path).suffix
-    if suffix == ".csv":
-        return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-    if suffix == ".parquet":
-        return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
-    raise ValueError(f"{path}: cannot write a table as {suffix!r}; use .csv or .parquet")
+# -- atomic files: one implementation, in latenttracer.atomic (re-exported here for the callers of report) ----------
+atomic_write = atomic.write
+atomic_write_text = atomic.write_text
+atomic_write_frame = atomic.write_frame
 
 
 def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
@@ -113,6 +91,30 @@ def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key: Sequence[str]) 
 
 
 # -- tables -----------------------------------------------------------------------------------------------------
+def markdown_table(table: pd.DataFrame | Sequence[Sequence[object]], header: Sequence[object] | None = None) -> str:
+    """A pipe table: ``| h1 | h2 |``, ``|---|---|``, then one ``| v1 | v2 |`` line per row (no trailing newline).
+
+    ``table`` is a DataFrame (its columns are the header, its index is dropped) or a sequence of rows with
+    ``header`` given. Cells are written with ``str``: format numbers before. The project's one Markdown table
+    writer (Table 1, the ablation summary, zoo model cards, the photo licences).
+    """
+    if isinstance(table, pd.DataFrame):
+        header = list(table.columns) if header is None else header
+        rows = [list(r) for r in table.itertuples(index=False, name=None)]
+    else:
+        rows = [list(r) for r in table]
+    if header is None:
+        raise ValueError("markdown_table: give a header for a table given as rows")
+    bad = [i for i, r in enumerate(rows) if len(r) != len(header)]
+    if bad:
+        raise ValueError(f"markdown_table: row(s) {bad} do not have {len(header)} cells like the header")
+
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    return "\n".join([line(header), "|---" * len(header) + "|", *(line(r) for r in rows)])
+
+
 def _ordered(values: Iterable[str], first: Sequence[str] = (), last: Sequence[str] = ("real", "all")) -> list[str]:
     seen = list(dict.fromkeys(values))
     head = [v for v in first if v in seen]
@@ -162,12 +164,9 @@ def tables_markdown(cells: pd.DataFrame, metrics: Sequence[str], title: str = "T
     lines += [_counts_line(cells)] + [str(n) for n in notes] + [""]
     for metric in metrics:
         m = metric_matrix(cells, metric, rows)
+        body = [[name, *(_fmt(v, metric) for v in row.values)] for name, row in m.iterrows()]
         lines += [f"## {METRIC_LABELS.get(metric, metric)}", "",
-                  f"| {rows} \\ source | " + " | ".join(m.columns) + " |",
-                  "|---" * (len(m.columns) + 1) + "|"]
-        for name, row in m.iterrows():
-            lines.append(f"| {name} | " + " | ".join(_fmt(v, metric) for v in row.values) + " |")
-        lines.append("")
+                  markdown_table(body, [f"{rows} \\ source", *m.columns]), ""]
     return "\n".join(lines)
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from latenttracer import atomic
+
 __all__ = ["COLUMNS", "KEY", "STATUSES", "ResultStore"]
 
 COLUMNS = ("path", "sha256", "model", "config_hash", "score", "init_loss", "best_step", "status", "reason",
@@ -124,17 +126,10 @@ class ResultStore:
 
     def _write_chunk(self, frame: pd.DataFrame, name: str) -> Path:
         final = self.root / name
-        tmp = self.root / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            frame.to_parquet(tmp, index=False)
-            with open(tmp, "rb") as fh:  # the rename must not land before the data does
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            return atomic.write_frame(frame, final)
         except Exception as exc:
-            tmp.unlink(missing_ok=True)
             raise RuntimeError(f"could not write result chunk {final} ({len(frame)} rows): {exc}") from exc
-        _fsync_dir(self.root)
-        return final
 
     def compact(self) -> None:
         """Merge all readable chunks into one; :meth:`load` returns the same table before and after.
@@ -155,7 +150,7 @@ class ResultStore:
         for path in merged:
             if path != new:
                 path.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        atomic.fsync_dir(self.root)
         self._table_cache = None
 
     # reading -----------------------------------------------------------------------------------------
@@ -242,17 +237,3 @@ class ResultStore:
 def _signature(path: Path) -> tuple[str, int, int]:
     st = path.stat()
     return (path.name, st.st_mtime_ns, st.st_size)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -257,7 +257,7 @@ def test_zoo_set_has_n_images_of_the_right_size_and_a_manifest(zoo_reference):
     record = json.loads((set_dir / gen.SET_FILE).read_text())
     assert record["config"]["kind"] == "zoo" and record["config"]["seed"] == 0 and record["n"] == 6
     assert len(set(_pngs(set_dir).values())) == 6  # each image has its own seed
-    assert not list(set_dir.glob(".tmp-*"))
+    assert not list(set_dir.glob(".*.tmp"))
 
 
 def test_images_do_not_depend_on_the_batch_size(zoo_pipe, zoo_reference, tmp_path):
@@ -457,6 +457,25 @@ def test_kandinsky_2_1_generates_through_its_prior_offline(kandinsky_pipe, tmp_p
     pngs = _pngs(set_dir)
     assert sorted(pngs) == ["00000.png", "00001.png"] and len(set(pngs.values())) == 2
     assert _pngs(gen.generate_set(str(kandinsky_pipe), tmp_path / "b", **kwargs)) == pngs  # seeded
+
+
+def test_kandinsky_fingerprint_covers_its_prior(kandinsky_pipe, tmp_path):
+    """A finished Kandinsky set must not be reused once the prior it was made with changes."""
+    import safetensors.torch
+
+    decoder = Path(shutil.copytree(kandinsky_pipe, tmp_path / "decoder"))
+    prior = Path(shutil.copytree(gen.connected_prior(str(kandinsky_pipe)), tmp_path / "prior"))
+    (decoder / "README.md").write_text(f"---\nprior:\n- {json.dumps(str(prior))}\n---\n")
+    assert gen.connected_prior(str(decoder)) == str(prior)
+    before = gen.weights_fingerprint(str(decoder))
+    assert before == gen.weights_fingerprint(str(decoder))
+    (weights,) = (prior / "prior").glob("*.safetensors")
+    tensors = safetensors.torch.load_file(weights)
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1
+    safetensors.torch.save_file(tensors, weights, metadata={"format": "pt"})
+    assert gen.weights_fingerprint(str(decoder)) != before
+    assert gen.connected_prior(str(prior)) is None  # a prior pipeline itself names no prior
 
 
 # ---------------------------------------------------------------------------------------------- prompts, entry point

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import shutil
+import warnings
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline
 
 from data_gen import real_images, zoo
+from latenttracer.autoencoders import load_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "zoo"
@@ -80,7 +86,7 @@ def micro_zoo(tmp_path_factory):
 def test_micro_member_loads_with_diffusion_pipeline_and_generates(micro_zoo, name, cls):
     pipe = DiffusionPipeline.from_pretrained(str(micro_zoo / name))
     assert type(pipe).__name__ == "LDMPipeline" and type(pipe.vqvae).__name__ == cls
-    assert pipe.vqvae.config.sample_size == 32 and pipe.unet.config.sample_size == 8
+    assert load_autoencoder(micro_zoo / name).resolution == 32 and pipe.unet.config.sample_size == 8
     pipe.set_progress_bar_config(disable=True)
     images = _generate(pipe)
     assert images.shape == (2, 32, 32, 3) and images.min() >= 0 and images.max() <= 1
@@ -140,10 +146,71 @@ def test_shipped_member_loads_and_has_a_card(name):
     card = json.loads((member / "card.json").read_text())
     assert CARD_KEYS <= set(card) and card["name"] == name
     assert type(pipe.vqvae).__name__ == card["autoencoder_class"]
-    assert pipe.vqvae.config.sample_size == card["resolution"] == 32
+    assert load_autoencoder(member).resolution == card["resolution"] == 32
+    assert (member / "README.md").read_text() == zoo.card_readme(card)  # the README is made from the card
     assert (member / "README.md").read_text().startswith(f"# Zoo member `{name}`")
     images = _generate(pipe, n=1)
     assert images.shape == (1, 32, 32, 3)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _no_warnings():
+    """Python warnings and diffusers' log records (WARNING and up; diffusers' loggers do not propagate)."""
+    records = _Records()
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(records)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield records.messages
+    finally:
+        logger.removeHandler(records)
+    assert not caught, [str(w.message) for w in caught]
+    assert not records.messages, records.messages
+
+
+@pytest.mark.parametrize("name", list(zoo.MEMBERS))
+def test_shipped_member_loads_without_warnings(name):
+    member = SHIPPED / name
+    with _no_warnings():
+        zoo.load_member(member)
+        load_autoencoder(member)
+        component = json.loads((member / "model_index.json").read_text())["vqvae"][1]
+        getattr(diffusers, component).from_pretrained(str(member), subfolder="vqvae")
+    assert zoo.clean_configs(member) == []  # every config key is one its class takes
+
+
+def test_plain_from_pretrained_names_the_vqvae_class_and_load_member_does_not(micro_zoo):
+    """Plain DiffusionPipeline.from_pretrained names the autoencoder class of a KL member; load_member does not."""
+    records = _Records()
+    logging.getLogger("diffusers").addHandler(records)
+    try:
+        DiffusionPipeline.from_pretrained(str(micro_zoo / "kl-a"))
+    finally:
+        logging.getLogger("diffusers").removeHandler(records)
+    assert [m for m in records.messages if m.startswith("Expected types for vqvae:")]
+    with _no_warnings():
+        zoo.load_member(micro_zoo / "kl-a")
+
+
+def test_micro_tiny_member_is_saved_with_clean_configs_and_swapped_in(micro_zoo, tmp_path):
+    config = json.loads((micro_zoo / "tiny" / "vqvae" / "config.json").read_text())
+    assert "block_out_channels" not in config and "sample_size" not in config
+    member = Path(shutil.copytree(micro_zoo / "kl-a", tmp_path / "kl-a"))
+    pipe, card = zoo.load_member(member), json.loads((member / "card.json").read_text())
+    card["seed"] = 99
+    zoo.save_member(member, pipe, card)  # replaces the member in one swap
+    assert json.loads((member / "card.json").read_text())["seed"] == 99
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kl-a"]  # nothing left beside it
 
 
 def test_shipped_zoo_is_small():
@@ -153,7 +220,6 @@ def test_shipped_zoo_is_small():
 
 def test_shipped_members_own_samples_trace_as_belonging(tmp_path):
     """Each member's own samples (8-bit PNGs) fall under a threshold set on other own samples; others' rarely do."""
-    from latenttracer.autoencoders import load_autoencoder
     from latenttracer.images import list_images
     from latenttracer.inversion import InversionConfig
     from latenttracer.metrics import calibrate_threshold

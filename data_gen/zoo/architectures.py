@@ -1,0 +1,109 @@
+"""The zoo's members and their networks: the member registry, the autoencoder / prior / scheduler builders, and
+the autoencoder maps (encode to unscaled latents, decode for inversion) in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+RESOLUTION = 32
+LATENT_CHANNELS = 4
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+@dataclass(frozen=True)
+class Member:
+    """One zoo member. ``base``: fine-tune this member's decoder and reuse its prior instead of training anew."""
+
+    name: str
+    kind: str  # "kl", "vq" or "tiny"
+    seed: int
+    stands_in_for: str
+    base: str | None = None
+
+
+MEMBERS: dict[str, Member] = {m.name: m for m in (
+    Member("kl-a", "kl", 0, "Stable Diffusion 1.5 (KL autoencoder)"),
+    Member("kl-b", "kl", 1, "Stable Diffusion 2 (same autoencoder architecture, other weights)"),
+    Member("kl-a-ft", "kl", 2, "SD's fine-tuned VAE decoder (same encoder, decoder fine-tuned)", base="kl-a"),
+    Member("vq", "vq", 3, "VQ-Diffusion / Kandinsky MoVQ (vector-quantised autoencoder)"),
+    Member("tiny", "tiny", 4, "TAESD-style fast decoder (AutoencoderTiny)"),
+)}
+
+
+# -- architectures ---------------------------------------------------------------------------------------------
+def build_autoencoder(kind: str, resolution: int = RESOLUTION):
+    """A fresh, randomly initialised autoencoder of ``kind`` (seed the RNG first for determinism).
+
+    Downsampling factor 4 (32x32 images -> 8x8x4 latents) for all kinds; widths picked for decoder speed
+    (``benchmarks/decoder_speed.py``): KL/VQ channels (8, 16, 32), one layer per block, no mid-block attention;
+    Tiny decoder 3 x 16 channels, one block per level. KL and VQ record ``resolution`` as ``config.sample_size``.
+    """
+    from diffusers import AutoencoderKL, AutoencoderTiny, VQModel
+
+    shared = {
+        "in_channels": 3, "out_channels": 3, "block_out_channels": (8, 16, 32), "layers_per_block": 1,
+        "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
+        "latent_channels": LATENT_CHANNELS, "norm_num_groups": 8, "sample_size": resolution,
+        "scaling_factor": 1.0, "mid_block_add_attention": False,
+    }
+    if kind == "kl":
+        return AutoencoderKL(**shared)
+    if kind == "vq":
+        return VQModel(**shared, num_vq_embeddings=256, vq_embed_dim=LATENT_CHANNELS)
+    if kind == "tiny":
+        ae = AutoencoderTiny(
+            in_channels=3, out_channels=3, encoder_block_out_channels=(32, 32, 32),
+            decoder_block_out_channels=(16, 16, 16), num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1),
+            latent_channels=LATENT_CHANNELS, scaling_factor=1.0)
+        return ae  # no sample_size: AutoencoderTiny does not take one (the resolution is the prior's x 4)
+    raise ValueError(f"autoencoder kind: expected 'kl', 'vq' or 'tiny', got {kind!r}")
+
+
+def build_prior(latent_size: int):
+    """The latent diffusion prior: a small ``UNet2DModel`` on ``(4, latent_size, latent_size)`` latents."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=latent_size, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=32)
+
+
+def build_scheduler(kind: str = "ddim"):
+    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085..0.012, epsilon prediction): DDPM for
+    training, DDIM for sampling (SD's settings; no sample clipping, the latents are unit-std, not in [-1, 1]).
+
+    A cosine schedule was tried first: its last timestep has alpha_bar ~ 0, so a briefly trained prior's DDIM
+    samples blew up (latent std 2.6 instead of 1) and fell off the encoder's range.
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = {"num_train_timesteps": NUM_TRAIN_TIMESTEPS, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+              "beta_end": 0.012, "clip_sample": False, "prediction_type": "epsilon"}
+    if kind == "ddim":
+        return DDIMScheduler(**common, set_alpha_to_one=False, steps_offset=1)
+    return DDPMScheduler(**common)
+
+
+# -- the autoencoder maps, in one place -------------------------------------------------------------------------
+def encode_unscaled(ae, x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> unscaled latents (KL: posterior mean; VQ: pre-quantisation; Tiny: encoder output)."""
+    out = ae.encode(x)
+    return out.latent_dist.mean if hasattr(out, "latent_dist") else out.latents
+
+
+def decode_for_inversion(ae, z: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents -> images in [-1, 1], without quantising (the path latent inversion differentiates)."""
+    if ae.__class__.__name__ == "VQModel":
+        return ae.decode(z, force_not_quantize=True).sample
+    return ae.decode(z).sample
+
+
+
+def latent_size(ae, resolution: int) -> int:
+    """The side of the latents of ``resolution`` x ``resolution`` images."""
+    with torch.no_grad():
+        return int(encode_unscaled(ae, torch.zeros(1, 3, resolution, resolution)).shape[-1])

@@ -1,0 +1,50 @@
+"""Decoder cost: parameters, forward MFLOP and the rate of forward + backward w.r.t. the latent (what latent
+inversion runs). Used for the member cards and ``benchmarks/decoder_speed.py``."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from data_gen.zoo.architectures import LATENT_CHANNELS, RESOLUTION, decode_for_inversion, latent_size
+from data_gen.zoo.training import threads as _threads
+
+
+def decoder_speed(ae, batch: int = 256, reps: int = 5, threads: int | None = 2,
+                  resolution: int | None = None) -> dict:
+    """Decoder cost: params, forward MFLOP per image, and image-steps/s of forward + backward w.r.t. the input.
+
+    Weights are frozen (``requires_grad`` False), fp32, ``threads`` intra-op threads. The rate is the best of
+    ``reps`` timed repetitions after one warm-up (the machine is shared; the best repetition is the least
+    disturbed one). ``resolution``: the image side (default: ``config.sample_size``, else 32).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = int(resolution or ae.config.get("sample_size") or RESOLUTION)
+    was_training = ae.training
+    ae.eval()
+    flags = [p.requires_grad for p in ae.parameters()]
+    ae.requires_grad_(False)
+    latent = latent_size(ae, size)
+    z = torch.randn(batch, LATENT_CHANNELS, latent, latent)
+    target = torch.rand(batch, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        decode_for_inversion(ae, z[:1])
+    params = sum(p.numel() for name, p in ae.named_parameters()
+                 if name.startswith(("decoder.", "post_quant_conv.", "quantize.")))
+    times = []
+    with _threads(threads):
+        for i in range(reps + 1):
+            zz = z.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            img = (decode_for_inversion(ae, zz) / 2 + 0.5).clamp(0, 1)
+            torch.autograd.grad(F.mse_loss(img, target), zz)
+            if i:
+                times.append(time.perf_counter() - t0)
+    for p, f in zip(ae.parameters(), flags):
+        p.requires_grad_(f)
+    ae.train(was_training)
+    return {"decoder_params": params, "decoder_mflop_per_image": counter.get_total_flops() / 1e6,
+            "image_steps_per_s": batch / min(times), "batch": batch, "threads": threads}
