@@ -27,7 +27,10 @@ from latenttracer import provenance
 from latenttracer.autoencoders import Autoencoder, load_autoencoder
 from latenttracer.images import ImageOptions, list_images
 from latenttracer.inversion import InversionConfig
+from latenttracer.locks import locked
+from latenttracer.methods import LatentTracer, Method, get_method
 from latenttracer.store import ResultStore
+from latenttracer.tracing import score_images
 from latenttracer.tracking import Tracker, start_run
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,43 @@ def scorer(cfg: DictConfig, trajectory_steps: int | None = None) -> proto.Scorer
         return score(cfg, ae, paths, inversion_config(cfg, dtype=spec.dtype), trajectory_steps=trajectory_steps)
 
     return score_model
+
+
+def listed_method(cfg: DictConfig, entry: Any, dtype: str = "float32") -> Method:
+    """One entry ``{name, options}`` of a ``methods:`` list as a :class:`~latenttracer.methods.Method` (on
+    ``cfg.device``, in ``dtype``). ``latenttracer`` is built from the ``inversion`` node (Table 1's scores and cache
+    keys) and takes no options; any other method gets its options (an unknown one is an error naming it)."""
+    name, options = str(entry.name), dict(plain(entry.get("options")) or {})
+    if name == "latenttracer":
+        if options:
+            raise ValueError(f"methods: latenttracer takes its settings from the `inversion` node, not options "
+                             f"{sorted(options)}")
+        return LatentTracer(inversion_config(cfg, dtype=dtype))
+    try:
+        return get_method(name, {**options, "device": str(cfg.device), "dtype": str(dtype)})
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"methods: {name!r}: {err}") from err
+
+
+def score_method(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
+                 store: ResultStore | None) -> pd.DataFrame:
+    """``scoring``'s scores of ``paths`` against ``ae``: one row per path. With a store, under a file lock per
+    (model, run hash), so parallel jobs never compute the same thing twice; LatentTracer goes through
+    :func:`latenttracer.protocol.score_paths` (Table 1's path)."""
+    if type(scoring) is LatentTracer:
+        return proto.score_paths(ae, paths, scoring.config, store=store, image_options=image_options(cfg),
+                                 progress=bool(cfg.progress))
+    options = image_options(cfg)
+
+    def run() -> pd.DataFrame:
+        frame, _ = score_images(ae, [str(p) for p in paths], method=scoring, store=store, image_options=options,
+                                progress=bool(cfg.progress), desc=f"{scoring.label} {ae.name}")
+        return frame
+
+    if store is None:
+        return run()
+    with locked(store.root / ".locks" / f"{ae.name}-{scoring.run_hash(ae, options)}.lock"):
+        return run()
 
 
 # -- tracking ---------------------------------------------------------------------------------------------------
