@@ -124,6 +124,9 @@ def verdict(summary: pd.DataFrame) -> list[str]:
     lines.append(f"False positives: {n_fp} in all; for {n_brighter} of the {len(brighter)} inspected models with "
                  "any, their median brightness is above that of the non-belonging images "
                  f"(claim: false positives on bright images {bright} here).")
+    simpler = int((brighter["jpeg_bpp_errors_median"] < brighter["jpeg_bpp_class_median"]).sum())
+    lines.append(f"For {simpler} of those {len(brighter)}, the false positives' median JPEG size is below that of the "
+                 "non-belonging images: simple images are the ones wrongly claimed.")
     n_fn = int(fn["n_errors"].sum())
     with_fn = fn[fn["n_errors"] > 0]
     more = int((with_fn["jpeg_bpp_errors_median"] > with_fn["jpeg_bpp_class_median"]).sum())
