@@ -105,8 +105,9 @@ class WandbTracker(Tracker):
     def log_table(self, key: str, frame) -> None:
         def call() -> None:
             plain = frame.copy()
-            for col in plain.columns:  # wandb.Table takes scalars; keep lists (trajectories) out of tables
-                if plain[col].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "__array__")).any():
+            for col in plain.columns:  # wandb.Table takes scalars: keep lists (trajectories) and blobs (latents) out
+                if plain[col].map(lambda v: isinstance(v, (list, tuple, bytes, bytearray))
+                                  or hasattr(v, "__array__")).any():
                     plain = plain.drop(columns=col)
             self._run.log({key: self._wandb.Table(dataframe=plain.reset_index(drop=True))})
 

@@ -214,6 +214,29 @@ def test_tracker_calls_never_raise(tmp_path):
         tracking.start_run({"kind": "wandb", "offline": True})
 
 
+def test_tracker_tables_keep_only_scalar_columns(tmp_path):
+    """Score rows carry trajectories (lists) and best latents (bytes): W&B tables get the scalar columns only."""
+    logged = {}
+
+    class FakeWandb:
+        class Table:
+            def __init__(self, dataframe):
+                self.dataframe = dataframe
+
+    class FakeRun:
+        dir = str(tmp_path / "run" / "files")
+
+        def log(self, values):
+            logged.update(values)
+
+    tracker = tracking.WandbTracker(FakeRun(), wandb=FakeWandb)
+    rows = pd.DataFrame({"path": ["a.png"], "score": [1e-6], "trajectory": [[1.0, 0.5]], "best_latent": [b"\x93NUMPY"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed log would warn
+        tracker.log_table("scores", rows)
+    assert list(logged["scores"].dataframe.columns) == ["path", "score"]
+
+
 def test_another_generation_seed_end_to_end(micro_zoo, tmp_path):
     """`make reproduce-table1 ARGS=suite.generated.seed=1`: the generation step, then table1, same overrides."""
     import json
