@@ -7,7 +7,7 @@ JOBS    ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
-        report sync-wandb benchmark clean compare-methods attribution
+        report sync-wandb benchmark clean compare-methods attribution robustness drift complexity
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -56,6 +56,15 @@ ablations: ## init x steps and lr sweeps (Hydra multirun) -> results/ablations.c
 	$(PYTHON) -m experiments.ablations experiment=ablation_steps $(PAR)
 	$(PYTHON) -m experiments.ablations experiment=ablation_lr $(PAR)
 	$(PYTHON) -m experiments.ablations experiment=ablation_init $(PAR)
+
+robustness: ## Table 1 under AEROBLADE's perturbations, per method -> results/robustness.{md,csv} (+ figure)
+	$(PYTHON) -m experiments.robustness $(ARGS)
+
+drift: ## kl-a's decoder fine-tuned N steps vs its fingerprint -> results/drift.{md,csv} (+ figure)
+	$(PYTHON) -m experiments.drift $(ARGS)
+
+complexity: ## Table 1's scores vs image complexity and brightness (after reproduce-table1) -> results/complexity.*
+	$(PYTHON) -m experiments.complexity $(ARGS)
 
 figures: ## figures from cached scores only -> results/figures/*.png|pdf
 	$(PYTHON) -m experiments.figures

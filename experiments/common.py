@@ -183,24 +183,35 @@ def scorer(cfg: DictConfig, trajectory_steps: int | None = None) -> proto.Scorer
     return score_model
 
 
-def method(cfg: DictConfig, dtype: str = "float32") -> Method:
-    """``cfg.method`` as a :class:`~latenttracer.methods.Method` (on ``cfg.device``, in ``dtype``).
+def build_method(cfg: DictConfig, name: str, options: dict, dtype: str, where: str) -> Method:
+    """A :class:`~latenttracer.methods.Method` by name and options (on ``cfg.device``, in ``dtype``).
 
     ``latenttracer`` is :class:`~latenttracer.methods.LatentTracer` with :func:`inversion_config` (its settings are
-    the ``inversion`` node, so its scores and cache keys are Table 1's); it takes no ``method.options``. Any other
-    method gets ``method.options`` (an unknown option is an error naming it) plus the job's device and dtype.
+    the ``inversion`` node, so its scores and cache keys are Table 1's); it takes no options. Any other method gets
+    its options (an unknown option is an error naming it) plus the job's device and dtype. ``where`` names the
+    config key in error messages.
     """
-    name = str(cfg.method.name)
-    options = plain(cfg.method.options) or {}
     if name == "latenttracer":
         if options:
-            raise ValueError(f"method.options: latenttracer takes its settings from the `inversion` node "
-                             f"(conf/inversion/), not from method options {sorted(options)}")
+            raise ValueError(f"{where}: latenttracer takes its settings from the `inversion` node "
+                             f"(conf/inversion/), not from options {sorted(options)}")
         return LatentTracer(inversion_config(cfg, dtype=dtype))
     try:
         return get_method(name, {**options, "device": str(cfg.device), "dtype": str(dtype)})
     except (TypeError, ValueError, FileNotFoundError) as err:
-        raise type(err)(f"method {name!r} (conf/method/, key method.options): {err}") from err
+        raise type(err)(f"{where}: {err}" if repr(name) in where else f"{where}: {name!r}: {err}") from err
+
+
+def method(cfg: DictConfig, dtype: str = "float32") -> Method:
+    """``cfg.method`` (a ``conf/method/`` preset) as a :class:`~latenttracer.methods.Method`."""
+    name = str(cfg.method.name)
+    return build_method(cfg, name, dict(plain(cfg.method.options) or {}), dtype,
+                        f"method {name!r} (conf/method/, key method.options)")
+
+
+def listed_method(cfg: DictConfig, entry: Any, dtype: str = "float32") -> Method:
+    """One entry ``{name, options}`` of a ``methods:`` list (robustness, drift) as a Method."""
+    return build_method(cfg, str(entry.name), dict(plain(entry.get("options")) or {}), dtype, "methods")
 
 
 def method_preset(cfg: DictConfig) -> str:

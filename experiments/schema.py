@@ -201,6 +201,58 @@ class AttributionSchema(BaseSchema):
 
 
 @dataclass
+class PerturbationGridSchema:
+    """``conf/perturbation/*.yaml``: a named list of conditions, each ``kind:strength`` (``jpeg:90``), checked by
+    :func:`latenttracer.perturbations.parse_grid` when the job starts (an unknown kind or a bad strength is an
+    error naming it)."""
+
+    name: str = MISSING
+    conditions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MethodEntrySchema:
+    """One method of a ``methods:`` list: a name of :mod:`latenttracer.methods` and its options (checked by the
+    method; ``latenttracer`` takes none: its settings are the ``inversion`` node). ``n_belonging`` /
+    ``n_per_source``: evaluation images per cell (a seeded subset; null: all of them)."""
+
+    name: str = MISSING
+    options: dict[str, Any] = field(default_factory=dict)
+    n_belonging: int | None = None
+    n_per_source: int | None = None
+
+
+@dataclass
+class RobustnessSchema(BaseSchema):
+    inspected: list[str] | None = None
+    perturbation: PerturbationGridSchema = field(default_factory=PerturbationGridSchema)
+    methods: list[MethodEntrySchema] = field(default_factory=list)
+    subset_seed: int = 0
+    perturbed_dir: str = MISSING
+    out: str = MISSING
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+
+
+@dataclass
+class DriftSchema(BaseSchema):
+    base: str = "kl-a"
+    steps: list[int] = field(default_factory=list)
+    seed: int = 2
+    n: int = 100
+    methods: list[MethodEntrySchema] = field(default_factory=list)
+    dir: str = MISSING
+    out: str = MISSING
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+
+
+@dataclass
+class ComplexitySchema(BaseSchema):
+    scores: str = MISSING
+    out: str = MISSING
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+
+
+@dataclass
 class GenerateSchema(BaseSchema):
     images: str | None = None
     overwrite: bool = False
@@ -208,7 +260,8 @@ class GenerateSchema(BaseSchema):
 
 ENTRY_POINTS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
                 "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema,
-                "methods": MethodsSchema, "attribution": AttributionSchema}
+                "methods": MethodsSchema, "attribution": AttributionSchema,
+                "robustness": RobustnessSchema, "drift": DriftSchema, "complexity": ComplexitySchema}
 
 
 def register() -> None:

@@ -42,6 +42,9 @@ OPTIONAL_SECTIONS = (
     ("methods", "Methods comparison", ("methods.csv",), ("methods*.png",), "make compare-methods"),
     ("attribution", "Attribution", ("attribution.csv",), ("confusion*.png", "attribution*.png"), "make attribution"),
     ("robustness", "Robustness", ("robustness.csv",), ("robustness*.png",), "make robustness"),
+    ("drift", "Decoder drift", ("drift.csv",), ("drift*.png",), "make drift"),
+    ("complexity", "Image complexity", ("complexity_summary.csv", "complexity.csv"), ("complexity_*.png",),
+     "make complexity"),
 )
 
 

@@ -18,7 +18,8 @@ from latenttracer.inversion import InversionConfig
 from latenttracer.tracking import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate", "report", "methods", "attribution")
+ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate", "report", "methods", "attribution",
+                "robustness", "drift", "complexity")
 ZOO = ["kl-a", "kl-b", "kl-a-ft", "vq", "tiny"]
 PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
 
@@ -42,7 +43,7 @@ def compose_resolved(name: str, overrides: list[str], tmp_path: Path, conf: Path
 
 def test_every_preset_is_listed_here():
     assert _names("experiment") == sorted(["table1_zoo", "table1_paper", "full", "ablation_init", "ablation_steps",
-                                           "ablation_lr"])
+                                           "ablation_lr", "robustness_full"])
 
 
 @pytest.mark.parametrize("entry", ["invert", "table1", "figures"])
@@ -174,6 +175,9 @@ TYPOS = [
     ("method/aedr.yaml", "methods", ["method=aedr"]),
     ("method/ronan.yaml", "methods", ["method=ronan"]),
     ("method/latenttracer.yaml", "table1", []),
+    ("perturbation/default.yaml", "robustness", []),
+    ("perturbation/aeroblade_grid.yaml", "robustness", ["perturbation=aeroblade_grid"]),
+    ("experiment/robustness_full.yaml", "robustness", ["experiment=robustness_full"]),
     *[(f"{entry}.yaml", entry, []) for entry in ENTRY_POINTS],
 ]
 
@@ -272,3 +276,34 @@ def test_a_wrong_type_in_a_yaml_is_an_error(tmp_path):
         "steps: 100", "steps: many"))
     with pytest.raises(ConfigCompositionException, match="(?s)In 'inversion/paper'.*steps"):
         compose_resolved("table1", [], tmp_path, conf=conf)
+
+
+@pytest.mark.parametrize("grid", _names("perturbation"))
+def test_every_perturbation_grid_parses(grid, tmp_path):
+    from experiments import robustness
+    from latenttracer.perturbations import AEROBLADE_GRID
+
+    cfg, _ = compose_resolved("robustness", [f"perturbation={grid}"], tmp_path)
+    conditions = robustness.grid(cfg)
+    assert set(conditions) <= set(AEROBLADE_GRID)
+    if grid == "aeroblade_grid":
+        assert conditions == AEROBLADE_GRID
+
+
+def test_a_typo_in_a_perturbation_condition_is_an_error(tmp_path):
+    from experiments import robustness
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    path = conf / "perturbation" / "default.yaml"
+    path.write_text(path.read_text().replace("blur:3", "blurr:3"))
+    cfg, _ = compose_resolved("robustness", [], tmp_path, conf=conf)
+    with pytest.raises(ValueError, match=r"perturbation 'default' \(conf/perturbation/\).*blurr"):
+        robustness.grid(cfg)
+
+
+def test_robustness_full_is_the_whole_study(tmp_path):
+    cfg, _ = compose_resolved("robustness", ["experiment=robustness_full"], tmp_path)
+    assert len(cfg.perturbation.conditions) == 21 and cfg.inspected is None
+    assert [m.name for m in cfg.methods] == ["latenttracer", "aedr", "aeroblade", "ronan"]
+    assert all(m.n_belonging is None and m.n_per_source is None for m in cfg.methods)

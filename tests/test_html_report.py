@@ -30,7 +30,8 @@ from latenttracer.store import ResultStore
 from latenttracer.tracing import score_images
 
 MODELS = {"kl-a": "AutoencoderKL-0", "kl-b": "AutoencoderKL-1"}
-SECTIONS = ["table1", "hardest", "methods", "attribution", "robustness", "ablations", "models", "provenance"]
+SECTIONS = ["table1", "hardest", "methods", "attribution", "robustness", "drift", "complexity", "ablations", "models",
+            "provenance"]
 CONFIG = InversionConfig(steps=4, lr=0.1)
 
 
@@ -84,6 +85,7 @@ def test_report_files_and_reconstructions(micro_results, tmp_path, tiny_dirs):
     for sid in SECTIONS:
         assert f'id="{sid}"' in html
     assert "make ablations" in html and "make compare-methods" in html  # missing inputs say how to make them
+    assert "make drift" in html and "make complexity" in html
     assert "http://" not in html and "https://" not in html  # self-contained
     for src in (s.split('"')[0] for s in html.split('src="')[1:]):
         assert (page.parent / src).is_file(), src

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -140,11 +140,14 @@ def train_autoencoder(ae, kind: str, crops01: torch.Tensor, budget: Budget, seed
     return {"final_train_mse01": mse.item() / 4}
 
 
-def finetune_decoder(ae, crops01: torch.Tensor, budget: Budget, seed: int, desc: str) -> dict:
+def finetune_decoder(ae, crops01: torch.Tensor, budget: Budget, seed: int, desc: str,
+                     on_step: Callable[[int], None] | None = None) -> dict:
     """Fine-tune only the decoder (and post-quant conv) of a KL autoencoder; the encoder stays frozen.
 
     Like SD's ft-MSE VAE: same encoder and latent space, a decoder trained further with a different loss
-    (here L1 + MSE instead of MSE) on a differently seeded stream of the same data.
+    (here L1 + MSE instead of MSE) on a differently seeded stream of the same data. ``on_step(k)`` is called after
+    the k-th optimiser step (k = 1..finetune_steps): the run of N steps is a prefix of any longer one (constant lr,
+    one seeded stream), so a caller can snapshot the decoder after N steps of a longer run.
     """
     ae.requires_grad_(False)
     params = list(ae.decoder.parameters()) + list(ae.post_quant_conv.parameters())
@@ -154,8 +157,8 @@ def finetune_decoder(ae, crops01: torch.Tensor, budget: Budget, seed: int, desc:
     opt = torch.optim.Adam(params, lr=budget.finetune_lr)
     ae.decoder.train()
     loss = torch.tensor(float("nan"))
-    for idx in tqdm(_batches(len(crops01), budget.ae_batch, budget.finetune_steps, gen),
-                    total=budget.finetune_steps, desc=desc, leave=False, position=BAR["position"]):
+    for step, idx in enumerate(tqdm(_batches(len(crops01), budget.ae_batch, budget.finetune_steps, gen),
+                                    total=budget.finetune_steps, desc=desc, leave=False, position=BAR["position"])):
         x = crops01[idx] * 2 - 1
         with torch.no_grad():
             z = ae.encode(x).latent_dist.sample(gen)
@@ -164,6 +167,8 @@ def finetune_decoder(ae, crops01: torch.Tensor, budget: Budget, seed: int, desc:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(step + 1)
     ae.eval().requires_grad_(True)
     return {"final_finetune_loss": loss.item()}
 
