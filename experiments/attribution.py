@@ -178,9 +178,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         title = f"Attribution across {len(suite_models)} models ({cfg.suite.name})"
         text = markdown(table, title, notes)
         stem = Path(cfg.report.attribution)
-        for target in (out / stem.name, stem):
-            report.atomic_write_text(target.with_name(target.name + ".md"), text)
-            report.atomic_write_frame(table, target.with_name(target.name + ".csv"))
+        report.publish(stem, out, text, {"": table})
         report.atomic_write_frame(pd.concat(per_image, ignore_index=True), out / "attribution_images.parquet")
         print(text, flush=True)
         tracker.log_table("attribution", table)

@@ -195,10 +195,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     stem = Path(cfg.out)
     text = markdown(errors, summary, lines)
     with common.tracker(cfg, "complexity") as tracker:
-        for target in (out / stem.name, stem):
-            report.atomic_write_frame(errors, target.with_name(target.name + ".csv"))
-            report.atomic_write_frame(summary, target.with_name(target.name + "_summary.csv"))
-            report.atomic_write_text(target.with_name(target.name + ".md"), text)
+        report.publish(stem, out, text, {"": errors, "_summary": summary})
         for name in rows["inspected"].unique():
             report.save_figure(figure(rows, name), Path(cfg.report.figures) / f"{stem.name}_{name}",
                                list(cfg.formats))

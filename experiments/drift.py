@@ -118,9 +118,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
                     rows.append(row)
         frame = pd.DataFrame(rows, columns=[*COLUMNS[:3], "direction", *COLUMNS[3:]])
         text = table_markdown(cfg, frame)
-        for target in (out / stem.name, stem):
-            report.atomic_write_frame(frame, target.with_name(target.name + ".csv"))
-            report.atomic_write_text(target.with_name(target.name + ".md"), text)
+        report.publish(stem, out, text, {"": frame})
         pngs = report.save_figure(figure(frame), Path(cfg.report.figures) / stem.name, list(cfg.formats))
         print(text, flush=True)
         log.info("published %s.{md,csv} and %s", stem, pngs[0])

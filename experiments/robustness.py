@@ -181,9 +181,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             rows += run_model(cfg, sets, name, conditions, store)
         frame = pd.DataFrame(rows, columns=COLUMNS)
         text = table_markdown(frame, cfg, conditions)
-        for target in (out / stem.name, stem):
-            report.atomic_write_frame(frame, target.with_name(target.name + ".csv"))
-            report.atomic_write_text(target.with_name(target.name + ".md"), text)
+        report.publish(stem, out, text, {"": frame})
         pngs = report.save_figure(figure(frame), Path(cfg.report.figures) / stem.name, list(cfg.formats))
         print(text, flush=True)
         log.info("published %s.{md,csv} and %s", stem, pngs[0])

@@ -195,6 +195,19 @@ def tables_latex(cells: pd.DataFrame, metrics: Sequence[str], caption: str = "Ta
     return "\n".join(out)
 
 
+def publish(stem: str | os.PathLike, job_dir: str | os.PathLike, markdown: str,
+            frames: dict[str, pd.DataFrame]) -> list[Path]:
+    """Write ``<stem>.md`` and ``<stem><suffix>.csv`` for each ``{suffix: frame}`` twice: into the job's output
+    directory (``job_dir/<stem name>...``) and at the published ``stem`` (e.g. ``results/robustness``); atomic."""
+    stem = Path(stem)
+    written = []
+    for target in (Path(job_dir) / stem.name, stem):
+        for suffix, frame in frames.items():
+            written.append(atomic_write_frame(frame, target.with_name(target.name + suffix + ".csv")))
+        written.append(atomic_write_text(target.with_name(target.name + ".md"), markdown))
+    return written
+
+
 def write_tables(cells: pd.DataFrame, stem: str | os.PathLike, metrics: Sequence[str],
                  title: str = "Table 1", notes: Sequence[str] = (), rows: str = "inspected") -> dict[str, Path]:
     """Write ``<stem>.md``, ``<stem>.csv`` (every column of ``cells``) and ``<stem>.tex``; return the paths.
