@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments import common
+from experiments import common, methods
 from latenttracer import attribution, protocol, report
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,13 @@ def method_runs(cfg: DictConfig) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]
     else:
         log.warning("no Table 1 results (%s, %s): LatentTracer left out (run make reproduce-table1)",
                     t1_cells, t1_scores)
-    for cells_file in sorted(Path(cfg.report.method_runs).glob("*_cells.csv")):
-        preset = cells_file.name[: -len("_cells.csv")]
-        cells = pd.read_csv(cells_file)
+    for preset, (cells, scores) in methods.load_runs(Path(cfg.report.method_runs)).items():
         label = str(cells["method"].iloc[0])
         if label == "latenttracer" and label in runs:
             continue  # the same rows as Table 1's
         if label in runs:
             label = f"{label} ({preset})"
-        runs[label] = (cells, pd.read_parquet(cells_file.with_name(f"{preset}_scores.parquet")))
+        runs[label] = (cells, scores)
     if not runs:
         raise FileNotFoundError(f"no scores to attribute: neither {t1_scores} nor {cfg.report.method_runs}/"
                                 "*_cells.csv exist; run make reproduce-table1 and/or make compare-methods")

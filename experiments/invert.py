@@ -3,7 +3,7 @@
     python -m experiments.invert model=kl-a images=kl-b            # a model's generated set
     python -m experiments.invert model=kl-a images=/path/to/photos  # any folder
     python -m experiments.invert -m hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 \\
-        model=kl-a,kl-b,kl-a-ft,vq,tiny images=table1                # everything Table 1 needs, in parallel
+        model=kl-a,kl-b,kl-a-ft,vq,tiny,kl16 images=table1                # everything Table 1 needs, in parallel
 
 Writes ``scores.csv`` (one row per image) into the job's output directory; the scores themselves live in the
 shared store (``store``), where ``table1`` and ``ablations`` find them. Config: ``conf/invert.yaml``.
@@ -30,6 +30,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     out = common.setup(cfg)
     images = common.named_images(cfg, cfg.images, str(cfg.split), inspected=str(cfg.model.name),
                                  recursive=bool(cfg.recursive))
+    images = shard(images, int(cfg.shards), int(cfg.shard))
     with common.tracker(cfg, "invert") as tracker:
         ae = common.load_model(cfg, cfg.model)
         inv = common.inversion_config(cfg, dtype=str(cfg.model.get("dtype", "float32")))
@@ -50,6 +51,17 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     log.info("%s x %s: %d images (%d computed, %d cached) in %.1fs -> %s", ae.name, cfg.images, len(rows), fresh,
              len(rows) - fresh, seconds, out / "scores.csv")
     return rows
+
+
+def shard(images: pd.DataFrame, shards: int, index: int) -> pd.DataFrame:
+    """Rows ``index, index + shards, ...`` of ``images``: ``shards`` jobs together score every image once.
+
+    Jobs of one inspected model then share its work, so a multirun's last job is short (scores do not depend on
+    which images are inverted together).
+    """
+    if shards < 1 or not 0 <= index < shards:
+        raise ValueError(f"shard={index}, shards={shards}: need shards >= 1 and 0 <= shard < shards")
+    return images.iloc[index::shards].reset_index(drop=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="invert")

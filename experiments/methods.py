@@ -81,23 +81,59 @@ def run_method(cfg: DictConfig) -> pd.DataFrame:
         scores = scores.drop(columns=["trajectory"], errors="ignore")
         report.atomic_write_frame(cells, out / "cells.csv")
         report.atomic_write_frame(scores, out / "scores.parquet")
-        runs = Path(cfg.report.method_runs)
-        report.atomic_write_frame(scores, runs / f"{preset}_scores.parquet")
-        report.atomic_write_frame(cells, runs / f"{preset}_cells.csv")
-        log.info("wrote %s/%s_{cells.csv,scores.parquet}", runs, preset)
+        runs, part = Path(cfg.report.method_runs), run_name(preset, cfg.inspected)
+        report.atomic_write_frame(scores, runs / f"{part}_scores.parquet")
+        report.atomic_write_frame(cells, runs / f"{part}_cells.csv")
+        log.info("wrote %s/%s_{cells.csv,scores.parquet}", runs, part)
         tracker.log_metrics(protocol.flat_metrics(cells, f"methods/{scoring.label}"))
         tracker.log_table(f"methods-{preset}", cells)
     return cells
 
 
 # -- aggregation ------------------------------------------------------------------------------------------------
+def run_name(preset: str, inspected) -> str:
+    """File stem of a job's results: ``<preset>`` for every model of the suite, ``<preset>@<m1+m2>`` for a part.
+
+    A slow preset (RONAN) is split into one job per inspected model (``inspected=[kl-a]``, ...) so that its
+    models run on every core; :func:`load_runs` joins the parts again.
+    """
+    return preset if not inspected else f"{preset}@{'+'.join(str(m) for m in inspected)}"
+
+
+def load_runs(runs: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """{preset: (cells, per-image scores)} from every ``<preset>[@<models>]_{cells.csv,scores.parquet}`` under
+    ``runs``; the parts of a preset are joined, and where two files hold the same inspected model (a whole run
+    and a part), the newer file's rows win."""
+    found: dict[str, list[tuple[float, pd.DataFrame, pd.DataFrame]]] = {}
+    for cells_file in Path(runs).glob("*_cells.csv"):
+        stem = cells_file.name[: -len("_cells.csv")]
+        scores_file = cells_file.with_name(f"{stem}_scores.parquet")
+        if not scores_file.is_file():
+            raise FileNotFoundError(f"{scores_file}: missing beside {cells_file.name}; rerun that method job")
+        found.setdefault(stem.split("@")[0], []).append(
+            (cells_file.stat().st_mtime, pd.read_csv(cells_file), pd.read_parquet(scores_file)))
+    out = {}
+    for preset in sorted(found):
+        parts = sorted(found[preset], key=lambda t: t[0])  # oldest first: newer rows replace older ones
+        out[preset] = (_newest_rows([c for _, c, _ in parts]), _newest_rows([s for _, _, s in parts]))
+    return out
+
+
+def _newest_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """``frames`` (oldest first) joined, each inspected model's rows taken from the last frame that has it."""
+    newest = {m: i for i, f in enumerate(frames) for m in f["inspected"].unique()}
+    joined = pd.concat([f.assign(_part=i) for i, f in enumerate(frames)], ignore_index=True)
+    keep = joined["_part"] == joined["inspected"].map(newest)
+    return joined[keep].drop(columns="_part").reset_index(drop=True)
+
+
 def read_runs(runs: Path) -> pd.DataFrame:
-    """Every ``<preset>_cells.csv`` under ``runs``, concatenated (presets in name order)."""
-    files = sorted(Path(runs).glob("*_cells.csv"))
-    if not files:
+    """Every preset's cells under ``runs`` (:func:`load_runs`), concatenated (presets in name order)."""
+    loaded = load_runs(runs)
+    if not loaded:
         raise FileNotFoundError(f"{runs}: no method results (*_cells.csv); run the methods multirun first "
                                 f"(make compare-methods)")
-    cells = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    cells = pd.concat([c for c, _ in loaded.values()], ignore_index=True)
     # A method label run by two presets (ronan, ronan_full) is named by its preset too.
     shared = cells.groupby("method")["preset"].transform("nunique") > 1
     cells["method"] = np.where(shared, cells["method"] + " (" + cells["preset"] + ")", cells["method"])

@@ -161,6 +161,8 @@ class InvertSchema(BaseSchema):
     split: str = "all"
     recursive: bool = False
     on_bad_image: str = "error"
+    shards: int = 1
+    shard: int = 0
 
 
 @dataclass

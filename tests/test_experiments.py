@@ -291,6 +291,20 @@ def test_invert_named_sets_and_a_folder(micro_zoo, workspace, tmp_path):
         invert.run(job("invert", workspace, micro_zoo, tmp_path / "c", ["images=nowhere"]))
 
 
+def test_invert_shards_score_every_image_once_with_the_unsharded_scores(micro_zoo, workspace, tmp_path):
+    whole = invert.run(job("invert", workspace, micro_zoo, tmp_path / "w", ["model=kl-a", "images=table1"]))
+    parts = [invert.run(job("invert", workspace, micro_zoo, tmp_path / f"s{i}",
+                            ["model=kl-a", "images=table1", "shards=3", f"shard={i}"])) for i in range(3)]
+    joined = pd.concat(parts).sort_values("path").reset_index(drop=True)
+    assert sorted(len(p) for p in parts) != [0, 0, len(whole)] and len(joined) == len(whole)
+    assert joined["path"].tolist() == sorted(whole["path"])
+    assert joined["cached"].all()  # the whole run stored every score; the shards recompute nothing
+    ref = whole.set_index("path").loc[joined["path"], "score"].to_numpy()
+    assert np.array_equal(joined["score"].to_numpy(), ref)
+    with pytest.raises(ValueError, match="shard=3, shards=3"):
+        invert.run(job("invert", workspace, micro_zoo, tmp_path / "bad", ["images=table1", "shards=3", "shard=3"]))
+
+
 @pytest.mark.parametrize("init", ["encoder", "random"])
 def test_truncated_trajectory_equals_a_direct_run(micro_zoo, workspace, tmp_path, init):
     cfg = job("ablations", workspace, micro_zoo, tmp_path, [f"inversion.init={init}"])
@@ -445,6 +459,42 @@ def _fake_grid(models: list[str], n: int = 4, n_real: int = 3) -> tuple[pd.DataF
         rows.append(images.assign(inspected=inspected, score=score, status="ok", sha256="x"))
         cells.append({"inspected": inspected, "source": "all", "threshold": 0.2})
     return pd.DataFrame(cells), pd.concat(rows, ignore_index=True)
+
+
+def test_method_parts_per_inspected_model_are_joined_and_newer_rows_win(tmp_path):
+    """RONAN runs one job per inspected model: its parts read as one preset; a newer part replaces a whole run's
+    rows for its model only."""
+    import os
+
+    from experiments import methods
+
+    models = ["kl-a", "kl-b", "vq"]
+    cells, scores = _fake_grid(models)
+    cells, scores = cells.assign(method="ronan", preset="ronan"), scores.assign(method="ronan")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def write(stem: str, keep: list[str], mtime: int, shift: float = 0.0) -> None:
+        cells[cells.inspected.isin(keep)].to_csv(runs / f"{stem}_cells.csv", index=False)
+        part = scores[scores.inspected.isin(keep)].assign(score=lambda f: f["score"] + shift)
+        part.to_parquet(runs / f"{stem}_scores.parquet")
+        for f in (runs / f"{stem}_cells.csv", runs / f"{stem}_scores.parquet"):
+            os.utime(f, (mtime, mtime))
+
+    assert methods.run_name("ronan", None) == "ronan"
+    assert methods.run_name("ronan", ["kl-a"]) == methods.run_name("ronan", ("kl-a",)) == "ronan@kl-a"
+    write("ronan", models, 1000)                                           # an old whole run
+    write(methods.run_name("ronan", ["kl-b"]), ["kl-b"], 2000, shift=5.0)  # a newer part: kl-b only
+    write(methods.run_name("ronan", ["vq"]), ["vq"], 3000, shift=7.0)
+    (got_cells, got_scores), = methods.load_runs(runs).values()
+    assert sorted(got_cells["inspected"]) == models and len(got_scores) == len(scores)
+    for model, shift in (("kl-a", 0.0), ("kl-b", 5.0), ("vq", 7.0)):
+        want = scores.loc[scores.inspected == model, "score"].to_numpy() + shift
+        assert np.allclose(got_scores.loc[got_scores.inspected == model, "score"].to_numpy(), want), model
+    assert len(methods.read_runs(runs)) == len(cells)
+    (runs / "ronan@vq_scores.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="ronan@vq_scores.parquet: missing"):
+        methods.load_runs(runs)
 
 
 def test_attribution_end_to_end_on_separable_scores(micro_zoo, tmp_path):

@@ -96,6 +96,25 @@ def test_micro_member_loads_with_diffusion_pipeline_and_generates(micro_zoo, nam
     assert (micro_zoo / name / "README.md").is_file()
 
 
+def test_micro_kl16_member_has_16_channel_full_resolution_latents_and_its_own_scale(tmp_path):
+    """kl16 (FLUX / SD 3.5 stand-in): 32x32x16 latents, the larger prior, its own steps and lr on any budget."""
+    member = zoo.MEMBERS["kl16"]
+    budget = zoo.build.member_budget(member, TINY_BUDGET)
+    assert budget.ae_steps == round(TINY_BUDGET.ae_steps * member.ae_steps_factor) and budget.ae_lr == member.ae_lr
+    assert budget.prior_steps == round(TINY_BUDGET.prior_steps * member.prior_steps_factor)
+    assert zoo.build.member_budget(zoo.MEMBERS["kl-a"], TINY_BUDGET) == TINY_BUDGET  # others unchanged
+    card = zoo.train_member(member, tmp_path, TINY_BUDGET, measure_speed=False)
+    assert card["latent_shape"] == [16, 32, 32] and card["autoencoder_steps"] == budget.ae_steps
+    assert card["budget"]["ae_lr"] == member.ae_lr
+    pipe = zoo.load_member(tmp_path / "kl16")
+    assert pipe.unet.config.in_channels == 16 and pipe.unet.config.sample_size == 32
+    assert load_autoencoder(tmp_path / "kl16").resolution == 32
+    images = _generate(pipe)
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    speed = zoo.decoder_speed(pipe.vqvae, batch=2, reps=1, threads=1)
+    assert speed["image_steps_per_s"] > 0 and speed["decoder_params"] > 0
+
+
 def test_micro_scaling_factor_gives_unit_std_latents(micro_zoo):
     pipe = zoo.load_member(micro_zoo / "kl-a")
     crops = real_images.training_crops(32, TINY_BUDGET.n_crops, seed=0)

@@ -14,11 +14,14 @@ kl-a-ft    kl-a with only its decoder fine-tuned; kl-a's      SD's fine-tuned VA
            prior (encoder and latent space are unchanged)
 vq         VQModel                                            VQ-Diffusion / Kandinsky MoVQ
 tiny       AutoencoderTiny                                    TAESD-style fast decoder
+kl16       AutoencoderKL with 16 latent channels and no        FLUX / SD 3.5 (16-channel VAEs that
+           downsampling (32x32x16 latents): >= 6 dB above      reconstruct far better than SD's)
+           kl-a's held-out PSNR; a wider prior for its latents
 =========  =================================================  ===========================================
 
 Conventions: encoder input and decoder output in [-1, 1]; ``config.scaling_factor`` makes the scaled latents
-unit-std on the training crops; the image resolution is the prior's ``sample_size`` x 4 (KL and VQ also record
-it as ``config.sample_size``; ``AutoencoderTiny`` takes no such key); the VQ prior runs on
+unit-std on the training crops; the image resolution is the prior's ``sample_size`` x 4 (x 1 for kl16; KL and VQ
+also record it as ``config.sample_size``; ``AutoencoderTiny`` takes no such key); the VQ prior runs on
 pre-quantisation latents (``decode`` quantises). Architectures are chosen for the speed of the decoder's
 forward + backward pass w.r.t. its input (what latent inversion runs), measured by :func:`decoder_speed`.
 

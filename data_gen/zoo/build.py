@@ -6,7 +6,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 from data_gen import real_images
 from data_gen.zoo import training
 from data_gen.zoo.architectures import (
-    LATENT_CHANNELS,
     MEMBERS,
     RESOLUTION,
     Member,
@@ -55,18 +54,19 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
         crops01 = real_images.training_crops(resolution, budget.n_crops, seed=0)
     if heldout01 is None:
         heldout01 = _heldout(resolution, budget.n_heldout)
+    budget = member_budget(member, budget)
     t_start = time.perf_counter()
     torch.manual_seed(member.seed)
     with deterministic():
         if member.base is None:
-            ae = build_autoencoder(member.kind, resolution)
+            ae = build_autoencoder(member.kind, resolution, member.latent_channels, member.widths, member.norm_groups)
             ae_stats = train_autoencoder(ae, member.kind, crops01, budget, member.seed, f"{member.name} autoencoder")
             lat = latents_for_prior(ae, crops01)
             scaling = float(1.0 / lat.std())
             ae.register_to_config(scaling_factor=scaling)
             t_ae = time.perf_counter()
             torch.manual_seed(member.seed + 1000)
-            unet = build_prior(lat.shape[-1])
+            unet = build_prior(lat.shape[-1], lat.shape[1])
             unet, prior_stats = train_prior(unet, lat * scaling, budget, member.seed, f"{member.name} prior")
             ae_steps, prior_steps = budget.ae_steps, budget.prior_steps
         else:
@@ -87,7 +87,7 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
     card = {
         "name": member.name, "stands_in_for": member.stands_in_for, "kind": member.kind,
         "autoencoder_class": ae.__class__.__name__, "seed": member.seed, "base": member.base,
-        "resolution": resolution, "latent_shape": [LATENT_CHANNELS, latent, latent],
+        "resolution": resolution, "latent_shape": [int(ae.config.latent_channels), latent, latent],
         "scaling_factor": scaling,
         "autoencoder_steps": ae_steps, "prior_steps": prior_steps,
         "finetune_steps": budget.finetune_steps if member.base else 0,
@@ -104,6 +104,18 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
     if measure_speed:
         card = add_speed_to_card(out_root / member.name, budget.speed_batch, budget.speed_threads)
     return card
+
+
+def member_budget(member: Member, budget: Budget) -> Budget:
+    """``budget`` with ``member``'s own training scale applied (steps factors, learning rate)."""
+    changes = {}
+    if member.ae_steps_factor != 1.0:
+        changes["ae_steps"] = max(1, round(budget.ae_steps * member.ae_steps_factor))
+    if member.ae_lr is not None:
+        changes["ae_lr"] = member.ae_lr
+    if member.prior_steps_factor != 1.0:
+        changes["prior_steps"] = max(1, round(budget.prior_steps * member.prior_steps_factor))
+    return replace(budget, **changes) if changes else budget
 
 
 def _heldout(resolution: int, n: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data_gen.zoo.architectures import LATENT_CHANNELS, RESOLUTION, decode_for_inversion, latent_size
+from data_gen.zoo.architectures import RESOLUTION, decode_for_inversion, encode_unscaled
 from data_gen.zoo.training import threads as _threads
 
 
@@ -27,8 +27,9 @@ def decoder_speed(ae, batch: int = 256, reps: int = 5, threads: int | None = 2,
     ae.eval()
     flags = [p.requires_grad for p in ae.parameters()]
     ae.requires_grad_(False)
-    latent = latent_size(ae, size)
-    z = torch.randn(batch, LATENT_CHANNELS, latent, latent)
+    with torch.no_grad():
+        shape = encode_unscaled(ae, torch.zeros(1, 3, size, size)).shape[1:]
+    z = torch.randn(batch, *shape)
     target = torch.rand(batch, 3, size, size)
     with FlopCounterMode(display=False) as counter:
         decode_for_inversion(ae, z[:1])
