@@ -7,12 +7,15 @@ image-steps/s of the decoder's forward + backward pass w.r.t. its input (weights
 
     .venv/bin/python benchmarks/decoder_speed.py --zoo zoo
     .venv/bin/python benchmarks/decoder_speed.py --fresh        # untrained architectures, no zoo needed
+    .venv/bin/python benchmarks/decoder_speed.py --machine      # one line: this machine's speed (1 thread)
+    .venv/bin/python benchmarks/decoder_speed.py --machine --since 1700000000   # ... and the wall time since then
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +31,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--machine", action="store_true",
+                   help="print one line: this machine's speed (a fresh KL member, 1 thread), as tables quote it")
+    p.add_argument("--since", type=float, default=None, metavar="EPOCH_SECONDS",
+                   help="with --machine: also print the wall time since this Unix time (a Makefile target's start)")
     args = p.parse_args()
+    if args.machine:
+        wall = ""
+        if args.since is not None:
+            seconds = time.time() - args.since
+            wall = f"wall time {int(seconds // 60)} min {seconds % 60:.0f} s; "
+        print(f"{wall}machine speed: {zoo.machine_speed(1)}", flush=True)
+        return
     if args.fresh:
         torch.manual_seed(0)
         aes = {f"{kind}@{args.resolution}": (zoo.build_autoencoder(kind, args.resolution), args.resolution)

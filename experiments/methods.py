@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from data_gen.zoo.speed import machine_speed
 from experiments import common
 from latenttracer import protocol, report
 
@@ -127,6 +128,23 @@ def _newest_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return joined[keep].drop(columns="_part").reset_index(drop=True)
 
 
+def separation(loaded: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
+    """Per (method, inspected model): the median score of its own evaluation images and of every other source's
+    (evaluation halves and real), and their ratio. A ratio near 1 is the collapse AEDR reports on FLUX / SD 3.5,
+    where belonging and non-belonging losses fall to the same level."""
+    rows = []
+    for cells, scores in loaded.values():
+        ok = scores[(scores["status"] == "ok") & (scores["split"] == "evaluation")]
+        for inspected, group in ok.groupby("inspected", sort=False):
+            own = group.loc[group["source"] == inspected, "score"]
+            other = group.loc[group["source"] != inspected, "score"]
+            if len(own) and len(other):
+                rows.append({"method": str(cells["method"].iloc[0]), "inspected": inspected,
+                             "median_belonging": float(own.median()), "median_non_belonging": float(other.median()),
+                             "ratio": float(other.median() / own.median()) if own.median() else float("inf")})
+    return pd.DataFrame(rows)
+
+
 def read_runs(runs: Path) -> pd.DataFrame:
     """Every preset's cells under ``runs`` (:func:`load_runs`), concatenated (presets in name order)."""
     loaded = load_runs(runs)
@@ -138,17 +156,6 @@ def read_runs(runs: Path) -> pd.DataFrame:
     shared = cells.groupby("method")["preset"].transform("nunique") > 1
     cells["method"] = np.where(shared, cells["method"] + " (" + cells["preset"] + ")", cells["method"])
     return cells
-
-
-def speed_context(threads: int = 1) -> str:
-    """The machine's speed: decoder forward + backward image-steps/s of a fresh KL member at ``threads``."""
-    from data_gen import zoo
-
-    torch.manual_seed(0)
-    ae = zoo.build_autoencoder("kl", zoo.RESOLUTION)
-    s = zoo.decoder_speed(ae, batch=64, reps=3, threads=threads)
-    return (f"{s['image_steps_per_s']:.0f} KL-decoder image-steps/s (forward + backward, batch 64, {threads} "
-            f"thread, best of 3; benchmarks/decoder_speed.py's measurement)")
 
 
 def aggregate_notes(cfg: DictConfig, cells: pd.DataFrame, context: str) -> list[str]:
@@ -214,7 +221,16 @@ def aggregate(cfg: DictConfig) -> pd.DataFrame:
     cells.insert(0, ROW, cells["method"] + " / " + cells["inspected"])
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    notes = aggregate_notes(cfg, cells, speed_context(1))
+    notes = aggregate_notes(cfg, cells, machine_speed(1))
+    sep = separation(load_runs(Path(cfg.report.method_runs)))
+    if len(sep):
+        notes += ["", "Median score of each inspected model's own evaluation images (belonging) and of every other "
+                      "source's (non-belonging), and their ratio (near 1: the two collapse onto one level, as AEDR "
+                      "reports for 16-channel VAEs):", "",
+                  report.markdown_table([[f"{r.method} / {r.inspected}", f"{r.median_belonging:.3g}",
+                                          f"{r.median_non_belonging:.3g}", f"{r.ratio:.3g}"]
+                                         for r in sep.itertuples()],
+                                        [ROW, "median belonging", "median non-belonging", "ratio"])]
     title = f"Methods compared ({cfg.suite.name})"
     stem = Path(cfg.report.methods)
     report.write_tables(cells, stem, METRICS, title, notes, rows=ROW)

@@ -26,10 +26,10 @@ def test_robustness_end_to_end(micro_zoo, workspace, tmp_path):  # noqa: F811
     assert list(rows["condition"]) == ["clean", "jpeg50", "noise0.1"] * 2
     assert list(rows["method"]) == ["latenttracer"] * 3 + ["aeroblade[l2]"] * 3
     lt = rows[rows["method"] == "latenttracer"]
-    # the entry's sizes: 2 belonging, 1 per non-belonging source (4 other members + real)
-    assert (lt["n_belonging"] == 2).all() and (lt["n_non_belonging"] == 5).all()
+    # the entry's sizes: 2 belonging, 1 per non-belonging source (5 other members + real)
+    assert (lt["n_belonging"] == 2).all() and (lt["n_non_belonging"] == 6).all()
     ab = rows[rows["method"] == "aeroblade[l2]"]
-    assert (ab["n_belonging"] == 3).all() and (ab["n_non_belonging"] == 4 * 3 + 4).all()
+    assert (ab["n_belonging"] == 3).all() and (ab["n_non_belonging"] == 5 * 3 + 4).all()
     assert rows[["auc", "accuracy", "tpr", "fpr"]].apply(lambda c: c.between(0, 1)).all().all()
     # one clean threshold per method, used for every condition
     assert (rows.groupby("method")["threshold"].nunique() == 1).all()
@@ -87,10 +87,10 @@ def test_complexity_on_a_micro_table1(micro_zoo, workspace, tmp_path):  # noqa: 
     table1.run(job("table1", workspace, micro_zoo, tmp_path / "t1", ["logger=none", "figures=false"]))
     summary = complexity.run(job("complexity", workspace, micro_zoo, tmp_path / "out", ["logger=none"]))
     results = workspace / "results" / "debug"
-    assert len(summary) == 5 * 2  # per inspected model: belonging and non-belonging
+    assert len(summary) == 6 * 2  # per inspected model: belonging and non-belonging
     assert set(summary["error"]) == {"FP", "FN"}
     assert (summary.loc[summary["class"] == "belonging", "n"] == 3).all()
-    assert (summary.loc[summary["class"] == "non-belonging", "n"] == 4 * 3 + 4).all()
+    assert (summary.loc[summary["class"] == "non-belonging", "n"] == 5 * 3 + 4).all()
     errors = pd.read_csv(results / "complexity.csv")
     assert len(errors) == int(summary["n_errors"].sum())
     assert errors["homogeneity"].between(0, 1).all() and (errors["jpeg_bpp"] > 0).all()

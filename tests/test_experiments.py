@@ -28,7 +28,7 @@ from latenttracer.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-MEMBERS = {"kl-a": "kl", "kl-b": "kl", "kl-a-ft": "kl", "vq": "vq", "tiny": "tiny"}
+MEMBERS = {"kl-a": "kl", "kl-b": "kl", "kl-a-ft": "kl", "vq": "vq", "tiny": "tiny", "kl16": "kl"}
 # 6 generated images per member (3 calibration / 3 evaluation), 4 real crops (of 12 built), 3 steps.
 MICRO = ["debug=default", "suite.generated.n=6", "suite.generated.batch_size=6", "suite.real.n=4",
          "suite.real.crops.n=12", "inversion.steps=3", "progress=false"]
@@ -48,14 +48,15 @@ def _wandb_sandbox(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def micro_zoo(tmp_path_factory) -> Path:
-    """Five untrained members with the real zoo's architectures, saved as LDMPipeline directories."""
+    """Six untrained members with the real zoo's architectures, saved as LDMPipeline directories."""
     from data_gen import zoo
 
     root = tmp_path_factory.mktemp("micro_zoo")
     for seed, (name, kind) in enumerate(MEMBERS.items()):
+        m = zoo.MEMBERS[name]
         torch.manual_seed(seed)
-        ae = zoo.build_autoencoder(kind, 32)
-        unet = zoo.build_prior(8)
+        ae = zoo.build_autoencoder(kind, 32, m.latent_channels, m.widths, m.norm_groups)
+        unet = zoo.build_prior(zoo.latent_size(ae, 32), m.latent_channels)
         zoo.make_pipeline(ae, unet).save_pretrained(root / name)
     return root
 
@@ -126,12 +127,12 @@ def test_table1_end_to_end_with_wandb_offline(micro_zoo, workspace, tmp_path, ca
     cfg = job("table1", workspace, micro_zoo, out, ["logger=wandb"])
     cells = table1.run(cfg)
 
-    # the grid: 5 inspected models x (4 other members + real + all pooled), counts as the protocol says
-    assert len(cells) == 5 * 6
+    # the grid: 6 inspected models x (5 other members + real + all pooled), counts as the protocol says
+    assert len(cells) == 6 * 7
     other = cells[~cells["source"].isin(["real", "all"])]
     assert (cells["n_belonging"] == 3).all() and (other["n_non_belonging"] == 3).all()
     assert (cells.loc[cells["source"] == "real", "n_non_belonging"] == 4).all()
-    assert (cells.loc[cells["source"] == "all", "n_non_belonging"] == 4 * 3 + 4).all()
+    assert (cells.loc[cells["source"] == "all", "n_non_belonging"] == 5 * 3 + 4).all()
     assert not (cells["inspected"] == cells["source"]).any()
     assert cells[["auc", "ap", "tpr_at_1fpr", "tpr_at_5fpr", "accuracy", "balanced_accuracy"]].apply(
         lambda c: c.between(0, 1)).all().all()
@@ -143,13 +144,13 @@ def test_table1_end_to_end_with_wandb_offline(micro_zoo, workspace, tmp_path, ca
     published = pd.read_csv(results / "table1.csv")
     assert np.allclose(published["auc"], cells["auc"])
     md = (results / "table1.md").read_text()
-    assert "| inspected \\ source | kl-a | kl-b | kl-a-ft | vq | tiny | real | all |" in md
+    assert "| inspected \\ source | kl-a | kl-b | kl-a-ft | vq | tiny | kl16 | real | all |" in md
     assert "| kl-a | – |" in md and "## AUC" in md and "accuracy at the calibrated threshold" in md
     assert md.strip() in capsys.readouterr().out  # printed
     assert "\\begin{tabular}" in (results / "table1.tex").read_text()
     scores = pd.read_parquet(results / "table1_scores.parquet")
     assert {"inspected", "source", "split", "path", "score", "init_loss", "best_step", "trajectory"} <= set(scores)
-    assert len(scores) == 5 * (6 + 4 * 3 + 4)
+    assert len(scores) == 6 * (6 + 5 * 3 + 4)
     assert all(len(t) == 3 for t in scores["trajectory"])
     assert (out / "figures" / "hist_kl-a.png").is_file() and (out / "figures" / "roc_vq.pdf").is_file()
     assert not list(results.glob(".*.tmp")) and not list(out.glob(".*.tmp"))  # atomic writes leave nothing
@@ -190,7 +191,7 @@ def test_wandb_failure_warns_and_loses_no_results(micro_zoo, workspace, tmp_path
     out = tmp_path / "out"
     with pytest.warns(RuntimeWarning, match="W&B init failed"):
         cells = table1.run(job("table1", workspace, micro_zoo, out, ["logger=wandb", "inspected=[tiny]"]))
-    assert len(cells) == 6 and (out / "table1.csv").is_file()
+    assert len(cells) == 7 and (out / "table1.csv").is_file()
 
 
 def test_tracker_calls_never_raise(tmp_path):
@@ -254,7 +255,7 @@ def test_another_generation_seed_end_to_end(micro_zoo, tmp_path):
 
     cells = table1.run(job("table1", root, micro_zoo, tmp_path / "t1", [*seed1, "inspected=[kl-a,vq]",
                                                                          "figures=false"]))
-    assert len(cells) == 2 * 6
+    assert len(cells) == 2 * 7
     scores = pd.read_parquet(tmp_path / "t1" / "table1_scores.parquet")
     generated = scores[scores["source"] != "real"]
     assert generated["path"].map(lambda p: Path(p).parent.parent.name == "seed1").all()
@@ -330,7 +331,7 @@ def test_ablation_rows_are_merged_without_duplicates(micro_zoo, workspace, tmp_p
     again = pd.read_csv(csv)
     assert len(again) == len(first)  # the rerun replaced its rows
     mine = again[again["ablation"] == "steps"]
-    assert sorted(mine["steps"].unique()) == [1, 5] and len(mine) == 2 * 6
+    assert sorted(mine["steps"].unique()) == [1, 5] and len(mine) == 2 * 7
     assert not mine.duplicated(ablations.KEY).any()
 
 
@@ -376,7 +377,7 @@ def test_lr_multirun_with_the_joblib_launcher(micro_zoo, tmp_path):
          tmp_path, micro_zoo)
     rows = pd.read_csv(tmp_path / "results" / "debug" / "ablations.csv")
     assert sorted(rows["lr"].unique()) == [0.01, 0.1]  # the command line replaced the preset's 5 values
-    assert len(rows) == 2 * 6 and set(rows["ablation"]) == {"lr"}
+    assert len(rows) == 2 * 7 and set(rows["ablation"]) == {"lr"}
     (sweep,) = (tmp_path / "multirun" / "ablations").iterdir()  # the default sweep dir, under the root
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert all((sweep / j / "ablation_cells.csv").is_file() for j in ("0", "1"))
@@ -406,7 +407,7 @@ def test_methods_latenttracer_is_table1_and_recomputes_nothing(micro_zoo, worksp
         assert np.allclose(merged[metric], merged[f"{metric}_t1"], equal_nan=True), metric
     assert (cells["seconds_per_image"] > 0).all() and (cells["probe_images"] == 3).all()  # 3 evaluation images
     scores = pd.read_parquet(workspace / "results" / "debug" / "cache" / "methods" / "latenttracer_scores.parquet")
-    assert scores["cached"].all() and len(scores) == 5 * (6 + 4 * 3 + 4)
+    assert scores["cached"].all() and len(scores) == 6 * (6 + 5 * 3 + 4)
 
 
 def test_methods_multirun_and_aggregation_end_to_end(micro_zoo, tmp_path):
@@ -427,7 +428,7 @@ def test_methods_multirun_and_aggregation_end_to_end(micro_zoo, tmp_path):
     results = tmp_path / "results" / "debug"
     table = pd.read_csv(results / "methods.csv")
     assert sorted(table["method"].unique()) == ["aedr", "aeroblade[l2]"]  # labelled plainly, never as LPIPS
-    assert len(table) == 2 * 5 * 6 and not table.duplicated(["method", "inspected", "source"]).any()
+    assert len(table) == 2 * 6 * 7 and not table.duplicated(["method", "inspected", "source"]).any()
     assert table["auc_step0"].isna().all()  # no init_loss for these methods
     assert (table["seconds_per_image"] > 0).all() and (table["threads"] == 1).all()
     # each method's own threshold: AEDR's from a KDE, AEROBLADE's the 95% quantile of its calibration scores
@@ -437,8 +438,9 @@ def test_methods_multirun_and_aggregation_end_to_end(micro_zoo, tmp_path):
         t = table[(table.method == label) & (table.inspected == "vq")]["threshold"].iloc[0]
         assert (cal["score"] <= t).mean() >= (0.95 if label != "aedr" else 0.0)
     md = (results / "methods.md").read_text()
-    assert "| method / inspected \\ source | kl-a | kl-b | kl-a-ft | vq | tiny | real | all |" in md
+    assert "| method / inspected \\ source | kl-a | kl-b | kl-a-ft | vq | tiny | kl16 | real | all |" in md
     assert "| aeroblade[l2] / kl-a | – |" in md and "## TPR@5%FPR" in md and "image-steps/s" in md
+    assert "| method / inspected | median belonging | median non-belonging | ratio |" in md
     assert md.strip() in done.stdout
     assert "\\begin{tabular}" in (results / "methods.tex").read_text()
     for fmt in ("png", "pdf"):
@@ -492,6 +494,9 @@ def test_method_parts_per_inspected_model_are_joined_and_newer_rows_win(tmp_path
         want = scores.loc[scores.inspected == model, "score"].to_numpy() + shift
         assert np.allclose(got_scores.loc[got_scores.inspected == model, "score"].to_numpy(), want), model
     assert len(methods.read_runs(runs)) == len(cells)
+    sep = methods.separation({"ronan": (cells, scores)}).set_index("inspected")
+    assert list(sep.index) == models and (sep["method"] == "ronan").all()
+    assert sep["ratio"].between(8, 13).all()  # own images score 0.1 x (0.9..1.1), every other source 1 x (0.9..1.1)
     (runs / "ronan@vq_scores.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="ronan@vq_scores.parquet: missing"):
         methods.load_runs(runs)

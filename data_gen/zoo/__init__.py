@@ -60,7 +60,7 @@ from data_gen.zoo.members import (
     make_pipeline,
     save_member,
 )
-from data_gen.zoo.speed import decoder_speed
+from data_gen.zoo.speed import decoder_speed, machine_speed
 from data_gen.zoo.training import (
     MICRO,
     Budget,
@@ -75,6 +75,6 @@ __all__ = [
     "LATENT_CHANNELS", "MEMBERS", "MICRO", "NUM_TRAIN_TIMESTEPS", "RESOLUTION", "Budget", "Member",
     "add_speed_to_card", "build_autoencoder", "build_prior", "build_scheduler", "card_readme", "clean_configs",
     "decode_for_inversion", "decoder_speed", "draw_grid", "encode_unscaled", "finetune_decoder",
-    "known_vqvae_type_quiet", "latent_size", "latents_for_prior", "load_member", "make_pipeline", "psnr", "sample",
-    "save_member", "train_autoencoder", "train_member", "train_prior", "train_zoo", "write_card",
+    "known_vqvae_type_quiet", "latent_size", "latents_for_prior", "load_member", "machine_speed", "make_pipeline",
+    "psnr", "sample", "save_member", "train_autoencoder", "train_member", "train_prior", "train_zoo", "write_card",
 ]

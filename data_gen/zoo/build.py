@@ -169,7 +169,10 @@ def train_zoo(out_root: str | Path, names: list[str] | None = None, budget: Budg
         def submit(name: str):
             return pool.submit(_worker_train, name, str(out_root), budget, resolution)
 
-        pending = {submit(n): n for n in names if n not in later}
+        # the longest training first (kl16: twice the autoencoder steps and a larger prior), so it does not run
+        # alone at the end
+        first = sorted((n for n in names if n not in later), key=lambda n: -MEMBERS[n].ae_steps_factor)
+        pending = {submit(n): n for n in first}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:

@@ -49,3 +49,17 @@ def decoder_speed(ae, batch: int = 256, reps: int = 5, threads: int | None = 2,
     ae.train(was_training)
     return {"decoder_params": params, "decoder_mflop_per_image": counter.get_total_flops() / 1e6,
             "image_steps_per_s": batch / min(times), "batch": batch, "threads": threads}
+
+
+def machine_speed(threads: int = 1) -> str:
+    """This machine's speed, one line: decoder forward + backward image-steps/s of a fresh (seeded) KL member.
+
+    Printed beside wall times (``make reproduce-table1``, the methods table), so that a reader can compare runs on
+    machines that differ in single-thread speed; the same measurement as ``benchmarks/decoder_speed.py --machine``.
+    """
+    from data_gen.zoo.architectures import build_autoencoder
+
+    torch.manual_seed(0)
+    s = decoder_speed(build_autoencoder("kl", RESOLUTION), batch=64, reps=3, threads=threads)
+    return (f"{s['image_steps_per_s']:.0f} KL-decoder image-steps/s (forward + backward, batch 64, {threads} "
+            f"thread{'s' if threads != 1 else ''}, best of 3; benchmarks/decoder_speed.py --machine)")
