@@ -53,8 +53,8 @@ def test_table1_presets_compose(entry, preset, tmp_path):
     assert list(cfg.suite.models) == (PAPER if preset == "table1_paper" else ZOO)
     for name, model in cfg.suite.models.items():
         assert model.name == name
-    assert cfg.suite.generated.n == {"table1_zoo": 200, "table1_paper": 1000, "full": 1000}[preset]
-    assert cfg.suite.real.n >= 100
+    assert cfg.suite.generated.n == {"table1_zoo": 100, "table1_paper": 1000, "full": 1000}[preset]
+    assert cfg.suite.real.n >= 50
     assert cfg.report.table1 == str(tmp_path / "results" / {"table1_zoo": "table1", "table1_paper": "table1_paper",
                                                             "full": "table1_full"}[preset])
     InversionConfig.from_dict(OmegaConf.to_container(cfg.inversion))

@@ -44,7 +44,7 @@ MEMBERS: dict[str, Member] = {m.name: m for m in (
     # factor-2 KL autoencoder of the zoo's widths stays below kl-a + 6 dB in the training time tried; no
     # downsampling (32x32x16 latents), one GroupNorm group and a higher learning rate reach it (card: PSNR).
     Member("kl16", "kl", 5, "FLUX / SD 3.5 (16-channel KL autoencoder, near-lossless reconstruction)",
-           latent_channels=16, widths=(8,), norm_groups=1, ae_steps_factor=2.0, ae_lr=1e-2, prior_steps_factor=0.5),
+           latent_channels=16, widths=(8,), norm_groups=1, ae_steps_factor=2.0, ae_lr=1e-2, prior_steps_factor=2.0),
 )}
 
 
