@@ -105,6 +105,7 @@ def test_micro_kl16_member_has_16_channel_full_resolution_latents_and_its_own_sc
     assert zoo.build.member_budget(zoo.MEMBERS["kl-a"], TINY_BUDGET) == TINY_BUDGET  # others unchanged
     card = zoo.train_member(member, tmp_path, TINY_BUDGET, measure_speed=False)
     assert card["latent_shape"] == [16, 32, 32] and card["autoencoder_steps"] == budget.ae_steps
+    assert len(card["stats"]["latent_channel_std_before_whitening"]) == 16  # whitened before the prior
     assert card["budget"]["ae_lr"] == member.ae_lr
     pipe = zoo.load_member(tmp_path / "kl16")
     assert pipe.unet.config.in_channels == 16 and pipe.unet.config.sample_size == 32
@@ -113,6 +114,25 @@ def test_micro_kl16_member_has_16_channel_full_resolution_latents_and_its_own_sc
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
     speed = zoo.decoder_speed(pipe.vqvae, batch=2, reps=1, threads=1)
     assert speed["image_steps_per_s"] > 0 and speed["decoder_params"] > 0
+
+
+def test_whitening_latent_channels_keeps_the_autoencoder_function_and_gives_unit_std():
+    torch.manual_seed(0)
+    m = zoo.MEMBERS["kl16"]
+    ae = zoo.build_autoencoder("kl", 32, m.latent_channels, m.widths, m.norm_groups).eval()
+    crops = real_images.training_crops(32, 64, seed=0)
+    with torch.no_grad():
+        ae.quant_conv.weight[:3] *= 20  # make three channels' scales very different from the others'
+        before = ae.decode(zoo.encode_unscaled(ae, crops * 2 - 1)).sample
+        lat = zoo.latents_for_prior(ae, crops)
+        stds = zoo.whiten_latent_channels(ae, lat)
+        after = ae.decode(zoo.encode_unscaled(ae, crops * 2 - 1)).sample
+        lat2 = zoo.latents_for_prior(ae, crops)
+    assert len(stds) == 16 and max(stds) > 10 * min(stds)
+    assert torch.allclose(lat2.std(dim=(0, 2, 3)), torch.ones(16), atol=1e-4)
+    assert torch.allclose(before, after, atol=1e-5)  # the same autoencoder function
+    post = ae.encode(crops * 2 - 1).latent_dist  # the variance moves with the mean
+    assert torch.allclose(post.mean, lat2, atol=1e-6)
 
 
 def test_micro_scaling_factor_gives_unit_std_latents(micro_zoo):

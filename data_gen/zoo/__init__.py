@@ -69,6 +69,7 @@ from data_gen.zoo.training import (
     psnr,
     train_autoencoder,
     train_prior,
+    whiten_latent_channels,
 )
 
 __all__ = [
@@ -76,5 +77,7 @@ __all__ = [
     "add_speed_to_card", "build_autoencoder", "build_prior", "build_scheduler", "card_readme", "clean_configs",
     "decode_for_inversion", "decoder_speed", "draw_grid", "encode_unscaled", "finetune_decoder",
     "known_vqvae_type_quiet", "latent_size", "latents_for_prior", "load_member", "machine_speed", "make_pipeline",
-    "psnr", "sample", "save_member", "train_autoencoder", "train_member", "train_prior", "train_zoo", "write_card",
+    "psnr", "sample", "save_member", "train_autoencoder", "train_member", "train_prior", "train_zoo",
+    "whiten_latent_channels",
+    "write_card",
 ]

@@ -32,6 +32,7 @@ class Member:
     ae_steps_factor: float = 1.0
     ae_lr: float | None = None               # None: the budget's ae_lr
     prior_steps_factor: float = 1.0
+    whiten_latents: bool = False             # KL only: unit std per latent channel (training.whiten_latent_channels)
 
 
 MEMBERS: dict[str, Member] = {m.name: m for m in (
@@ -42,9 +43,10 @@ MEMBERS: dict[str, Member] = {m.name: m for m in (
     Member("tiny", "tiny", 4, "TAESD-style fast decoder (AutoencoderTiny)"),
     # FLUX / SD 3.5 use 16-channel VAEs that reconstruct several dB better than SD's. At 32x32 px a factor-4 or
     # factor-2 KL autoencoder of the zoo's widths stays below kl-a + 6 dB in the training time tried; no
-    # downsampling (32x32x16 latents), one GroupNorm group and a higher learning rate reach it (card: PSNR).
+    # downsampling (32x32x16 latents), one GroupNorm group and a higher learning rate reach it (card: PSNR). Its
+    # latent channels differ in std by 50x, so they are whitened before the prior is trained.
     Member("kl16", "kl", 5, "FLUX / SD 3.5 (16-channel KL autoencoder, near-lossless reconstruction)",
-           latent_channels=16, widths=(8,), norm_groups=1, ae_steps_factor=2.0, ae_lr=1e-2, prior_steps_factor=2.0),
+           latent_channels=16, widths=(8,), norm_groups=1, ae_steps_factor=2.0, ae_lr=1e-2, whiten_latents=True),
 )}
 
 

@@ -31,6 +31,7 @@ from data_gen.zoo.training import (
     psnr,
     train_autoencoder,
     train_prior,
+    whiten_latent_channels,
 )
 from data_gen.zoo.training import threads as set_threads
 
@@ -62,6 +63,9 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
             ae = build_autoencoder(member.kind, resolution, member.latent_channels, member.widths, member.norm_groups)
             ae_stats = train_autoencoder(ae, member.kind, crops01, budget, member.seed, f"{member.name} autoencoder")
             lat = latents_for_prior(ae, crops01)
+            if member.whiten_latents:
+                ae_stats["latent_channel_std_before_whitening"] = whiten_latent_channels(ae, lat)
+                lat = latents_for_prior(ae, crops01)
             scaling = float(1.0 / lat.std())
             ae.register_to_config(scaling_factor=scaling)
             t_ae = time.perf_counter()

@@ -173,6 +173,27 @@ def finetune_decoder(ae, crops01: torch.Tensor, budget: Budget, seed: int, desc:
     return {"final_finetune_loss": loss.item()}
 
 
+def whiten_latent_channels(ae, latents: torch.Tensor) -> list[float]:
+    """Give each latent channel of a KL autoencoder unit std on ``latents`` (its unscaled training latents), in place.
+
+    The per-channel std ``s`` is folded into the 1x1 convolutions around the latent: the encoder's ``quant_conv``
+    outputs ``mean / s`` (and ``logvar - 2 log s``), the decoder's ``post_quant_conv`` multiplies its input by
+    ``s``, so ``decode(encode(x))`` is the same function (up to float rounding). Needed when the channels differ
+    by orders of magnitude (kl16: stds 0.06 to 3.3): the zoo's pipelines scale latents by one global factor, and a
+    prior trained on channels 30x below unit std samples them at the wrong scale, which the decoder turns into
+    noise. Returns ``s``.
+    """
+    std = latents.std(dim=(0, 2, 3)).double()
+    c = std.numel()
+    with torch.no_grad():
+        qw, qb = ae.quant_conv.weight, ae.quant_conv.bias
+        qw[:c] /= std.view(-1, 1, 1, 1).to(qw.dtype)
+        qb[:c] /= std.to(qb.dtype)
+        qb[c:] -= (2 * std.log()).to(qb.dtype)
+        ae.post_quant_conv.weight.mul_(std.view(1, -1, 1, 1).to(qw.dtype))
+    return [float(v) for v in std]
+
+
 def latents_for_prior(ae, crops01: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Unscaled latents of the training crops (what the prior models, before scaling)."""
     with torch.no_grad():
