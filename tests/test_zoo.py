@@ -109,6 +109,9 @@ def test_micro_kl16_member_has_16_channel_full_resolution_latents_and_its_own_sc
     assert card["budget"]["ae_lr"] == member.ae_lr
     pipe = zoo.load_member(tmp_path / "kl16")
     assert pipe.unet.config.in_channels == 16 and pipe.unet.config.sample_size == 32
+    assert pipe.scheduler.config.prediction_type == member.prediction == "v_prediction"  # what its prior learned
+    with pytest.raises(ValueError, match="prediction: expected"):
+        zoo.train_prior(pipe.unet, torch.zeros(2, 16, 32, 32), TINY_BUDGET, 0, "x", prediction="x0")
     assert load_autoencoder(tmp_path / "kl16").resolution == 32
     images = _generate(pipe)
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()

@@ -33,6 +33,7 @@ class Member:
     ae_lr: float | None = None               # None: the budget's ae_lr
     prior_steps_factor: float = 1.0
     whiten_latents: bool = False             # KL only: unit std per latent channel (training.whiten_latent_channels)
+    prediction: str = "epsilon"              # the prior's target: "epsilon" (SD 1.5) or "v_prediction" (SD 2)
 
 
 MEMBERS: dict[str, Member] = {m.name: m for m in (
@@ -44,9 +45,11 @@ MEMBERS: dict[str, Member] = {m.name: m for m in (
     # FLUX / SD 3.5 use 16-channel VAEs that reconstruct several dB better than SD's. At 32x32 px a factor-4 or
     # factor-2 KL autoencoder of the zoo's widths stays below kl-a + 6 dB in the training time tried; no
     # downsampling (32x32x16 latents), one GroupNorm group and a higher learning rate reach it (card: PSNR). Its
-    # latent channels differ in std by 50x, so they are whitened before the prior is trained.
+    # latent channels differ in std by 50x, so they are whitened before the prior is trained; its prior predicts v
+    # (an epsilon prior of this size did not learn the high-noise steps and sampled noise-like textures).
     Member("kl16", "kl", 5, "FLUX / SD 3.5 (16-channel KL autoencoder, near-lossless reconstruction)",
-           latent_channels=16, widths=(8,), norm_groups=1, ae_steps_factor=2.0, ae_lr=1e-2, whiten_latents=True),
+           latent_channels=16, widths=(8,), norm_groups=1, ae_steps_factor=2.0, ae_lr=1e-2, whiten_latents=True,
+           prediction="v_prediction"),
 )}
 
 
@@ -104,7 +107,7 @@ def build_prior(latent_size: int, latent_channels: int = LATENT_CHANNELS):
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=32)
 
 
-def build_scheduler(kind: str = "ddim"):
+def build_scheduler(kind: str = "ddim", prediction_type: str = "epsilon"):
     """Stable Diffusion's noise schedule (scaled-linear betas 0.00085..0.012, epsilon prediction): DDPM for
     training, DDIM for sampling (SD's settings; no sample clipping, the latents are unit-std, not in [-1, 1]).
 
@@ -114,7 +117,7 @@ def build_scheduler(kind: str = "ddim"):
     from diffusers import DDIMScheduler, DDPMScheduler
 
     common = {"num_train_timesteps": NUM_TRAIN_TIMESTEPS, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-              "beta_end": 0.012, "clip_sample": False, "prediction_type": "epsilon"}
+              "beta_end": 0.012, "clip_sample": False, "prediction_type": prediction_type}
     if kind == "ddim":
         return DDIMScheduler(**common, set_alpha_to_one=False, steps_offset=1)
     return DDPMScheduler(**common)

@@ -71,7 +71,8 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
             t_ae = time.perf_counter()
             torch.manual_seed(member.seed + 1000)
             unet = build_prior(lat.shape[-1], lat.shape[1])
-            unet, prior_stats = train_prior(unet, lat * scaling, budget, member.seed, f"{member.name} prior")
+            unet, prior_stats = train_prior(unet, lat * scaling, budget, member.seed, f"{member.name} prior",
+                                            member.prediction)
             ae_steps, prior_steps = budget.ae_steps, budget.prior_steps
         else:
             base_dir = out_root / member.base
@@ -104,7 +105,8 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
         "autoencoder_config": dict(ae.config), "unet_config": dict(unet.config),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
     }
-    save_member(out_root / member.name, make_pipeline(ae, unet), card)
+    prediction = MEMBERS[member.base].prediction if member.base else member.prediction
+    save_member(out_root / member.name, make_pipeline(ae, unet, prediction), card)
     if measure_speed:
         card = add_speed_to_card(out_root / member.name, budget.speed_batch, budget.speed_threads)
     return card

@@ -21,11 +21,12 @@ from data_gen.zoo.speed import decoder_speed
 from latenttracer import atomic
 
 
-def make_pipeline(ae, unet):
-    """The member as a diffusers ``LDMPipeline`` (components ``vqvae``, ``unet``, ``scheduler``)."""
+def make_pipeline(ae, unet, prediction_type: str = "epsilon"):
+    """The member as a diffusers ``LDMPipeline`` (components ``vqvae``, ``unet``, ``scheduler``; the DDIM
+    scheduler's ``prediction_type`` is what the prior was trained to predict)."""
     from diffusers import LDMPipeline
 
-    pipe = LDMPipeline(vqvae=ae, unet=unet, scheduler=build_scheduler("ddim"))
+    pipe = LDMPipeline(vqvae=ae, unet=unet, scheduler=build_scheduler("ddim", prediction_type))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -200,8 +200,14 @@ def latents_for_prior(ae, crops01: torch.Tensor, batch: int = 512) -> torch.Tens
         return torch.cat([encode_unscaled(ae, c * 2 - 1) for c in crops01.split(batch)])
 
 
-def train_prior(unet, latents: torch.Tensor, budget: Budget, seed: int, desc: str):
-    """DDPM epsilon-prediction training on scaled latents; returns the EMA copy of ``unet`` (what is shipped)."""
+def train_prior(unet, latents: torch.Tensor, budget: Budget, seed: int, desc: str, prediction: str = "epsilon"):
+    """DDPM training on scaled latents; returns the EMA copy of ``unet`` (what is shipped).
+
+    ``prediction``: the target, ``"epsilon"`` (the noise) or ``"v_prediction"`` (``sqrt(a) noise - sqrt(1 - a) z0``,
+    which keeps the high-noise steps well posed).
+    """
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction: expected 'epsilon' or 'v_prediction', got {prediction!r}")
     gen = torch.Generator().manual_seed(seed)
     noise_sched = build_scheduler("ddpm")
     alphas = noise_sched.alphas_cumprod
@@ -219,7 +225,8 @@ def train_prior(unet, latents: torch.Tensor, budget: Budget, seed: int, desc: st
         noise = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(unet(zt, t).sample, noise)
+        target = noise if prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
+        loss = F.mse_loss(unet(zt, t).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
