@@ -108,7 +108,7 @@ def build_prior(latent_size: int, latent_channels: int = LATENT_CHANNELS):
 
 
 def build_scheduler(kind: str = "ddim", prediction_type: str = "epsilon"):
-    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085..0.012, epsilon prediction): DDPM for
+    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085..0.012; epsilon or v prediction): DDPM for
     training, DDIM for sampling (SD's settings; no sample clipping, the latents are unit-std, not in [-1, 1]).
 
     A cosine schedule was tried first: its last timestep has alpha_bar ~ 0, so a briefly trained prior's DDIM
