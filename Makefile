@@ -35,18 +35,19 @@ MODELS := kl16,kl-a,kl-b,kl-a-ft,vq,tiny
 # cores stay busy to the end (the shards share the results store; scores do not change).
 SHARDS ?= 3
 SHARD_LIST = $(shell seq -s, 0 $$(($(SHARDS) - 1)))
+# when make started: the wall time printed at the end of a target
+START  := $(shell date +%s)
 PAR    := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) threads=1
 ARGS   ?=
 
 # Every setting comes from conf/ (suite.generated: n, seed, batch size); ARGS goes to every step, e.g.
 # `make reproduce-table1 ARGS='suite.generated.seed=1'` (sets under results/cache/images/seed1/).
 reproduce-table1: ## Table 1 on the shipped zoo -> results/table1.{md,csv,tex} (+ figures); overrides: ARGS='...'
-	@echo $$(date +%s) > .table1_start
 	$(PYTHON) -m experiments.generate -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) images=$(MODELS) $(ARGS)
 	$(PYTHON) -m experiments.invert -m $(PAR) model=$(MODELS) images=table1 shards=$(SHARDS) shard=$(SHARD_LIST) $(ARGS)
 	$(PYTHON) -m experiments.table1 $(ARGS)
 	$(PYTHON) -m experiments.figures $(ARGS)
-	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $$(cat .table1_start) && rm -f .table1_start
+	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
 
 # Peer methods (conf/method/): RONAN (the long one; its preset scores smaller sets, see conf/method/ronan.yaml;
 # method=ronan_full for the full sets) as one job per inspected model, then one job per other preset, 2 at a time,

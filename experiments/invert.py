@@ -3,7 +3,7 @@
     python -m experiments.invert model=kl-a images=kl-b            # a model's generated set
     python -m experiments.invert model=kl-a images=/path/to/photos  # any folder
     python -m experiments.invert -m hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 \\
-        model=kl-a,kl-b,kl-a-ft,vq,tiny,kl16 images=table1                # everything Table 1 needs, in parallel
+        model=kl-a,kl-b,kl-a-ft,vq,tiny,kl16 images=table1           # everything Table 1 needs, in parallel
 
 Writes ``scores.csv`` (one row per image) into the job's output directory; the scores themselves live in the
 shared store (``store``), where ``table1`` and ``ablations`` find them. Config: ``conf/invert.yaml``.
