@@ -12,11 +12,84 @@ To add a config group (e.g. ``method/``): write its dataclass here and add a fie
 the schemas (every entry point does).
 """
 
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from data_gen.sets import GenerationSettings, ModelSpec, RealSettings
+from latenttracer.images import ImageOptions
+from latenttracer.inversion import InversionConfig
+from latenttracer.protocol import SplitSettings
+
+_DERIVED: dict[tuple[type, tuple[str, ...]], type] = {}
+
+
+def _config_type(tp: Any) -> Any:
+    """A library field type as a type OmegaConf can check: ``Literal`` -> its values' type, ``str | Path`` ->
+    ``str``, ``int | Literal["auto"]`` -> ``Union[int, str]``, a mapping -> ``dict[str, Any]``, a dataclass -> its
+    derived schema."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return structured(tp)
+    if origin is Literal:
+        kinds = {type(v) for v in typing.get_args(tp)}
+        return kinds.pop() if len(kinds) == 1 else Any
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        parts = []
+        for a in args:
+            t = str if a is Path else _config_type(a)
+            if t not in parts:
+                parts.append(t)
+        if Any in parts:
+            return Any
+        inner = parts[0] if len(parts) == 1 else Union[tuple(parts)]  # noqa: UP007
+        return inner | None if optional else inner
+    if origin in (Mapping, dict) or tp in (Mapping, dict):
+        return dict[str, Any]
+    if tp is Path:
+        return str
+    return tp
+
+
+def structured(cls: type, exclude: tuple[str, ...] = ()) -> type:
+    """The Hydra schema of a library settings dataclass, derived from it: the same field names, defaults and
+    (checkable) types, and the same class name, so Hydra's message names it (``Key 'nn' not in
+    'GenerationSettings'``). A field without a default is required (``MISSING``). The library dataclass stays the
+    one definition of each setting; its ``__post_init__`` checks values when the job builds it. ``exclude``: fields
+    set elsewhere (not keys of this node)."""
+    if (cls, exclude) in _DERIVED:
+        return _DERIVED[(cls, exclude)]
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        tp = _config_type(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+            if dataclasses.is_dataclass(default):
+                specs.append((f.name, tp, field(default_factory=lambda d=default: structured(type(d))(
+                    **dataclasses.asdict(d)))))
+                continue
+            specs.append((f.name, tp, field(default=default)))
+        elif f.default_factory is not dataclasses.MISSING:
+            specs.append((f.name, tp, field(default_factory=f.default_factory)))
+        else:
+            specs.append((f.name, tp, field(default=MISSING)))
+    derived = dataclasses.make_dataclass(cls.__name__, specs)
+    derived.__module__ = __name__
+    derived.__doc__ = f"Schema derived from :class:`{cls.__module__}.{cls.__qualname__}`."
+    _DERIVED[(cls, exclude)] = derived
+    return derived
 
 
 @dataclass
@@ -29,67 +102,22 @@ class PathsSchema:
     output_dir: str = MISSING
 
 
-@dataclass
-class ModelSchema:
-    name: str = MISSING
-    source: str = MISSING
-    kind: str = "auto"
-    resolution: int | None = None
-    dtype: str = "float32"
-    generation: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class GeneratedSchema:
-    n: int = MISSING
-    seed: int = 0
-    batch_size: int = 8
-    dir: str = MISSING
-    prompts_file: str | None = None
-
-
-@dataclass
-class SplitSchema:
-    calibration_fraction: float = 0.5
-    seed: int = 0
-    target_tpr: float = 0.95
-
-
-@dataclass
-class CropsSchema:
-    n: int = 600
-    size: int = 32
-    seed: int = 0
-
-
-@dataclass
-class RealSchema:
-    kind: str = MISSING
-    dir: str = MISSING
-    n: int = MISSING
-    seed: int = 0
-    crops: CropsSchema = field(default_factory=CropsSchema)
+ModelSchema = structured(ModelSpec)            # conf/model/*.yaml
+GeneratedSchema = structured(GenerationSettings)   # suite.generated
+SplitSchema = structured(SplitSettings)        # suite.split
+RealSchema = structured(RealSettings)          # suite.real (and its crops)
+# conf/inversion/*.yaml; the device is the job's (top-level ``device``), the dtype the model's, and the recording
+# flags are the method's: none of them is a key of this node.
+InversionSchema = structured(InversionConfig, exclude=("device", "dtype", "record_trajectory", "record_latent"))
 
 
 @dataclass
 class SuiteSchema:
     name: str = MISSING
-    models: dict[str, ModelSchema] = field(default_factory=dict)
-    generated: GeneratedSchema = field(default_factory=GeneratedSchema)
-    split: SplitSchema = field(default_factory=SplitSchema)
-    real: RealSchema = field(default_factory=RealSchema)
-
-
-@dataclass
-class InversionSchema:
-    init: str = MISSING
-    lr: float = MISSING
-    steps: int = MISSING
-    schedule: str = MISSING
-    distance: str = MISSING
-    strategy: str = MISSING
-    batch_size: int = MISSING
-    seed: int = 0
+    models: dict[str, ModelSchema] = field(default_factory=dict)  # type: ignore[valid-type]
+    generated: GeneratedSchema = field(default_factory=GeneratedSchema)  # type: ignore[valid-type]
+    split: SplitSchema = field(default_factory=SplitSchema)  # type: ignore[valid-type]
+    real: RealSchema = field(default_factory=RealSchema)  # type: ignore[valid-type]
 
 
 @dataclass
@@ -103,10 +131,7 @@ class LoggerSchema:
     dir: str | None = None
 
 
-@dataclass
-class ImageOptionsSchema:
-    resize: str = "native"
-    alpha_background: str = "black"
+ImageOptionsSchema = structured(ImageOptions)  # image_options
 
 
 @dataclass
