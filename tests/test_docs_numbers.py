@@ -16,7 +16,8 @@ value needs ``agg``) or a Markdown file (its tables, header row as column names)
 
 A whole table is marked in front of it: ``<!-- table: results/table1.csv metric=auc -->`` means the table must be
 exactly what :func:`latenttracer.report.tables_markdown` writes for that metric from the CSV;
-``<!-- table: results/figures/ablations.md -->`` means the table appears verbatim in that published file.
+``<!-- table: results/figures/ablations.md -->`` means the table appears verbatim in that published file;
+``<!-- table: data_gen.real_images:licence_table -->`` that it is what that function returns.
 
 README.md's prose may quote no result without a marker: every decimal number, ``Nx`` ratio and number in
 scientific notation outside code must be marked (model versions such as "SD 1.5" excepted).
@@ -24,6 +25,7 @@ scientific notation outside code must be marked (model versions such as "SD 1.5"
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -51,8 +53,9 @@ def _doc_id(path: Path) -> str:
 def markers(path: Path) -> list[tuple[str, str, str, int]]:
     """``(kind, spec, text before the marker, line)`` for every marker in one Markdown file."""
     text = path.read_text(encoding="utf-8")
+    blank = re.sub(r"```.*?```|`[^`\n]*`", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S)
     return [(m.group(1), " ".join(m.group(2).split()), text[:m.start()], text.count("\n", 0, m.start()) + 1)
-            for m in MARKER.finditer(text)]
+            for m in MARKER.finditer(blank)]  # markers shown in code (as examples) are not markers
 
 
 @cache
@@ -142,7 +145,10 @@ def check_table(spec: str, after: str) -> None:
     options = dict(p.split("=", 1) for p in pairs)
     table = _table_after(after)
     assert table, f"table marker {spec!r} is not followed by a table"
-    if path.endswith(".csv"):
+    if ":" in path:  # module:function that returns the table
+        module, function = path.split(":")
+        assert table == getattr(importlib.import_module(module), function)().strip(), spec
+    elif path.endswith(".csv"):
         generated = report.tables_markdown(pd.read_csv(ROOT / path), [options["metric"]])
         assert table == _table_after(generated.split("\n## ", 1)[1].split("\n", 1)[1]), spec
     else:
