@@ -28,7 +28,7 @@ import pandas as pd
 from latenttracer import provenance, report
 
 __all__ = ["Case", "CaseGroup", "Cell", "Figure", "Section", "Table", "build_run_report", "build_trace_report",
-           "render"]
+           "display_path", "render"]
 
 DecoderLoader = Callable[[str], Any]
 """``name -> Autoencoder`` of an inspected model (raise when it cannot be loaded: the report says why)."""
@@ -186,6 +186,39 @@ def _save_png(array: np.ndarray, out: Path, rel: str, max_side: int = 256) -> st
     target.parent.mkdir(parents=True, exist_ok=True)
     report.atomic_write(target, lambda tmp: img.save(tmp, format="PNG"))
     return rel
+
+
+def display_path(path: str | os.PathLike, root: str | os.PathLike, anchor: str | None = None) -> str:
+    """``path`` as a report shows it: relative to ``root`` (the project, or the traced folder), never an absolute
+    path of the machine that built the report.
+
+    A path outside ``root`` (e.g. scores computed in another checkout) is shown from its last ``anchor`` folder
+    on (``results/cache/images/kl-a/00001.png`` for ``anchor="results"``), else as ``…/<folder>/<file>``.
+    """
+    given = Path(path)
+    p, root = given.absolute(), Path(root)
+    for base in dict.fromkeys((root.absolute(), root.resolve())):
+        for candidate in dict.fromkeys((p, p.resolve())):
+            try:
+                return candidate.relative_to(base).as_posix()
+            except ValueError:
+                continue
+    if not given.is_absolute():
+        return given.as_posix()  # already says nothing about the machine
+    parts = p.parts
+    if anchor and anchor in parts[1:]:
+        i = len(parts) - 1 - parts[::-1].index(anchor)
+        return Path(*parts[i:]).as_posix()
+    return "…/" + Path(*parts[-2:]).as_posix() if len(parts) > 2 else p.name
+
+
+def _trace_root(frame: pd.DataFrame, config: Mapping[str, Any] | None) -> Path:
+    """The traced folder: ``--images`` from the run's arguments, else the folder all traced paths share."""
+    images = (config or {}).get("images")
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
+        return Path(images)
+    parents = [str(Path(p).absolute().parent) for p in frame["path"].astype(str)]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
 
 
 def _locate(path: str, results_dir: Path) -> Path | None:
@@ -375,7 +408,8 @@ def _hardest_section(cells: pd.DataFrame | None, scores: pd.DataFrame | None, re
                 stem = f"cases/{name}/{'belonging' if belongs else 'non_belonging'}_{k}"
                 image, recon, diff, note = _reconstruct(row, results_dir, out, stem,
                                                         loader if decoders else None, image_options, gain)
-                cases.append(Case(str(row["path"]), str(row["source"]), float(row["score"]),
+                cases.append(Case(display_path(row["path"], results_dir.absolute().parent, results_dir.name),
+                                  str(row["source"]), float(row["score"]),
                                   "belonging" if predicted else "not belonging", predicted == belongs,
                                   image, recon, diff, note))
             wrong = sum(not c.correct for c in cases)
@@ -451,12 +485,14 @@ def build_run_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
 # -- a traced folder --------------------------------------------------------------------------------------------
 def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, model: str,
                        threshold: float | None = None, config: Mapping[str, Any] | None = None,
-                       n_nearest: int = 8) -> Path:
+                       n_nearest: int = 8, root: str | os.PathLike | None = None) -> Path:
     """Write ``out_html`` for one ``trace`` run (images beside it in ``<stem>_files/``); return its path.
 
-    ``frame``: the rows ``trace`` writes (``path, score, status, belonging, ...``).
+    ``frame``: the rows ``trace`` writes (``path, score, status, belonging, ...``). Paths are shown relative to
+    ``root``, the traced folder (default: ``config["images"]``, else the folder the paths share).
     """
     out_html = Path(out_html)
+    root = _trace_root(frame, config) if root is None else Path(root)
     files = out_html.parent / f"{out_html.stem}_files"
     rel = files.name
     ok = frame[frame["status"] == "ok"].copy()
@@ -493,7 +529,7 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
                     array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
                 image = f"{rel}/" + _save_png(array, files, f"near_{k}.png", max_side=160)
             predicted = float(row["score"]) <= threshold
-            cases.append(Case(str(row["path"]), "", float(row["score"]),
+            cases.append(Case(display_path(row["path"], root), "", float(row["score"]),
                               "belonging" if predicted else "not belonging", True, image))
         near.groups.append(CaseGroup("closest scores", f"threshold {threshold:.3g}", cases))
     else:
@@ -506,7 +542,7 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
         bel = row.get("belonging")
         verdict = "" if bel is None or (isinstance(bel, float) and math.isnan(bel)) else (
             "belonging" if bool(bel) else "not belonging")
-        table_rows.append((str(row["path"]), [
+        table_rows.append((display_path(row["path"], root), [
             Cell(report._fmt(float(score), "threshold") if score is not None and score == score else "–"),
             Cell(str(row["status"])),
             Cell(verdict, "#d9f0d3" if verdict == "belonging" else "#f7f7f7" if verdict else "")]))

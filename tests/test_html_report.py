@@ -10,6 +10,7 @@ is downloaded) and is marked ``browser``; it skips, saying why, when either is m
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,23 @@ def test_report_files_and_reconstructions(micro_results, tmp_path, tiny_dirs):
     stages = json.loads((micro_results / "provenance.json").read_text())["stages"]
     assert {"table1", "figures"} <= set(stages) and all(s["seconds"] >= 0 for s in stages.values())
     assert "Wall time of each stage" in html and "table1" in html
+    # image paths are shown relative to the project (the folder holding results/), not as this machine's paths
+    hardest = html.split('id="hardest"')[1].split("<section")[0]
+    shown = re.findall(r'<div class="path">([^<]*)</div>', hardest)
+    assert len(shown) == 2 * 2 * 2 and str(micro_results.parent) not in hardest
+    assert all(p.startswith("images/") and (micro_results.parent / p).is_file() for p in shown), shown
+
+
+def test_display_path_never_shows_the_machine():
+    root = Path("/srv/me/latenttracer")
+    assert html_report.display_path(root / "results/cache/images/kl-a/00001.png", root, "results") == \
+        "results/cache/images/kl-a/00001.png"
+    # scores computed in another checkout: shown from its results folder on
+    assert html_report.display_path("/home/other/clone/results/cache/images/vq/00007.png", root, "results") == \
+        "results/cache/images/vq/00007.png"
+    assert html_report.display_path("/home/other/photos/a.png", root, "results") == "…/photos/a.png"
+    assert html_report.display_path("photos/a.png", Path.cwd() / "photos") == "a.png"
+    assert html_report.display_path("elsewhere/a.png", root) == "elsewhere/a.png"
 
 
 def test_rows_without_latent_or_image_say_so(micro_results, tmp_path):
@@ -147,7 +165,8 @@ def test_provenance_records_stages_atomically(tmp_path, monkeypatch):
     assert set(stages) == {"s0", "s1", "s2"} and stages["s1"]["seconds"] == 9.0 and stages["s2"]["config"] == {"k": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["provenance.json"]
     info = provenance.collect({"a": 1})
-    assert info["packages"]["torch"] == torch.__version__.split("+")[0] or info["packages"]["torch"]
+    assert info["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert provenance.package_versions(("no-such-distribution-xyz",)) == {"no-such-distribution-xyz": None}
     assert info["machine"]["cpu_count"] and info["config"] == {"a": 1}
     assert provenance.git_state(tmp_path) == {"commit": None, "dirty": None}  # not a repository: no error
 
@@ -160,14 +179,26 @@ def test_trace_report(tmp_path, tiny_dirs, capsys):
         save_png(x, folder / f"{k}.png")
     out = tmp_path / "trace.html"
     assert main(["trace", "--model", str(tiny_dirs["AutoencoderKL-0"]), "--images", str(folder), "--out",
-                 str(tmp_path / "s.csv"), "--threshold", "1e-3", "--steps", "3", "--no-cache", "--resolution", "32",
+                 str(tmp_path / "s.csv"), "--threshold", "0.05", "--steps", "3", "--no-cache", "--resolution", "32",
                  "--quiet", "--report", str(out)]) == 0
     html = out.read_text()
     for sid in ("summary", "distribution", "nearest", "verdicts", "provenance"):
         assert f'id="{sid}"' in html
     assert (tmp_path / "trace_files" / "scores.png").is_file()
     assert len(list((tmp_path / "trace_files").glob("near_*.png"))) == 6
-    assert html.count("belonging</td>") == 6 and str(out) in capsys.readouterr().out
+    assert str(out) in capsys.readouterr().out
+    # one verdict cell per image, matching the CSV's belonging column; paths relative to the traced folder
+    verdicts = html.split('id="verdicts"')[1].split("</table>")[0]
+    shown = dict(re.findall(r'<th class="row">([^<]*)</th>\s*<td[^>]*>[^<]*</td><td[^>]*>ok</td><td[^>]*>([^<]*)</td>',
+                            verdicts))
+    rows = pd.read_csv(tmp_path / "s.csv")
+    expected = {Path(p).name: "belonging" if b else "not belonging" for p, b in zip(rows["path"], rows["belonging"])}
+    assert shown == expected and len(shown) == 6
+    # the threshold lies between the decoded images (0-2) and the natural crops (3-5): both verdicts are checked
+    assert [shown[f"{k}.png"] for k in range(6)] == ["belonging"] * 3 + ["not belonging"] * 3
+    assert str(folder) not in html.split('id="provenance"')[0]
+    near = re.findall(r'<div class="path">([^<]*)</div>', html)
+    assert len(near) == 6 and set(near) <= set(expected)
 
 
 def _browser_missing() -> str:

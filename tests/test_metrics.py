@@ -125,12 +125,23 @@ def test_split_calibration_errors():
 
 
 def test_calibrated_threshold_end_to_end():
+    # Overlapping classes (means 2 sigma apart), so AUC, TPR and FPR are all strictly between 0 and 1; every
+    # expected value is computed here by counting, independently of sklearn and of metrics.py.
     rng = np.random.default_rng(0)
     belonging = rng.normal(1.0, 0.1, size=400)
-    non_belonging = rng.normal(2.0, 0.1, size=400)
+    non_belonging = rng.normal(1.2, 0.1, size=300)
     cal, ev = split_calibration(len(belonging))
     t = calibrate_threshold(belonging[cal])
-    m = detection_metrics(belonging[ev], non_belonging, threshold=t)
-    assert m.auc > 0.99 and m.fpr == 0.0
-    assert 0.9 < m.tpr < 1.0
-    assert m.n_belonging == len(ev)
+    ordered = np.sort(belonging[cal])
+    assert t == ordered[int(np.ceil(0.95 * len(cal))) - 1]  # the ceil(0.95 n)-th smallest calibration score
+    b = belonging[ev]
+    m = detection_metrics(b, non_belonging, threshold=t)
+    pairs = b[:, None] < non_belonging[None, :]  # belonging scores lower: a correctly ranked pair (no ties here)
+    assert m.auc == pytest.approx(pairs.mean(), abs=1e-12)
+    assert 0.8 < m.auc < 0.95
+    tp, fp = np.sum(b <= t), np.sum(non_belonging <= t)
+    assert m.tpr == tp / len(b) and m.fpr == fp / len(non_belonging)
+    assert 0.0 < m.fpr < 1.0 and 0.0 < m.tpr < 1.0
+    assert m.accuracy == pytest.approx((tp + len(non_belonging) - fp) / (len(b) + len(non_belonging)))
+    assert m.balanced_accuracy == pytest.approx((m.tpr + 1 - m.fpr) / 2)
+    assert m.n_belonging == len(ev) and m.n_non_belonging == len(non_belonging)
