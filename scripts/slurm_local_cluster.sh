@@ -94,6 +94,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
@@ -132,17 +133,17 @@ cmd_start() {
   if ! daemon_pid munged >/dev/null; then
     rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
     munged --force --socket="$MUNGE_SOCKET" --key-file="$DIR/munge/munge.key" --pid-file="$DIR/munged.pid" \
-      --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed" </dev/null >>"$DIR/log/start.log" 2>&1 \
+      --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed" </dev/null >>"$DIR/log/start.log" 2>&1 9>&- \
       || fail "munged did not start; see $DIR/log/start.log and $DIR/log/munged.log"
   fi
   wait_for 10 munged munge_up || fail "munged does not answer on $MUNGE_SOCKET; see $DIR/log/munged.log"
   if ! daemon_pid slurmctld >/dev/null; then
     # -c: start with an empty queue (a local cluster keeps no jobs across restarts)
-    timeout 30 slurmctld -c </dev/null >>"$DIR/log/start.log" 2>&1 || fail "slurmctld did not start; see $DIR/log/start.log and $DIR/log/slurmctld.log"
+    timeout 30 slurmctld -c </dev/null >>"$DIR/log/start.log" 2>&1 9>&- || fail "slurmctld did not start; see $DIR/log/start.log and $DIR/log/slurmctld.log"
   fi
   wait_for 20 slurmctld ctld_up || fail "slurmctld does not answer; see $DIR/log/start.log and $DIR/log/slurmctld.log"
   if ! daemon_pid slurmd >/dev/null; then
-    timeout 30 slurmd -N "$HOST" </dev/null >>"$DIR/log/start.log" 2>&1 || fail "slurmd did not start; see $DIR/log/start.log and $DIR/log/slurmd.log"
+    timeout 30 slurmd -N "$HOST" </dev/null >>"$DIR/log/start.log" 2>&1 9>&- || fail "slurmd did not start; see $DIR/log/start.log and $DIR/log/slurmd.log"
   fi
   if ! wait_for "$WAIT" node node_idle; then
     # a node left down/drained by an earlier unclean stop comes back on request
@@ -161,8 +162,15 @@ stop_daemon() {  # stop_daemon <name>: SIGTERM, then SIGKILL after 15 s
   say "stopped $1 ($pid)"
 }
 
+queue_empty() { [ -z "$(timeout 10 squeue -h -p "$PARTITION" -o %i 2>/dev/null)" ]; }
+
 cmd_stop() {
   if daemon_pid slurmctld >/dev/null || daemon_pid slurmd >/dev/null; then
+    if ! queue_empty; then  # jobs would outlive slurmd: cancel them first
+      say "cancelling the jobs in partition $PARTITION"
+      timeout 10 scancel -p "$PARTITION" || true
+      wait_for 20 jobs queue_empty || say "jobs still listed after 20 s; stopping anyway"
+    fi
     stop_daemon slurmd
     stop_daemon slurmctld
   fi
