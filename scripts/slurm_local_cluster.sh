@@ -36,7 +36,7 @@ install_packages() {
   if have_packages; then
     return 0
   fi
-  [ "${LATENTTRACER_SLURM_INSTALL:-1}" != 0 ] || fail "slurm-wlm/munge are not installed and LATENTTRACER_SLURM_INSTALL=0" 2
+  [ "${LATENTTRACER_SLURM_INSTALL:-1}" != 0 ] || fail "slurm-wlm/munge are not installed (LATENTTRACER_SLURM_INSTALL=0: not installing them)" 2
   command -v apt-get >/dev/null 2>&1 || fail "slurm-wlm/munge are not installed and there is no apt-get to install them" 2
   [ "$(id -u)" -eq 0 ] || fail "slurm-wlm/munge are not installed; as root: apt-get install slurm-wlm munge" 2
   mkdir -p "$DIR/log"
@@ -62,7 +62,11 @@ node_state() { timeout 10 sinfo -h -N -n "$HOST" -o %T 2>/dev/null | head -n1; }
 write_config() {
   local user cpus mem
   user="$(id -un)"
-  cpus="$(nproc)"
+  # the node's CPUs as slurmd sees the hardware (sockets, cores, threads); else nproc, which must not read
+  # OMP_NUM_THREADS (a test run sets it to 1)
+  cpus="$(timeout 10 slurmd -C 2>/dev/null | head -n1 \
+    | grep -oE 'CPUs=[0-9]+ Boards=[0-9]+ SocketsPerBoard=[0-9]+ CoresPerSocket=[0-9]+ ThreadsPerCore=[0-9]+')" \
+    || cpus="CPUs=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
   mem=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))  # MB; a margin for the OS
   mkdir -p "$DIR"/{munge,state,spool,log}
   chmod 700 "$DIR" "$DIR/munge"
@@ -101,7 +105,7 @@ MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
 MinJobAge=300
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 $cpus RealMemory=$mem State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
   mv "$CONF.tmp" "$CONF"
@@ -150,7 +154,7 @@ cmd_start() {
     timeout 10 scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
     wait_for 10 node node_idle || fail "node $HOST is '$(node_state)', not idle, after ${WAIT}s; see $DIR/log/slurmd.log and $DIR/log/slurmctld.log"
   fi
-  say "up: node $HOST idle in partition $PARTITION ($(nproc) CPUs); config $CONF"
+  say "up: node $HOST idle in partition $PARTITION ($(timeout 10 sinfo -h -N -n "$HOST" -o %c) CPUs); config $CONF"
   echo "export SLURM_CONF=$CONF"
 }
 
