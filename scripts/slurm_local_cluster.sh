@@ -28,7 +28,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 export SLURM_CONF="$CONF"
 
 say() { echo "slurm_local_cluster: $*"; }
-fail() { echo "slurm_local_cluster: error: $*" >&2; exit "${2:-1}"; }
+fail() { echo "slurm_local_cluster: error: $1" >&2; exit "${2:-1}"; }
 
 have_packages() { command -v munged && command -v slurmctld && command -v slurmd && command -v sinfo; } >/dev/null 2>&1
 
