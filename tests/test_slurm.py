@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +40,7 @@ def _script(command: str, timeout: int) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def slurm_conf() -> Path:
+def slurm_conf() -> Iterator[Path]:
     """The running local cluster's ``slurm.conf`` (started here once per session when it is not up)."""
     if shutil.which("bash") is None or shutil.which("flock") is None:
         pytest.skip("slurm test: needs bash and flock to run scripts/slurm_local_cluster.sh")
