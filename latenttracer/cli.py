@@ -73,11 +73,14 @@ class MethodFlag:
     def methods(self) -> list[str]:
         return sorted(self.defaults)
 
-    def spelled(self, value: Any) -> str:
-        """How a user writes this flag with ``value``."""
+    def tokens(self, value: Any) -> list[str]:
+        """The command-line words that set this option to ``value``."""
         if self.kind == "bool":
-            return self.flag if value else "--no-" + self.flag[2:]
-        return f"{self.flag} {value}"
+            return [self.flag if value else "--no-" + self.flag[2:]]
+        return [self.flag, str(value)]
+
+    def spelled(self, value: Any) -> str:
+        return " ".join(self.tokens(value))
 
     def help_text(self) -> str:
         by_text: dict[str, list[str]] = {}

@@ -1,5 +1,6 @@
 """Peer methods in the one harness (latenttracer, ronan, aedr, aeroblade), their calibration, the cache key of
-the default method, GLCM homogeneity, and batch halving on out-of-memory errors; tiny random-init models."""
+the default method, GLCM homogeneity, and batch halving on out-of-memory errors; tiny random-init models.
+Every registered method also passes the shared contracts of tests/helpers/method_contracts.py."""
 
 import hashlib
 import json
@@ -13,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import decoded_images, natural_crops, save_png
+from helpers import method_contracts as contracts
+from omegaconf import OmegaConf
 from PIL import Image
 
 from latenttracer import memory
@@ -20,8 +23,11 @@ from latenttracer.autoencoders import load_autoencoder
 from latenttracer.complexity import bt601_luma, glcm_homogeneity, libpng_luma, read_luma
 from latenttracer.images import ImageOptions, load_image
 from latenttracer.inversion import InversionConfig, image_seed, invert, ronan_config
-from latenttracer.methods import AEDR, Aeroblade, LatentTracer, Ronan, get_method
+from latenttracer.methods import METHODS, get_method
 from latenttracer.methods import inversion_methods as inv_methods
+from latenttracer.methods.aedr import AEDR
+from latenttracer.methods.aeroblade import Aeroblade
+from latenttracer.methods.inversion_methods import LatentTracer, Ronan
 from latenttracer.methods.lpips_vgg import LAYER_CHANNELS, LAYER_END, LPIPSVGG, SCALE, SHIFT, VGG16_CONFIG
 from latenttracer.metrics import calibrate_threshold, kde_threshold
 from latenttracer.store import ResultStore
@@ -71,7 +77,7 @@ def lpips_files(tmp_path_factory):
     return {"vgg_weights": str(root / "vgg16.pth"), "lpips_weights": str(root / "vgg.pth"), "vgg": vgg, "lin": lin}
 
 
-METHODS = {
+CASES = {
     "latenttracer": lambda files: LatentTracer(InversionConfig(steps=20)),
     "ronan": lambda files: Ronan(ronan_config(steps=20)),
     "aedr": lambda files: AEDR(),
@@ -82,10 +88,26 @@ METHODS = {
 }
 
 
+# -- the shared contracts, for every registered method ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def contract_setup(tiny_dirs, tmp_path_factory):
+    """A tiny KL autoencoder (its posterior is sampled) and four image files: three it decodes, one photo crop."""
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    root = tmp_path_factory.mktemp("contract_images")
+    images = torch.cat([decoded_images(ae, 3, 4), natural_crops(1, seed=9)])
+    return ae, [save_png(x, root / f"{i}.png") for i, x in enumerate(images)]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("contract", ["batch_independence", "determinism", "bad_input", "cache_identity"])
+def test_method_contract(contract, name, contract_setup):
+    getattr(contracts, f"check_{contract}")(name, *contract_setup)
+
+
 # -- every method -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(CASES))
 def test_own_images_score_below_siblings(name, tiny, image_sets, lpips_files):
-    method = METHODS[name](lpips_files)
+    method = CASES[name](lpips_files)
     scores = {}
     for key in ("own", "sibling"):
         frame, skipped = score_images(tiny[0], image_sets[key], method=method, progress=False)
@@ -95,9 +117,8 @@ def test_own_images_score_below_siblings(name, tiny, image_sets, lpips_files):
     assert scores["own"].max() < scores["sibling"].min(), scores
 
 
-@pytest.mark.parametrize("name", ["aedr", "aeroblade-l2", "aeroblade-lpips"])
-def test_one_pass_methods_are_batch_independent(name, tiny, image_sets, lpips_files):
-    method = METHODS[name](lpips_files)
+def test_aeroblade_lpips_is_batch_independent(tiny, image_sets, lpips_files):
+    method = CASES["aeroblade-lpips"](lpips_files)
     paths = image_sets["own"] + image_sets["real"]
     together, _ = score_images(tiny[0], paths, method=method, batch_size=12, progress=False)
     for k in (0, 7):
@@ -106,7 +127,7 @@ def test_one_pass_methods_are_batch_independent(name, tiny, image_sets, lpips_fi
 
 
 def test_methods_have_distinct_cache_keys_and_labels(tiny, lpips_files):
-    methods = [m(lpips_files) for m in METHODS.values()]
+    methods = [m(lpips_files) for m in CASES.values()]
     keys = {run_hash(tiny[0], m, ImageOptions()) for m in methods}
     assert len(keys) == len(methods)
     assert [m.label for m in methods[4:]] == ["aeroblade[l2]", "aeroblade[ssim]", "aeroblade"]
