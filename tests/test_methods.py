@@ -433,3 +433,84 @@ def test_inversion_batch_size_auto_is_valid_and_not_in_the_hash():
         InversionConfig(batch_size="big")
     with pytest.raises(ValueError, match="either config"):
         score_images(None, [], InversionConfig(), method="aedr")
+
+
+# -- aeroblade: the weight-free distances, against independent computations -------------------------------------
+def _their_reconstruction(ae, x01, *, quantize: bool):
+    """AEROBLADE's reconstruction written out with diffusers: posterior sample with a generator seeded 1."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+
+    with torch.no_grad():
+        latents = retrieve_latents(ae.model.encode(x01 * 2 - 1), generator=torch.Generator().manual_seed(1))
+        recon = (ae.model.decode(latents).sample / 2 + 0.5).clamp(0, 1)
+    return (recon * 255).to(torch.uint8).float() / 255 if quantize else recon
+
+
+def test_aeroblade_ssim_against_scikit_image_per_channel(tiny_dirs, tmp_path):
+    from skimage.metrics import structural_similarity
+
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    paths = [save_png(x, tmp_path / f"{i}.png") for i, x in enumerate(natural_crops(2, seed=7))]
+    frame, _ = score_images(ae, paths, method=Aeroblade(distance="ssim"), progress=False)
+    for path, score in zip(paths, frame["score"]):
+        x = load_image(path, 32)[0][None]
+        recon = _their_reconstruction(ae, x, quantize=True)
+        a, b = x[0].double().numpy(), recon[0].double().numpy()
+        # The stated settings: Gaussian window sigma 1.5, population covariances, data range 1; SSIM of an RGB
+        # image = the mean of its three channels' SSIM (each channel computed on its own here).
+        per_channel = [structural_similarity(a[c], b[c], data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                             use_sample_covariance=False) for c in range(3)]
+        assert score == pytest.approx(1 - np.mean(per_channel), rel=1e-9, abs=1e-12)
+        assert 0 < score < 1
+    from latenttracer.methods.aeroblade import ssim_distance
+
+    same = natural_crops(2, seed=8)
+    assert ssim_distance(same, same) == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert ssim_distance(same, 1 - same)[0] > 1  # anti-correlated images: SSIM < 0
+
+
+def test_aeroblade_without_quantize_output_is_the_unrounded_distance(tiny_dirs, tmp_path):
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    paths = [save_png(x, tmp_path / f"{i}.png") for i, x in enumerate(natural_crops(3, seed=6))]
+    rounded, _ = score_images(ae, paths, method=Aeroblade(distance="l2"), progress=False)
+    exact, _ = score_images(ae, paths, method=get_method("aeroblade", {"distance": "l2", "quantize_output": False}),
+                            progress=False)
+    unrounded, truncated = [], []
+    for p in paths:  # one image at a time: each has its own generator
+        x = load_image(p, 32)[0][None]
+        unrounded.append(F.mse_loss(_their_reconstruction(ae, x, quantize=False), x).item())
+        truncated.append(F.mse_loss(_their_reconstruction(ae, x, quantize=True), x).item())
+    assert exact["score"].tolist() == pytest.approx(unrounded, rel=1e-5)
+    # (a pixel at an 8-bit boundary may round either way in a different float path: 1e-4, not 1e-5)
+    assert rounded["score"].tolist() == pytest.approx(truncated, rel=1e-4)
+    assert ((exact["score"] - rounded["score"]).abs() > 1e-3 * exact["score"]).all()
+    assert run_hash(ae, Aeroblade(distance="l2", quantize_output=False), ImageOptions()) != \
+        run_hash(ae, Aeroblade(distance="l2"), ImageOptions())
+
+
+# -- presets: conf/method/*.yaml build their methods -------------------------------------------------------------
+def _preset(name: str) -> dict:
+    from pathlib import Path
+
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "method" / f"{name}.yaml"))
+    return cfg.get("method", cfg)  # ronan.yaml is a _global_ package: its method node is nested
+
+
+def test_ronan_full_preset_builds_ronans_full_settings():
+    preset = _preset("ronan_full")
+    built = get_method(preset["name"], preset["options"])
+    assert type(built) is Ronan
+    c = built.config
+    assert (c.init, c.lr, c.steps, c.schedule, c.strategy, c.distance) == \
+        ("random", 0.1, 1500, "constant", "min", "l2")
+    sized = _preset("ronan")  # the sized default scores fewer images, with the same settings
+    assert get_method(sized["name"], sized["options"]) == built
+
+
+@pytest.mark.parametrize("name", ["aedr", "aeroblade_l2", "aeroblade_ssim", "latenttracer"])
+def test_method_presets_build(name):
+    preset = _preset(name)
+    built = get_method(preset["name"], preset["options"])
+    assert built.name == preset["name"] and type(built) is METHODS.get(preset["name"])
+    for key, value in preset["options"].items():
+        assert getattr(built, key) == value
