@@ -505,12 +505,3 @@ def test_ronan_full_preset_builds_ronans_full_settings():
         ("random", 0.1, 1500, "constant", "min", "l2")
     sized = _preset("ronan")  # the sized default scores fewer images, with the same settings
     assert get_method(sized["name"], sized["options"]) == built
-
-
-@pytest.mark.parametrize("name", ["aedr", "aeroblade_l2", "aeroblade_ssim", "latenttracer"])
-def test_method_presets_build(name):
-    preset = _preset(name)
-    built = get_method(preset["name"], preset["options"])
-    assert built.name == preset["name"] and type(built) is METHODS.get(preset["name"])
-    for key, value in preset["options"].items():
-        assert getattr(built, key) == value
