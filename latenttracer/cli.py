@@ -55,8 +55,9 @@ class MethodFlag:
     """One ``--flag`` built from a settings field that one or more registered methods take."""
 
     name: str  # the settings field
-    kind: str  # "bool" (--x / --no-x) or "value"
-    convert: Callable[[str], Any] | None = None
+    kind: str  # "bool" (--x / --no-x), "value" or "values" (a tuple: one or more words)
+    base: Any  # the field's type without None and with a Literal as its values' type: equal for every method
+    converts: dict[str, Callable[[str], Any] | None] = field(default_factory=dict)  # method -> converter
     choices: dict[str, tuple] = field(default_factory=dict)  # method -> allowed values (Literal fields)
     helps: dict[str, str] = field(default_factory=dict)  # method -> help text
     defaults: dict[str, Any] = field(default_factory=dict)  # method -> default
@@ -73,10 +74,24 @@ class MethodFlag:
     def methods(self) -> list[str]:
         return sorted(self.defaults)
 
+    def convert(self, text: str) -> Any:
+        """One command-line word as a value: one of the methods' choices when every method has choices (each
+        method's own are checked in :func:`method_from_args`), else by the field's type."""
+        if len(self.choices) == len(self.defaults):
+            for values in self.choices.values():
+                for v in values:
+                    if str(v) == text:
+                        return v
+            allowed = ", ".join(dict.fromkeys(str(v) for c in self.choices.values() for v in c))
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {allowed}")
+        return next(c for m, c in self.converts.items() if m not in self.choices)(text)  # type: ignore[misc]
+
     def tokens(self, value: Any) -> list[str]:
         """The command-line words that set this option to ``value``."""
         if self.kind == "bool":
             return [self.flag if value else "--no-" + self.flag[2:]]
+        if self.kind == "values":
+            return [self.flag, *map(str, value)]
         return [self.flag, str(value)]
 
     def spelled(self, value: Any) -> str:
@@ -115,8 +130,8 @@ def _flag_type(tp: Any, where: str) -> tuple[str, Callable[[str], Any] | None, t
         if len(parts) == 1:
             return _flag_type(parts[0], where)
         converted = [_flag_type(a, where) for a in parts]
-        if any(kind == "bool" for kind, _, _ in converted):
-            raise TypeError(f"{where}: a union with bool ({tp}) has no command-line form")
+        if any(kind != "value" for kind, _, _ in converted):
+            raise TypeError(f"{where}: a union of {tp} has no command-line form")
         choices = tuple(v for _, _, c in converted for v in (c or ()))
         convs = sorted(converted, key=lambda c: c[2] is None)  # literal values first, then int, float, str
 
@@ -129,12 +144,32 @@ def _flag_type(tp: Any, where: str) -> tuple[str, Callable[[str], Any] | None, t
             raise argparse.ArgumentTypeError(f"{text!r} is not a {tp}")
 
         return "value", union, (choices if all(c for _, _, c in converted) else None)
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            kind, convert, choices = _flag_type(args[0], where)
+            if kind == "value":
+                return "values", convert, choices
+        raise TypeError(f"{where}: only tuples of one type (tuple[float, ...]) have a command-line form, not {tp}")
     if tp in (int, float, str):
         return "value", tp, None
     if tp is Path:
         return "value", str, None
     raise TypeError(f"{where}: type {tp} has no command-line form (use bool, int, float, str, a Literal or "
                     "an Optional of one)")
+
+
+def _base_type(tp: Any) -> Any:
+    """What must agree between methods sharing a flag: the type without None, a Literal as its values' type."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return type(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        parts = [_base_type(a) for a in get_args(tp) if a is not type(None)]
+        return parts[0] if len(parts) == 1 else frozenset(parts)
+    if origin is tuple:
+        return (tuple, *(_base_type(a) for a in get_args(tp)))
+    return tp
 
 
 def method_flags() -> dict[str, MethodFlag]:
@@ -153,11 +188,13 @@ def method_flags() -> dict[str, MethodFlag]:
                 continue
             where = f"method {mname}, option {f.name}"
             kind, convert, choices = _flag_type(hints[f.name], where)
-            flag = out.setdefault(f.name, MethodFlag(f.name, kind, convert))
-            if flag.kind != kind:
+            base = _base_type(hints[f.name])
+            flag = out.setdefault(f.name, MethodFlag(f.name, kind, base))
+            if (flag.kind, flag.base) != (kind, base):
                 other = flag.methods[0]
-                raise TypeError(f"{where}: a {kind} option, but method {other}'s {f.name} is a {flag.kind} option; "
-                                "one flag cannot be both (rename one of them)")
+                raise TypeError(f"{where}: type {hints[f.name]}, but method {other}'s {f.name} is a "
+                                f"{flag.kind} option of {flag.base}; one flag cannot be both (rename one of them)")
+            flag.converts[mname] = convert
             if choices:
                 flag.choices[mname] = choices
             flag.helps[mname] = f.metadata.get("help", "")
@@ -178,6 +215,8 @@ def _add_method_args(t: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = flag.convert
+            if flag.kind == "values":
+                kwargs["nargs"] = "+"
             kwargs["metavar"] = flag.name.upper()
             all_choices = [v for c in flag.choices.values() for v in c]
             if all_choices and len(flag.choices) == len(flag.defaults):  # only Literal fields: list the choices
@@ -249,13 +288,14 @@ def method_from_args(args: argparse.Namespace):
     name = args.method
     flags = method_flags()
     given = {f.name: getattr(args, f.dest) for f in flags.values() if getattr(args, f.dest, None) is not None}
+    given = {k: tuple(v) if flags[k].kind == "values" else v for k, v in given.items()}
     for key, value in given.items():
         flag = flags[key]
         if name not in flag.defaults:
             raise ValueError(f"--method {name} does not take {flag.spelled(value)} (methods that take "
                              f"{flag.flag}: {', '.join(flag.methods)})")
         allowed = flag.choices.get(name)
-        if allowed is not None and value not in allowed:
+        if allowed is not None and flag.kind == "value" and value not in allowed:
             others = [m for m, c in flag.choices.items() if value in c]
             raise ValueError(f"--method {name} takes {flag.flag} {'|'.join(map(str, allowed))}, not {value}"
                              + (f" ({value} is for {', '.join(others)})" if others else ""))

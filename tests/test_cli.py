@@ -280,3 +280,72 @@ def test_attribute_end_to_end(tmp_path, tiny_dirs, folders, capsys):
                                "--calibrate", folders["cal"], "--images", mixed, "--out", out, "--no-cache",
                                "--resolution", 32, *FAST]))) == 2
     assert "share the name 'AutoencoderTiny-0'" in capsys.readouterr().err
+
+
+def test_flags_are_built_from_a_settings_dataclass(monkeypatch):
+    """Names -> --kebab-case, Literal -> choices, bool -> --x/--no-x, tuples -> several values, help from the
+    field's metadata; a type with no command-line form, or one name with two kinds, is an error naming it."""
+    from dataclasses import dataclass, field
+    from typing import Literal
+
+    from latenttracer.cli import _parser, method_from_args
+    from latenttracer.methods.base import Method
+
+    METHODS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+
+    @METHODS.register
+    @dataclass(frozen=True)
+    class Toy(Method):
+        mode: Literal["fast", "exact"] = field(default="exact", metadata={"help": "how hard to try"})
+        calibrated_cut: float | None = None
+        ratios: tuple[float, ...] | None = None
+        use_mean: bool = False
+        size: int | Literal["auto"] = "auto"
+        device: str = "auto"
+        dtype: str = "float32"
+        name = "toy"
+
+        def identity(self):
+            return {}
+
+        def compute(self, ae, images, records):
+            return []
+
+    flags = method_flags()
+    assert flags["mode"].choices == {"toy": ("fast", "exact")} and flags["mode"].helps["toy"] == "how hard to try"
+    text = _parser().format_help() + _parser()._subparsers._group_actions[0].choices["trace"].format_help()
+    assert "--mode {fast,exact}" in text and "how hard to try [default: toy exact]" in " ".join(text.split())
+    assert "--use-mean, --no-use-mean" in text and "--calibrated-cut" in text
+    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--method", "toy",
+                                 "--mode", "fast", "--ratios", "1", "2.5", "--use-mean", "--size", "7",
+                                 "--calibrated-cut", "0.25"])
+    built = method_from_args(args)
+    assert built == Toy(mode="fast", calibrated_cut=0.25, ratios=(1.0, 2.5), use_mean=True, size=7)
+    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--method", "toy",
+                                 "--size", "auto", "--no-use-mean"])
+    assert method_from_args(args) == Toy()
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--mode", "slow"])
+    # A flag several methods share takes every method's values; each method then checks its own.
+    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--distance", "l1"])
+    assert method_from_args(args).config.distance == "l1"
+
+    @dataclass(frozen=True)
+    class Clash(Toy):
+        mode: int = 3
+        name = "clash"
+
+    METHODS.register(Clash)
+    with pytest.raises(TypeError, match=r"option mode: type .*, but method (toy|clash)'s mode is .*cannot be both"):
+        method_flags()
+    del METHODS._entries["clash"]
+
+    @dataclass(frozen=True)
+    class Odd(Toy):
+        table: dict = field(default_factory=dict)
+        name = "odd"
+
+    METHODS.register(Odd)
+    with pytest.raises(TypeError, match="method odd, option table: type <class 'dict'> has no command-line form"):
+        method_flags()
