@@ -84,7 +84,12 @@ class MethodFlag:
                         return v
             allowed = ", ".join(dict.fromkeys(str(v) for c in self.choices.values() for v in c))
             raise argparse.ArgumentTypeError(f"{text!r} is not one of {allowed}")
-        return next(c for m, c in self.converts.items() if m not in self.choices)(text)  # type: ignore[misc]
+        convert = next(c for m, c in self.converts.items() if m not in self.choices)
+        try:
+            return convert(text)  # type: ignore[misc]
+        except ValueError as err:
+            name = getattr(self.base, "__name__", str(self.base))
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {name}") from err
 
     def tokens(self, value: Any) -> list[str]:
         """The command-line words that set this option to ``value``."""
@@ -107,7 +112,7 @@ class MethodFlag:
         else:
             text = "; ".join(f"{', '.join(ms)}: {h}" for h, ms in by_text.items())
         defaults = ", ".join(f"{m} {self.defaults[m]}" for m in self.methods)
-        return (f"{text} " if text else "") + f"[default: {defaults}]".replace("%", "%%")
+        return ((f"{text} " if text else "") + f"[default: {defaults}]").replace("%", "%%")
 
 
 def _flag_type(tp: Any, where: str) -> tuple[str, Callable[[str], Any] | None, tuple | None]:
