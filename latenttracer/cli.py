@@ -258,6 +258,8 @@ def _add_common_args(t: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latenttracer", description="Trace images back to a latent generative model.")
     p.add_argument("--version", action="version", version=f"latenttracer {__version__}")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="a Python file (or dotted module) that registers methods; repeatable")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("trace", help="score a folder of images against one inspected model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -105,7 +105,9 @@ def test_the_cli_loads_the_example_from_plugin_and_env(plugin_file, setup, tmp_p
     with pytest.raises(SystemExit):
         main(["trace", "--plugin", str(plugin_file), "--help"])
     assert "--norm {l1,l2}" in capsys.readouterr().out
-    assert _trace("--plugin", plugin_file, out=tmp_path / "a.csv", folder=folder, model=model) == 0
+    assert main(["--plugin", str(plugin_file), "trace", "--method", NAME, "--norm", "l2", "--model", str(model),
+                 "--images", str(folder), "--out", str(tmp_path / "a.csv"), "--no-cache", "--resolution", "32",
+                 "--quiet"]) == 0  # --plugin before the command, or after it (below)
     written = pd.read_csv(tmp_path / "a.csv")
     library, _ = score_images(load_autoencoder(model, resolution=32), paths, method=get_method(NAME, {"norm": "l2"}),
                               progress=False)
@@ -122,7 +124,7 @@ def test_the_cli_loads_the_example_from_plugin_and_env(plugin_file, setup, tmp_p
     broken = tmp_path / "broken.py"
     broken.write_text("import no_such_module_here\n")
     capsys.readouterr()
-    assert _trace("--plugin", broken, out=tmp_path / "c.csv", folder=folder, model=model) == 2
+    assert _trace("--plugin", broken, out=tmp_path / "c.csv", folder=folder, model=model) == 2  # after the command
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "broken.py" in err and "no_such_module_here" in err
     with pytest.raises(RegistryError):

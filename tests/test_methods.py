@@ -153,7 +153,7 @@ def test_get_method_options_and_errors():
 # -- latenttracer: the cache key is unchanged -------------------------------------------------------------------
 def test_default_run_hash_is_unchanged():
     ae = SimpleNamespace(fingerprint="0123456789abcdef", resolution=32, clamp=True)
-    # Pinned before methods existed: existing caches (and Table 1's scores) must keep their keys.
+    # Pinned: existing caches (and Table 1's scores) must keep their keys.
     assert run_hash(ae, InversionConfig(), ImageOptions()) == "87c47c7a42fc9682"
     ronan_like = InversionConfig(init="random", lr=0.1, steps=1500, schedule="constant", batch_size=1)
     assert run_hash(ae, ronan_like, ImageOptions(resize="authors")) == "edb2573590d2a900"
