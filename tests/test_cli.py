@@ -14,8 +14,9 @@ from conftest import decoded_images, natural_crops, save_png
 from helpers import method_contracts as contracts
 
 from latenttracer.autoencoders import load_autoencoder
-from latenttracer.cli import CSV_COLUMNS, main, method_flags
+from latenttracer.cli import CSV_COLUMNS, main
 from latenttracer.methods import METHODS
+from latenttracer.methods.flags import method_flags
 
 FAST = ["--steps", "20", "--batch-size", "4", "--quiet"]
 

@@ -125,7 +125,8 @@ def check_cache_identity(name: str, ae, paths: list) -> None:
 
 def check_cli_round_trip(name: str, model_dir: Path, folder: Path, out_dir: Path, resolution: int = 32) -> None:
     """``latenttracer trace --method NAME`` with the contract options as flags writes the library's scores."""
-    from latenttracer.cli import main, method_flags
+    from latenttracer.cli import main
+    from latenttracer.methods.flags import method_flags
 
     cls = METHODS.get(name)
     flags = method_flags()
