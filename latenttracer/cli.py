@@ -10,8 +10,10 @@ empty unless a threshold is given (``--threshold``) or calibrated on images know
 (``--calibrate DIR``: the threshold is set at the ``--target-tpr`` point, 95% by default). Scores are cached
 (``--cache``, default ``$LATENTTRACER_CACHE`` or ``~/.cache/latenttracer/scores``), so a rerun, or a run
 interrupted and started again, recomputes nothing already done. ``--method`` picks the scoring method
-(``latenttracer`` default, ``ronan``, ``aedr``, ``aeroblade``); each calibrates its own way (quantile, or
-AEDR's Gaussian KDE). ``attribute`` scores every image under every ``--model`` (one ``--calibrate`` folder
+(``latenttracer`` default, ``ronan``, ``aedr``, ``aeroblade``, or one from a plugin file: ``--plugin FILE``,
+repeatable, or ``$LATENTTRACER_PLUGINS``); its options are flags built from the method's settings dataclass, and
+each method calibrates its own way (quantile, or AEDR's Gaussian KDE). Every output path is checked before any
+scoring. ``attribute`` scores every image under every ``--model`` (one ``--calibrate`` folder
 per model, same order) and names the model with the strongest claim among those whose threshold the image
 passes, or ``none``.
 """
@@ -21,8 +23,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from latenttracer import __version__, atomic
 
@@ -44,28 +48,30 @@ def _batch_size(text: str) -> int | str:
 
 
 def _add_method_args(t: argparse.ArgumentParser) -> None:
-    """Method choice and every method's options (shared by trace and attribute)."""
+    """Method choice and every registered method's options (shared by trace and attribute)."""
     from latenttracer.methods import METHODS
+    from latenttracer.methods.flags import method_flags
 
-    m = t.add_argument_group("method")
-    m.add_argument("--method", choices=sorted(METHODS), default="latenttracer",
+    m = t.add_argument_group("method", "each option flag says which methods take it and their defaults")
+    m.add_argument("--method", choices=METHODS.names(), default="latenttracer",
                    help="scoring method (default latenttracer)")
-    inv = t.add_argument_group("latenttracer / ronan (inversion; defaults: the method's preset)")
-    inv.add_argument("--steps", type=int)
-    inv.add_argument("--lr", type=float)
-    inv.add_argument("--init", choices=["encoder", "random", "zeros"])
-    inv.add_argument("--schedule", choices=["authors", "constant"])
-    inv.add_argument("--distance", choices=["l2", "l1", "lpips_vgg_2", "ssim"],
-                     help="inversion loss (l2|l1), or aeroblade's distance (lpips_vgg_2|l2|ssim)")
-    inv.add_argument("--strategy", choices=["min", "last"])
-    inv.add_argument("--seed", type=int, help="seed of --init random (latenttracer/ronan) or of the posterior "
-                                               "sample (aedr/aeroblade, default 1)")
-    pe = t.add_argument_group("aedr / aeroblade")
-    pe.add_argument("--posterior", choices=["sample", "mean"], help="KL latent: sampled (default) or the mean")
-    pe.add_argument("--vgg-weights", help="aeroblade lpips_vgg_2: torchvision VGG16 weights file")
-    pe.add_argument("--lpips-weights", help="aeroblade lpips_vgg_2: lpips' v0.1 vgg.pth linear weights file")
-    pe.add_argument("--no-quantize-output", action="store_true",
-                    help="aeroblade: do not round the reconstruction to 8 bits before the distance")
+    for flag in method_flags().values():
+        kwargs: dict[str, Any] = {"dest": flag.dest, "default": None, "help": flag.help_text()}
+        if flag.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = flag.convert
+            if flag.kind == "values":
+                kwargs["nargs"] = "+"
+            kwargs["metavar"] = flag.name.upper()
+            all_choices = [v for c in flag.choices.values() for v in c]
+            if all_choices and len(flag.choices) == len(flag.defaults):  # only Literal fields: list the choices
+                kwargs["metavar"] = "{" + ",".join(dict.fromkeys(map(str, all_choices))) + "}"
+        try:
+            m.add_argument(flag.flag, **kwargs)
+        except argparse.ArgumentError as err:
+            raise TypeError(f"method option {flag.name} ({', '.join(flag.methods)}): {flag.flag} is already a "
+                            f"flag of {t.prog} ({err})") from err
 
 
 def _add_common_args(t: argparse.ArgumentParser) -> None:
@@ -84,12 +90,17 @@ def _add_common_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--no-cache", action="store_true", help="compute everything, store nothing")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="a Python file (or dotted module) that registers methods; repeatable (also: "
+                        "$LATENTTRACER_PLUGINS, paths separated by the OS path separator)")
     _add_method_args(t)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latenttracer", description="Trace images back to a latent generative model.")
     p.add_argument("--version", action="version", version=f"latenttracer {__version__}")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="a Python file (or dotted module) that registers methods; repeatable")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("trace", help="score a folder of images against one inspected model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,46 +127,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_INVERSION_ARGS = ("steps", "lr", "init", "schedule", "distance", "strategy", "seed")
-_EXTRA_ARGS = ("posterior", "vgg_weights", "lpips_weights")
-
-
 def method_from_args(args: argparse.Namespace):
-    """The :class:`~latenttracer.methods.Method` the command line asks for; options another method does not
-    take are an error naming them."""
-    from latenttracer.methods import get_method
+    """The :class:`~latenttracer.methods.Method` the command line asks for. A flag the chosen method does not
+    take, or a value it does not allow, is an error naming the flag, the method and the methods that take it."""
+    from latenttracer.methods import METHODS, get_method
+    from latenttracer.methods.base import SHARED_OPTIONS
+    from latenttracer.methods.flags import method_flags
 
-    given = {k: getattr(args, k) for k in (*_INVERSION_ARGS, *_EXTRA_ARGS) if getattr(args, k) is not None}
-    if args.no_quantize_output:
-        given["quantize_output"] = False
-    if args.method in ("latenttracer", "ronan"):
-        takes = set(_INVERSION_ARGS)
-        options = {**given, "device": args.device, "dtype": args.dtype}
-        if args.batch_size != "auto":
-            options["batch_size"] = args.batch_size
-    elif args.method == "aedr":
-        takes = {"posterior", "seed"}
-        options = {**given, "device": args.device, "dtype": args.dtype}
-    else:
-        takes = {"distance", "posterior", "seed", "vgg_weights", "lpips_weights", "quantize_output"}
-        options = {**given, "device": args.device, "dtype": args.dtype}
-    wrong = sorted(k for k in given if k not in takes)
-    if wrong:
-        flags = ", ".join("--" + k.replace("_", "-") if k != "quantize_output" else "--no-quantize-output"
-                          for k in wrong)
-        raise ValueError(f"--method {args.method} does not take {flags}")
-    if args.method != "aeroblade" and options.get("distance") not in (None, "l2", "l1"):
-        raise ValueError(f"--distance {options['distance']} is an aeroblade distance; --method {args.method} "
-                         "takes l2 or l1")
-    return get_method(args.method, options)
+    name = args.method
+    flags = method_flags()
+    given = {f.name: getattr(args, f.dest) for f in flags.values() if getattr(args, f.dest, None) is not None}
+    given = {k: tuple(v) if flags[k].kind == "values" else v for k, v in given.items()}
+    for key, value in given.items():
+        flag = flags[key]
+        if name not in flag.defaults:
+            raise ValueError(f"--method {name} does not take {flag.spelled(value)} (methods that take "
+                             f"{flag.flag}: {', '.join(flag.methods)})")
+        allowed = flag.choices.get(name)
+        if allowed is not None and flag.kind == "value" and value not in allowed:
+            others = [m for m, c in flag.choices.items() if value in c]
+            raise ValueError(f"--method {name} takes {flag.flag} {'|'.join(map(str, allowed))}, not {value}"
+                             + (f" ({value} is for {', '.join(others)})" if others else ""))
+    takes = {f.name for f in METHODS.get(name).option_fields()}
+    shared = {"device": args.device, "dtype": args.dtype}
+    if args.batch_size != "auto":
+        shared["batch_size"] = args.batch_size
+    options = {k: v for k, v in shared.items() if k in takes and k in SHARED_OPTIONS}
+    return get_method(name, {**given, **options})
 
 
 def _describe(method) -> str:
-    from latenttracer.methods import LatentTracer
-
-    if isinstance(method, LatentTracer):
-        c = method.config
-        return f"{method.label}: steps={c.steps} lr={c.lr} init={c.init} schedule={c.schedule}"
     return f"{method.label}: " + " ".join(f"{k}={v}" for k, v in method.identity().items())
 
 
@@ -163,6 +164,36 @@ def _calibration_text(method, target_tpr: float) -> str:
     if method.calibration == "kde":
         return f"Gaussian KDE, {target_tpr:.0%} quantile"
     return f"{target_tpr:.0%} TPR"
+
+
+def check_writable(path: Path, flag: str, *, folder: bool = False) -> None:
+    """A one-line error unless ``path`` (a file, or a folder with ``folder``) can be written: no part of it is a
+    file where a folder is needed, and its nearest existing folder takes a new file."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        want, got = ("folder", "file") if folder else ("file", "folder")
+        raise ValueError(f"{flag} {path}: is a {got}, not a {want}")
+    probe = path if folder and path.exists() else path.parent
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {path}: {probe} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".latenttracer-write-check-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write in {probe} ({err.strerror or err})") from err
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every path the command will write, checked before any work."""
+    check_writable(args.out, "--out")
+    if getattr(args, "report", None):
+        check_writable(args.report, "--report")
+        check_writable(args.report.parent / f"{args.report.stem}_files", "--report", folder=True)
+    if not args.no_cache:
+        check_writable(args.cache, "--cache", folder=True)
 
 
 def _setup(args: argparse.Namespace):
@@ -205,6 +236,7 @@ def trace(args: argparse.Namespace) -> int:
     from latenttracer.methods import LatentTracer
     from latenttracer.tracing import score_images, steps_per_second
 
+    _check_outputs(args)
     method, options, store = _setup(args)
     paths = list_images(args.images, recursive=args.recursive)
     if args.calibrate:
@@ -272,6 +304,7 @@ def attribute(args: argparse.Namespace) -> int:
     if len(args.calibrate) != len(args.model):
         raise ValueError(f"attribute: {len(args.model)} --model but {len(args.calibrate)} --calibrate; give one "
                          "--calibrate folder per --model, in the same order")
+    _check_outputs(args)
     method, options, store = _setup(args)
     paths = list_images(args.images, recursive=args.recursive)
     for folder in args.calibrate:
@@ -307,8 +340,25 @@ def attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_plugins(argv: list[str]) -> None:
+    """Import the ``--plugin`` files before the parser is built, so that their methods get their flags."""
+    from latenttracer.registry import load_plugins
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    load_plugins()  # $LATENTTRACER_PLUGINS
+    load_plugins(pre.parse_known_args(argv)[0].plugin)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _load_plugins(argv)
+        parser = _parser()
+    except (ValueError, TypeError) as err:  # a plugin that cannot be imported, or a method without flags
+        print(f"latenttracer: error: {err}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         if args.command == "trace":
             return trace(args)

@@ -1,17 +1,22 @@
-"""`latenttracer trace` end to end, and resume after a hard kill, on tiny random-init autoencoders."""
+"""`latenttracer trace` end to end, and resume after a hard kill, on tiny random-init autoencoders; method flags
+built from the registered methods' settings; output paths checked before any work."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import decoded_images, natural_crops, save_png
+from helpers import method_contracts as contracts
 
 from latenttracer.autoencoders import load_autoencoder
 from latenttracer.cli import CSV_COLUMNS, main
+from latenttracer.methods import METHODS
+from latenttracer.methods.flags import method_flags
 
 FAST = ["--steps", "20", "--batch-size", "4", "--quiet"]
 
@@ -137,15 +142,105 @@ def test_trace_method_options_and_errors(tmp_path, tiny_dirs, folders, capsys):
     err = capsys.readouterr().err
     assert "vgg_weights not given" in err and "vgg16-397923af.pth" in err and "--distance l2" in err
     assert _run("--method", "aedr", "--steps", 5, *base) == 2
-    assert "--method aedr does not take --steps" in capsys.readouterr().err
+    assert "--method aedr does not take --steps 5 (methods that take --steps: latenttracer, ronan)" in \
+        capsys.readouterr().err
     assert _run("--method", "latenttracer", "--distance", "ssim", *base) == 2
-    assert "aeroblade distance" in capsys.readouterr().err
-    assert _run("--method", "aeroblade", "--distance", "l2", "--threshold", 1.0, *base) == 0
-    printed = capsys.readouterr().out
-    assert "score (aeroblade[l2])" in printed
-    assert pd.read_csv(out)["belonging"].all()
+    assert "--method latenttracer takes --distance l2|l1, not ssim (ssim is for aeroblade)" in capsys.readouterr().err
+    # A threshold between the actual scores: both verdicts appear, each the right side of it.
+    assert _run("--method", "aeroblade", "--distance", "l2", *base) == 0
+    assert "score (aeroblade[l2])" in capsys.readouterr().out
+    scores = pd.read_csv(out)["score"].sort_values().to_numpy()
+    threshold = (scores[2] + scores[3]) / 2
+    assert _run("--method", "aeroblade", "--distance", "l2", "--threshold", threshold, *base) == 0
+    df = pd.read_csv(out)
+    assert df["belonging"].tolist() == (df["score"] <= threshold).tolist()
+    assert df["belonging"].sum() == 3 and (~df["belonging"]).sum() == 3
+    capsys.readouterr()
     assert _run("--method", "ronan", "--steps", 3, "--batch-size", 2, *base) == 0
     assert "init=random" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_flag_a_method_does_not_take_is_a_one_line_error(name, tmp_path, capsys):
+    """Generic over the registry: each option flag of another method, given with --method NAME, is refused
+    before anything is loaded, naming the flag, the method and the methods that take it."""
+    flags = [f for f in method_flags().values() if name not in f.defaults]
+    for flag in flags:
+        value = next(iter(f for f in flag.defaults.values() if f is not None), 1)
+        words = flag.tokens(value)
+        code = main(["trace", "--method", name, "--model", str(tmp_path / "no_model"), "--images",
+                     str(tmp_path / "no_images"), "--out", str(tmp_path / "s.csv"), "--no-cache", *words])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err, err
+        assert f"--method {name} does not take {' '.join(words)} (methods that take {flag.flag}: " \
+               f"{', '.join(flag.methods)})" in err
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_cli_round_trip_contract(name, tmp_path, tiny_dirs, folders):
+    """Every registered method: `trace --method NAME` writes the scores the library computes."""
+    contracts.check_cli_round_trip(name, tiny_dirs["AutoencoderKL-0"], folders["real"], tmp_path)
+
+
+def test_unwritable_outputs_fail_before_any_scoring(tmp_path, tiny_dirs, folders, capsys, monkeypatch):
+    import latenttracer.tracing as tracing
+
+    def never(*args, **kwargs):
+        raise AssertionError("scoring started")
+
+    monkeypatch.setattr(tracing, "score_images", never)
+    a_file = tmp_path / "some_file.csv"
+    a_file.write_text("x\n")
+    base = ["--model", tiny_dirs["AutoencoderTiny-0"], "--images", folders["own"], "--resolution", 32, "--quiet"]
+    cases = {
+        ("--out", a_file / "x.csv", "--no-cache"): f"--out {a_file / 'x.csv'}: {a_file} is a file, not a folder",
+        ("--out", folders["own"], "--no-cache"): f"--out {folders['own']}: is a folder, not a file",
+        ("--out", tmp_path / "s.csv", "--cache", a_file / "c"): f"--cache {a_file / 'c'}: {a_file} is a file",
+        ("--out", tmp_path / "s.csv", "--cache", a_file): f"--cache {a_file}: is a file, not a folder",
+        ("--out", tmp_path / "s.csv", "--no-cache", "--report", a_file / "r.html"):
+            f"--report {a_file / 'r.html'}: {a_file} is a file",
+    }
+    for args, message in cases.items():
+        assert _run(*base, *args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert main(["attribute", "--model", str(tiny_dirs["AutoencoderTiny-0"]), "--calibrate", str(folders["cal"]),
+                 "--images", str(folders["own"]), "--out", str(a_file / "a.csv"), "--no-cache"]) == 2
+    assert f"--out {a_file / 'a.csv'}: {a_file} is a file" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def _unwritable(folder: Path) -> bool:
+    import tempfile
+
+    if not folder.is_dir():
+        return False
+    try:
+        fd, name = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return True
+    os.close(fd)
+    os.unlink(name)
+    return False
+
+
+def test_read_only_output_folder_fails_before_scoring(tmp_path, tiny_dirs, folders, capsys):
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+    elif _unwritable(Path("/sys")):
+        locked = Path("/sys")  # root may write anywhere, but not into sysfs
+    else:
+        pytest.skip("no folder this user cannot write into")
+    try:
+        assert _run("--model", tiny_dirs["AutoencoderTiny-0"], "--images", folders["own"], "--out",
+                    locked / "sub" / "s.csv", "--no-cache", "--quiet") == 2
+        err = capsys.readouterr().err
+        assert f"--out {locked / 'sub' / 's.csv'}: cannot write in {locked} (" in err and err.count("\n") == 1
+    finally:
+        if locked != Path("/sys"):
+            locked.chmod(0o700)
 
 
 def test_attribute_end_to_end(tmp_path, tiny_dirs, folders, capsys):
@@ -186,3 +281,72 @@ def test_attribute_end_to_end(tmp_path, tiny_dirs, folders, capsys):
                                "--calibrate", folders["cal"], "--images", mixed, "--out", out, "--no-cache",
                                "--resolution", 32, *FAST]))) == 2
     assert "share the name 'AutoencoderTiny-0'" in capsys.readouterr().err
+
+
+def test_flags_are_built_from_a_settings_dataclass(monkeypatch):
+    """Names -> --kebab-case, Literal -> choices, bool -> --x/--no-x, tuples -> several values, help from the
+    field's metadata; a type with no command-line form, or one name with two kinds, is an error naming it."""
+    from dataclasses import dataclass, field
+    from typing import Literal
+
+    from latenttracer.cli import _parser, method_from_args
+    from latenttracer.methods.base import Method
+
+    METHODS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+
+    @METHODS.register
+    @dataclass(frozen=True)
+    class Toy(Method):
+        mode: Literal["fast", "exact"] = field(default="exact", metadata={"help": "how hard to try"})
+        calibrated_cut: float | None = None
+        ratios: tuple[float, ...] | None = None
+        use_mean: bool = False
+        size: int | Literal["auto"] = "auto"
+        device: str = "auto"
+        dtype: str = "float32"
+        name = "toy"
+
+        def identity(self):
+            return {}
+
+        def compute(self, ae, images, records):
+            return []
+
+    flags = method_flags()
+    assert flags["mode"].choices == {"toy": ("fast", "exact")} and flags["mode"].helps["toy"] == "how hard to try"
+    text = _parser().format_help() + _parser()._subparsers._group_actions[0].choices["trace"].format_help()
+    assert "--mode {fast,exact}" in text and "how hard to try [default: toy exact]" in " ".join(text.split())
+    assert "--use-mean, --no-use-mean" in text and "--calibrated-cut" in text
+    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--method", "toy",
+                                 "--mode", "fast", "--ratios", "1", "2.5", "--use-mean", "--size", "7",
+                                 "--calibrated-cut", "0.25"])
+    built = method_from_args(args)
+    assert built == Toy(mode="fast", calibrated_cut=0.25, ratios=(1.0, 2.5), use_mean=True, size=7)
+    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--method", "toy",
+                                 "--size", "auto", "--no-use-mean"])
+    assert method_from_args(args) == Toy()
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--mode", "slow"])
+    # A flag several methods share takes every method's values; each method then checks its own.
+    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--distance", "l1"])
+    assert method_from_args(args).config.distance == "l1"
+
+    @dataclass(frozen=True)
+    class Clash(Toy):
+        mode: int = 3
+        name = "clash"
+
+    METHODS.register(Clash)
+    with pytest.raises(TypeError, match=r"option mode: type .*, but method (toy|clash)'s mode is .*cannot be both"):
+        method_flags()
+    del METHODS._entries["clash"]
+
+    @dataclass(frozen=True)
+    class Odd(Toy):
+        table: dict = field(default_factory=dict)
+        name = "odd"
+
+    METHODS.register(Odd)
+    with pytest.raises(TypeError, match="method odd, option table: type <class 'dict'> has no command-line form"):
+        method_flags()

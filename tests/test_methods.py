@@ -1,5 +1,6 @@
 """Peer methods in the one harness (latenttracer, ronan, aedr, aeroblade), their calibration, the cache key of
-the default method, GLCM homogeneity, and batch halving on out-of-memory errors; tiny random-init models."""
+the default method, GLCM homogeneity, and batch halving on out-of-memory errors; tiny random-init models.
+Every registered method also passes the shared contracts of tests/helpers/method_contracts.py."""
 
 import hashlib
 import json
@@ -13,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import decoded_images, natural_crops, save_png
+from helpers import method_contracts as contracts
+from omegaconf import OmegaConf
 from PIL import Image
 
 from latenttracer import memory
@@ -20,8 +23,11 @@ from latenttracer.autoencoders import load_autoencoder
 from latenttracer.complexity import bt601_luma, glcm_homogeneity, libpng_luma, read_luma
 from latenttracer.images import ImageOptions, load_image
 from latenttracer.inversion import InversionConfig, image_seed, invert, ronan_config
-from latenttracer.methods import AEDR, Aeroblade, LatentTracer, Ronan, get_method
+from latenttracer.methods import METHODS, get_method
 from latenttracer.methods import inversion_methods as inv_methods
+from latenttracer.methods.aedr import AEDR
+from latenttracer.methods.aeroblade import Aeroblade
+from latenttracer.methods.inversion_methods import LatentTracer, Ronan
 from latenttracer.methods.lpips_vgg import LAYER_CHANNELS, LAYER_END, LPIPSVGG, SCALE, SHIFT, VGG16_CONFIG
 from latenttracer.metrics import calibrate_threshold, kde_threshold
 from latenttracer.store import ResultStore
@@ -71,7 +77,7 @@ def lpips_files(tmp_path_factory):
     return {"vgg_weights": str(root / "vgg16.pth"), "lpips_weights": str(root / "vgg.pth"), "vgg": vgg, "lin": lin}
 
 
-METHODS = {
+CASES = {
     "latenttracer": lambda files: LatentTracer(InversionConfig(steps=20)),
     "ronan": lambda files: Ronan(ronan_config(steps=20)),
     "aedr": lambda files: AEDR(),
@@ -82,10 +88,26 @@ METHODS = {
 }
 
 
+# -- the shared contracts, for every registered method ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def contract_setup(tiny_dirs, tmp_path_factory):
+    """A tiny KL autoencoder (its posterior is sampled) and four image files: three it decodes, one photo crop."""
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    root = tmp_path_factory.mktemp("contract_images")
+    images = torch.cat([decoded_images(ae, 3, 4), natural_crops(1, seed=9)])
+    return ae, [save_png(x, root / f"{i}.png") for i, x in enumerate(images)]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("contract", ["batch_independence", "determinism", "bad_input", "cache_identity"])
+def test_method_contract(contract, name, contract_setup):
+    getattr(contracts, f"check_{contract}")(name, *contract_setup)
+
+
 # -- every method -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(CASES))
 def test_own_images_score_below_siblings(name, tiny, image_sets, lpips_files):
-    method = METHODS[name](lpips_files)
+    method = CASES[name](lpips_files)
     scores = {}
     for key in ("own", "sibling"):
         frame, skipped = score_images(tiny[0], image_sets[key], method=method, progress=False)
@@ -95,9 +117,8 @@ def test_own_images_score_below_siblings(name, tiny, image_sets, lpips_files):
     assert scores["own"].max() < scores["sibling"].min(), scores
 
 
-@pytest.mark.parametrize("name", ["aedr", "aeroblade-l2", "aeroblade-lpips"])
-def test_one_pass_methods_are_batch_independent(name, tiny, image_sets, lpips_files):
-    method = METHODS[name](lpips_files)
+def test_aeroblade_lpips_is_batch_independent(tiny, image_sets, lpips_files):
+    method = CASES["aeroblade-lpips"](lpips_files)
     paths = image_sets["own"] + image_sets["real"]
     together, _ = score_images(tiny[0], paths, method=method, batch_size=12, progress=False)
     for k in (0, 7):
@@ -106,7 +127,7 @@ def test_one_pass_methods_are_batch_independent(name, tiny, image_sets, lpips_fi
 
 
 def test_methods_have_distinct_cache_keys_and_labels(tiny, lpips_files):
-    methods = [m(lpips_files) for m in METHODS.values()]
+    methods = [m(lpips_files) for m in CASES.values()]
     keys = {run_hash(tiny[0], m, ImageOptions()) for m in methods}
     assert len(keys) == len(methods)
     assert [m.label for m in methods[4:]] == ["aeroblade[l2]", "aeroblade[ssim]", "aeroblade"]
@@ -132,7 +153,7 @@ def test_get_method_options_and_errors():
 # -- latenttracer: the cache key is unchanged -------------------------------------------------------------------
 def test_default_run_hash_is_unchanged():
     ae = SimpleNamespace(fingerprint="0123456789abcdef", resolution=32, clamp=True)
-    # Pinned before methods existed: existing caches (and Table 1's scores) must keep their keys.
+    # Pinned: existing caches (and Table 1's scores) must keep their keys.
     assert run_hash(ae, InversionConfig(), ImageOptions()) == "87c47c7a42fc9682"
     ronan_like = InversionConfig(init="random", lr=0.1, steps=1500, schedule="constant", batch_size=1)
     assert run_hash(ae, ronan_like, ImageOptions(resize="authors")) == "edb2573590d2a900"
@@ -412,3 +433,75 @@ def test_inversion_batch_size_auto_is_valid_and_not_in_the_hash():
         InversionConfig(batch_size="big")
     with pytest.raises(ValueError, match="either config"):
         score_images(None, [], InversionConfig(), method="aedr")
+
+
+# -- aeroblade: the weight-free distances, against independent computations -------------------------------------
+def _their_reconstruction(ae, x01, *, quantize: bool):
+    """AEROBLADE's reconstruction written out with diffusers: posterior sample with a generator seeded 1."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+
+    with torch.no_grad():
+        latents = retrieve_latents(ae.model.encode(x01 * 2 - 1), generator=torch.Generator().manual_seed(1))
+        recon = (ae.model.decode(latents).sample / 2 + 0.5).clamp(0, 1)
+    return (recon * 255).to(torch.uint8).float() / 255 if quantize else recon
+
+
+def test_aeroblade_ssim_against_scikit_image_per_channel(tiny_dirs, tmp_path):
+    from skimage.metrics import structural_similarity
+
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    paths = [save_png(x, tmp_path / f"{i}.png") for i, x in enumerate(natural_crops(2, seed=7))]
+    frame, _ = score_images(ae, paths, method=Aeroblade(distance="ssim"), progress=False)
+    for path, score in zip(paths, frame["score"]):
+        x = load_image(path, 32)[0][None]
+        recon = _their_reconstruction(ae, x, quantize=True)
+        a, b = x[0].double().numpy(), recon[0].double().numpy()
+        # The stated settings: Gaussian window sigma 1.5, population covariances, data range 1; SSIM of an RGB
+        # image = the mean of its three channels' SSIM (each channel computed on its own here).
+        per_channel = [structural_similarity(a[c], b[c], data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                             use_sample_covariance=False) for c in range(3)]
+        assert score == pytest.approx(1 - np.mean(per_channel), rel=1e-9, abs=1e-12)
+        assert 0 < score < 1
+    from latenttracer.methods.aeroblade import ssim_distance
+
+    same = natural_crops(2, seed=8)
+    assert ssim_distance(same, same) == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert ssim_distance(same, 1 - same)[0] > 1  # anti-correlated images: SSIM < 0
+
+
+def test_aeroblade_without_quantize_output_is_the_unrounded_distance(tiny_dirs, tmp_path):
+    ae = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    paths = [save_png(x, tmp_path / f"{i}.png") for i, x in enumerate(natural_crops(3, seed=6))]
+    rounded, _ = score_images(ae, paths, method=Aeroblade(distance="l2"), progress=False)
+    exact, _ = score_images(ae, paths, method=get_method("aeroblade", {"distance": "l2", "quantize_output": False}),
+                            progress=False)
+    unrounded, truncated = [], []
+    for p in paths:  # one image at a time: each has its own generator
+        x = load_image(p, 32)[0][None]
+        unrounded.append(F.mse_loss(_their_reconstruction(ae, x, quantize=False), x).item())
+        truncated.append(F.mse_loss(_their_reconstruction(ae, x, quantize=True), x).item())
+    assert exact["score"].tolist() == pytest.approx(unrounded, rel=1e-5)
+    # (a pixel at an 8-bit boundary may round either way in a different float path: 1e-4, not 1e-5)
+    assert rounded["score"].tolist() == pytest.approx(truncated, rel=1e-4)
+    assert ((exact["score"] - rounded["score"]).abs() > 1e-3 * exact["score"]).all()
+    assert run_hash(ae, Aeroblade(distance="l2", quantize_output=False), ImageOptions()) != \
+        run_hash(ae, Aeroblade(distance="l2"), ImageOptions())
+
+
+# -- presets: conf/method/*.yaml build their methods -------------------------------------------------------------
+def _preset(name: str) -> dict:
+    from pathlib import Path
+
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "method" / f"{name}.yaml"))
+    return cfg.get("method", cfg)  # ronan.yaml is a _global_ package: its method node is nested
+
+
+def test_ronan_full_preset_builds_ronans_full_settings():
+    preset = _preset("ronan_full")
+    built = get_method(preset["name"], preset["options"])
+    assert type(built) is Ronan
+    c = built.config
+    assert (c.init, c.lr, c.steps, c.schedule, c.strategy, c.distance) == \
+        ("random", 0.1, 1500, "constant", "min", "l2")
+    sized = _preset("ronan")  # the sized default scores fewer images, with the same settings
+    assert get_method(sized["name"], sized["options"]) == built

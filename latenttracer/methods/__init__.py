@@ -1,9 +1,11 @@
 """Scoring methods, all through the one scoring path (:func:`latenttracer.tracing.score_images`).
 
-``get_method(name, options)`` builds one by name; ``options`` are the method's settings (unknown keys are an
-error). Every method reuses the one autoencoder adapter (:mod:`latenttracer.autoencoders`); the
-optimisation-based ones reuse the one inversion loop (:mod:`latenttracer.inversion`). Lower score = more
-likely belonging, for every method.
+:data:`METHODS` is the registry (:mod:`latenttracer.registry`): every method registers itself where it is
+defined, and every module of this package is imported on the first lookup, so a new method is one new module
+(``docs/extending_methods.md``). ``get_method(name, options)`` builds one by name; ``options`` are the fields
+of the method's settings dataclass (unknown keys are an error). Every method reuses the one autoencoder adapter
+(:mod:`latenttracer.autoencoders`); the optimisation-based ones reuse the one inversion loop
+(:mod:`latenttracer.inversion`). Lower score = more likely belonging, for every method.
 
 =================  =========================================================================================
 ``latenttracer``   LatentTracer (ICML 2024): min reconstruction loss of latent inversion from the encoder
@@ -18,19 +20,12 @@ likely belonging, for every method.
 
 from __future__ import annotations
 
-from latenttracer.methods.aedr import AEDR
-from latenttracer.methods.aeroblade import Aeroblade
-from latenttracer.methods.base import Method
-from latenttracer.methods.inversion_methods import LatentTracer, Ronan
+from latenttracer.methods.base import METHODS, Method
+from latenttracer.methods.inversion_methods import LatentTracer
 
-__all__ = ["AEDR", "METHODS", "Aeroblade", "LatentTracer", "Method", "Ronan", "get_method"]
-
-METHODS: dict[str, type[Method]] = {"latenttracer": LatentTracer, "ronan": Ronan, "aedr": AEDR,
-                                    "aeroblade": Aeroblade}
+__all__ = ["METHODS", "LatentTracer", "Method", "get_method"]
 
 
 def get_method(name: str, options: dict | None = None) -> Method:
     """The method ``name`` with ``options`` (its settings; unknown keys are an error naming them)."""
-    if name not in METHODS:
-        raise ValueError(f"method {name!r} is not one of {sorted(METHODS)}")
-    return METHODS[name].from_dict(dict(options or {}))
+    return METHODS.get(name).from_dict(dict(options or {}))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -31,19 +31,21 @@ import torch
 from latenttracer.autoencoders import Autoencoder, resolve_dtype
 from latenttracer.complexity import glcm_homogeneity
 from latenttracer.images import ImageRecord
-from latenttracer.methods.base import Method, failed_row
+from latenttracer.methods.base import METHODS, Method, failed_row, scored_row
 
 __all__ = ["AEDR"]
 
 
+@METHODS.register
 @dataclass(frozen=True)
 class AEDR(Method):
     """AEDR's score; see the module docstring."""
 
-    posterior: Literal["sample", "mean"] = "sample"
-    seed: int = 1
-    device: str = "auto"
-    dtype: str = "float32"
+    posterior: Literal["sample", "mean"] = field(
+        default="sample", metadata={"help": "KL latent: sampled from the posterior (the authors') or its mean"})
+    seed: int = field(default=1, metadata={"help": "seed of each image's posterior sample"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, mps or auto"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
 
     name = "aedr"
     components = ("loss_1", "loss_2", "homogeneity")
@@ -62,7 +64,7 @@ class AEDR(Method):
             out["seed"] = self.seed
         return out
 
-    def score_batch(self, ae: Autoencoder, images: torch.Tensor, records: Sequence[ImageRecord]) -> list[dict]:
+    def compute(self, ae: Autoencoder, images: torch.Tensor, records: Sequence[ImageRecord]) -> list[dict]:
         n = len(records)
         gens = ([torch.Generator().manual_seed(self.seed) for _ in range(n)]
                 if self.posterior == "sample" else None)
@@ -83,6 +85,5 @@ class AEDR(Method):
             if not math.isfinite(score):
                 rows.append(failed_row(f"non-finite score (loss_1={a:.3g}, loss_2={b:.3g})", **parts))
                 continue
-            rows.append({"score": score, "init_loss": math.nan, "best_step": None, "status": "ok", "reason": "",
-                         "trajectory": None, **parts})
+            rows.append(scored_row(score, **parts))
         return rows

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -35,7 +35,7 @@ import torch
 
 from latenttracer.autoencoders import Autoencoder, resolve_dtype
 from latenttracer.images import ImageRecord
-from latenttracer.methods.base import Method, failed_row
+from latenttracer.methods.base import METHODS, Method, failed_row, scored_row
 from latenttracer.methods.lpips_vgg import file_fingerprint, load_lpips_vgg, missing_weights
 
 __all__ = ["DISTANCES", "Aeroblade"]
@@ -59,20 +59,31 @@ def ssim_distance(x01: torch.Tensor, y01: torch.Tensor) -> list[float]:
             for p, q in zip(a.astype(np.float64), b.astype(np.float64))]
 
 
+@METHODS.register
 @dataclass(frozen=True)
 class Aeroblade(Method):
     """AEROBLADE's score; see the module docstring."""
 
-    distance: Literal["lpips_vgg_2", "l2", "ssim"] = "lpips_vgg_2"
-    vgg_weights: str | None = None
-    lpips_weights: str | None = None
-    posterior: Literal["sample", "mean"] = "sample"
-    seed: int = 1
-    quantize_output: bool = True
-    device: str = "auto"
-    dtype: str = "float32"
+    distance: Literal["lpips_vgg_2", "l2", "ssim"] = field(
+        default="lpips_vgg_2", metadata={"help": "image-reconstruction distance: LPIPS-VGG layer 2 (AEROBLADE's; "
+                                                 "needs the two weight files), or l2 / ssim from its ablation"})
+    vgg_weights: str | None = field(default=None, metadata={"help": "lpips_vgg_2: torchvision VGG16 weights file"})
+    lpips_weights: str | None = field(
+        default=None, metadata={"help": "lpips_vgg_2: the lpips package's v0.1 vgg.pth linear weights file"})
+    posterior: Literal["sample", "mean"] = field(
+        default="sample", metadata={"help": "KL latent: sampled from the posterior (the authors') or its mean"})
+    seed: int = field(default=1, metadata={"help": "seed of each image's posterior sample"})
+    quantize_output: bool = field(
+        default=True, metadata={"help": "round the reconstruction down to 8 bits before the distance, as "
+                                        "AEROBLADE's PNG save does"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, mps or auto"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
 
     name = "aeroblade"
+
+    @classmethod
+    def contract_options(cls) -> dict:
+        return {"distance": "l2"}  # lpips_vgg_2 needs weight files
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
@@ -109,7 +120,7 @@ class Aeroblade(Method):
         out = (ae.reconstruct(x, generators=gens, quantize=False).float() / 2 + 0.5).clamp(0, 1)
         return torch.floor(out * 255) / 255 if self.quantize_output else out
 
-    def score_batch(self, ae: Autoencoder, images: torch.Tensor, records: Sequence[ImageRecord]) -> list[dict]:
+    def compute(self, ae: Autoencoder, images: torch.Tensor, records: Sequence[ImageRecord]) -> list[dict]:
         recon = self.reconstruct(ae, images)
         x = images.to(recon.device, torch.float32)
         if self.distance == "l2":
@@ -119,11 +130,4 @@ class Aeroblade(Method):
         else:
             net = _lpips(str(self.vgg_weights), str(self.lpips_weights), str(recon.device))
             values = net(x, recon).tolist()
-        rows = []
-        for v in values:
-            if v != v or v in (float("inf"), float("-inf")):
-                rows.append(failed_row(f"non-finite distance ({v})"))
-            else:
-                rows.append({"score": float(v), "init_loss": math.nan, "best_step": None, "status": "ok", "reason": "",
-                             "trajectory": None})
-        return rows
+        return [scored_row(v) if math.isfinite(v) else failed_row(f"non-finite distance ({v})") for v in values]

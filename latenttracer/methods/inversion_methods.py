@@ -4,26 +4,28 @@
 * ``ronan`` (NeurIPS 2023): :func:`~latenttracer.inversion.ronan_config`: random initial latent, Adam lr 0.1,
   1500 steps, constant learning rate, min over steps.
 
-Both score exactly as before this module existed: same rows, same cache key (``config.hash`` over the model's
-fingerprint, resolution and clamp, and the image preparation), so existing caches keep working. A ``ronan``
-run and a ``latenttracer`` run with the same settings share their cached rows: they are the same computation.
+Their options are the fields of :class:`~latenttracer.inversion.InversionConfig`. The cache key is
+``config.hash`` over the model's fingerprint, resolution and clamp, and the image preparation (pinned by a
+test, so stored scores stay valid). A ``ronan`` run and a ``latenttracer`` run with the same settings share their
+cached rows: they are the same computation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from latenttracer.autoencoders import Autoencoder
 from latenttracer.images import ImageOptions, ImageRecord
 from latenttracer.inversion import InversionConfig, image_seed, invert, latent_to_bytes, ronan_config
-from latenttracer.methods.base import Method, image_prep, model_identity
+from latenttracer.methods.base import METHODS, Method, image_prep, model_identity
 
 __all__ = ["LatentTracer", "Ronan"]
 
 
+@METHODS.register
 @dataclass(frozen=True)
 class LatentTracer(Method):
     """Latent inversion through the decoder (the project's default method)."""
@@ -32,6 +34,19 @@ class LatentTracer(Method):
 
     name = "latenttracer"
     needs_grad = True
+    hidden_options = ("record_trajectory", "record_latent")  # always on: the rows carry both
+
+    @classmethod
+    def settings_type(cls) -> type:
+        return InversionConfig
+
+    @classmethod
+    def from_settings(cls, settings: InversionConfig) -> LatentTracer:
+        return cls(config=settings)
+
+    @classmethod
+    def contract_options(cls) -> dict:
+        return {"steps": 5}
 
     @property
     def device(self) -> str:  # type: ignore[override]
@@ -49,21 +64,17 @@ class LatentTracer(Method):
         return self.config.identity()
 
     def run_hash(self, ae: Autoencoder, image_options: ImageOptions) -> str:
-        # Unchanged from before methods existed (a test pins it): existing caches stay valid.
         return self.config.hash(model_identity(ae), image_prep(image_options))
 
-    def score_batch(self, ae: Autoencoder, images: torch.Tensor, records: Sequence[ImageRecord]) -> list[dict]:
+    def compute(self, ae: Autoencoder, images: torch.Tensor, records: Sequence[ImageRecord]) -> list[dict]:
         cfg = replace(self.config, batch_size=max(1, len(records)), record_trajectory=True, record_latent=True)
         results = invert(ae, images, cfg, seeds=[image_seed(r.sha256, self.config.seed) for r in records])
         return [{"score": res.score, "init_loss": res.init_loss, "best_step": res.best_step, "status": res.status,
                  "reason": res.reason, "trajectory": res.trajectory,
                  "best_latent": latent_to_bytes(res.best_latent) if res.status == "ok" else None} for res in results]
 
-    @classmethod
-    def from_dict(cls, values: dict) -> LatentTracer:
-        return cls(config=InversionConfig.from_dict(dict(values)))
 
-
+@METHODS.register
 @dataclass(frozen=True)
 class Ronan(LatentTracer):
     """RONAN: a preset of the one inversion loop (see :func:`~latenttracer.inversion.ronan_config`)."""
@@ -73,5 +84,6 @@ class Ronan(LatentTracer):
     name = "ronan"
 
     @classmethod
-    def from_dict(cls, values: dict) -> Ronan:
-        return cls(config=ronan_config(**dict(values)))
+    def preset(cls) -> dict:
+        default = asdict(InversionConfig())
+        return {k: v for k, v in asdict(ronan_config()).items() if v != default[k]}

@@ -1,0 +1,1 @@
+"""Shared test code: contracts every registered entry of an extension point must pass."""
