@@ -32,17 +32,20 @@ SAVED_ACTIVATIONS_FORWARD = 16
 FREE_MEMORY_FRACTION = 0.8
 
 
-def decoder_width(model: torch.nn.Module) -> int:
-    """Channels of the decoder's full-resolution block, read from the diffusers config (128 if unknown)."""
-    cfg = getattr(model, "config", None)
-    tiny = getattr(cfg, "decoder_block_out_channels", None)
-    if tiny:
-        return int(tiny[-1])
-    blocks = getattr(cfg, "block_out_channels", None)
-    return int(blocks[0]) if blocks else 128
+def decoder_width(model) -> int:
+    """Channels of the decoder's full-resolution activations: an :class:`Autoencoder`'s ``decoder_width``
+    (its family knows it); for a bare module, its ``decoder_width`` attribute or its diffusers config
+    (128 if unknown)."""
+    from latenttracer.autoencoders import Autoencoder
+    from latenttracer.autoencoders._diffusers import module_decoder_width
+
+    if isinstance(model, Autoencoder):
+        return int(model.decoder_width)
+    width = getattr(model, "decoder_width", None)
+    return int(width) if isinstance(width, int) else module_decoder_width(model)
 
 
-def bytes_per_image(model: torch.nn.Module, resolution: int, *, backward: bool,
+def bytes_per_image(model, resolution: int, *, backward: bool,
                     dtype: torch.dtype = torch.float32) -> int:
     """Estimated peak bytes one image needs in the decoder (see the module docstring)."""
     saved = SAVED_ACTIVATIONS_BACKWARD if backward else SAVED_ACTIVATIONS_FORWARD
@@ -50,7 +53,7 @@ def bytes_per_image(model: torch.nn.Module, resolution: int, *, backward: bool,
     return saved * decoder_width(model) * int(resolution) ** 2 * element
 
 
-def auto_batch_size(model: torch.nn.Module, resolution: int, device: torch.device, *, backward: bool,
+def auto_batch_size(model, resolution: int, device: torch.device, *, backward: bool,
                     dtype: torch.dtype = torch.float32) -> int:
     """The first batch size to try on ``device``; see the module docstring."""
     device = torch.device(device)

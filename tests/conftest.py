@@ -73,7 +73,7 @@ def decoded_images(ae, n: int, seed: int) -> torch.Tensor:
     """Images the autoencoder's decoder makes from random latents (what a generator built on it outputs)."""
     from latenttracer.autoencoders import Autoencoder
 
-    wrapped = ae if isinstance(ae, Autoencoder) else Autoencoder(ae, _kind(ae), "x", 32)
+    wrapped = ae if isinstance(ae, Autoencoder) else diffusers_family(ae)(ae, name="x", resolution=32)
     probe = wrapped.encode(torch.zeros(1, 3, 32, 32))
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *probe.shape[1:]), generator=g) * 0.5
@@ -81,8 +81,11 @@ def decoded_images(ae, n: int, seed: int) -> torch.Tensor:
         return wrapped.decode(z)
 
 
-def _kind(ae) -> str:
-    return {"AutoencoderKL": "kl", "VQModel": "vq", "AutoencoderTiny": "tiny"}[type(ae).__name__]
+def diffusers_family(module):
+    """The registered family that wraps a diffusers autoencoder module of this class."""
+    from latenttracer.autoencoders._diffusers import diffusers_classes
+
+    return diffusers_classes()[type(module).__name__]
 
 
 def natural_crops(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
