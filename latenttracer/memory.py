@@ -7,17 +7,18 @@ model's resolution and the device's free memory:
 * elsewhere (CPU, MPS): :data:`MAX_AUTO_BATCH` (64, the previous fixed default), so results and timings on the
   zoo are unchanged. The batch size never changes a score: every method is batch-independent (tested).
 
-``bytes_per_image`` is an estimate: a decoder's memory is dominated by its full-resolution activations,
-``width x resolution^2`` elements each (``width``: the channels of the decoder's last, full-size block, 128
-for Stable Diffusion's VAE). A forward and backward pass holds about :data:`SAVED_ACTIVATIONS_BACKWARD` of
-them, a forward pass under ``no_grad`` about :data:`SAVED_ACTIVATIONS_FORWARD`. Both constants come from
-``benchmarks/decoder_memory.py`` (peak resident memory on CPU of a random-init decoder of SD's VAE
-architecture; one run: forward + backward 147 MB at 64 px and 496 MB at 128 px, i.e. 58 such activations;
-forward alone 39 and 115 MB, i.e. 13), rounded up. For SD's VAE at 512 px in float32 that gives
-64 x 128 x 512^2 x 4 B = 8.6 GB per image to invert, so about two images at once on a 24 GB GPU. A GPU's
-allocator and convolution workspaces differ from the CPU's, so the estimate only sets the first try: on an
-out-of-memory error the caller halves the batch and retries (see :func:`is_out_of_memory`), and a wrong guess
-costs one failed batch, never a crash or a lost result.
+``bytes_per_image`` is an estimate: a decoder's memory is dominated by its full-resolution activations, ``width x
+resolution^2`` elements each (``width``: the channels of the decoder's last, full-size block, which the
+autoencoder's family reports as ``decoder_width``: 128 for Stable Diffusion's VAE, 64 for TAESD). The functions take
+the :class:`~latenttracer.autoencoders.Autoencoder` (or, as callers still pass it, its ``model``). A forward and
+backward pass holds about :data:`SAVED_ACTIVATIONS_BACKWARD` of them, a forward pass under ``no_grad`` about
+:data:`SAVED_ACTIVATIONS_FORWARD`. Both constants come from ``benchmarks/decoder_memory.py`` (peak resident memory
+on CPU of a random-init decoder of SD's VAE architecture; one run: forward + backward 147 MB at 64 px and 496 MB at
+128 px, i.e. 58 such activations; forward alone 39 and 115 MB, i.e. 13), rounded up. For SD's VAE at 512 px in
+float32 that gives 64 x 128 x 512^2 x 4 B = 8.6 GB per image to invert, so about two images at once on a 24 GB GPU.
+A GPU's allocator and convolution workspaces differ from the CPU's, so the estimate only sets the first try: on an
+out-of-memory error the caller halves the batch and retries (see :func:`is_out_of_memory`), and a wrong guess costs
+one failed batch, never a crash or a lost result.
 """
 
 from __future__ import annotations

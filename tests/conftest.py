@@ -35,24 +35,14 @@ def pytest_configure(config):
     if run_slow_requested() and not explicit_m and config.option.markexpr == "not slow":
         config.option.markexpr = ""
 
-TINY_CONFIGS = {
-    "AutoencoderKL": dict(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, norm_num_groups=4, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, mid_block_add_attention=False,
-    ),
-    "VQModel": dict(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, norm_num_groups=4, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, num_vq_embeddings=32, vq_embed_dim=4,
-        mid_block_add_attention=False,
-    ),
-    "AutoencoderTiny": dict(
-        in_channels=3, out_channels=3, latent_channels=4, encoder_block_out_channels=(8, 8),
-        decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1),
-        upsampling_scaling_factor=2, act_fn="relu",
-    ),
-}
+def _tiny_configs() -> dict[str, dict]:
+    """diffusers class -> constructor arguments of a tiny instance (from each diffusers family's ``tiny_config``)."""
+    from latenttracer.autoencoders._diffusers import diffusers_classes
+
+    return {name: family.tiny_config for name, family in diffusers_classes().items()}
+
+
+TINY_CONFIGS = _tiny_configs()
 
 
 def make_autoencoder(class_name: str, seed: int):

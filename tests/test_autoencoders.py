@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS, make_autoencoder
+from conftest import make_autoencoder
 
 from latenttracer.autoencoders import AutoencoderLoadError, load_autoencoder
 
@@ -83,7 +83,13 @@ def test_hub_id_offline_gives_clear_error(monkeypatch):
         load_autoencoder("no-such-owner/no-such-model", local_files_only=True)
 
 
-def test_tiny_config_table_covers_supported_classes():
-    from latenttracer.autoencoders._diffusers import diffusers_classes
 
-    assert set(TINY_CONFIGS) == set(diffusers_classes())
+def test_any_slot_name_holds_the_autoencoder(tmp_path):
+    d = _ldm_pipeline_dir(tmp_path)
+    index = json.loads((d / "model_index.json").read_text())
+    index["my_autoencoder"] = index.pop("vqvae")
+    (d / "model_index.json").write_text(json.dumps(index))
+    (d / "vqvae").rename(d / "my_autoencoder")
+    before = load_autoencoder(_ldm_pipeline_dir(tmp_path / "orig"))
+    ae = load_autoencoder(d)
+    assert ae.family == "diffusers-kl" and ae.resolution == 32 and ae.fingerprint == before.fingerprint

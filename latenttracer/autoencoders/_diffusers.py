@@ -174,6 +174,8 @@ class DiffusersAutoencoder(Autoencoder):
 
     model_class: ClassVar[str] = ""
     """The diffusers class this family loads (e.g. ``"AutoencoderKL"``)."""
+    tiny_config: ClassVar[dict[str, Any]] = {}
+    """Constructor arguments of a small random-init instance (tests build theirs from it)."""
 
     def __init__(self, model: torch.nn.Module, *, name: str, resolution: int, fingerprint: str = "",
                  clamp: bool = True) -> None:
@@ -221,6 +223,14 @@ class DiffusersAutoencoder(Autoencoder):
             raise AutoencoderLoadError(f"{source}: cannot tell the native resolution; pass resolution=")
         return cls(model, name=name or found.default_name, resolution=int(resolution),
                    fingerprint=_fingerprint(found), clamp=clamp)
+
+    @classmethod
+    def tiny_for_tests(cls, folder: Path, seed: int = 0) -> str:
+        import diffusers
+
+        torch.manual_seed(seed)
+        getattr(diffusers, cls.model_class)(**cls.tiny_config).save_pretrained(folder)
+        return str(folder)
 
     @property
     def decoder_width(self) -> int:

@@ -109,6 +109,14 @@ class Autoencoder(ABC):
              local_files_only: bool | None = None) -> Autoencoder:
         """Build the autoencoder of ``source`` on the CPU in float32 (:func:`load_autoencoder` moves it)."""
 
+    @classmethod
+    def tiny_for_tests(cls, folder: Path, seed: int = 0) -> str:
+        """Write a small random-init instance (weights seeded by ``seed``) into ``folder``; return the source to
+        pass to :func:`load_autoencoder`. The shared contract tests (``tests/helpers/autoencoder_contracts.py``)
+        run every registered family through it; the same architecture for every seed, other weights."""
+        raise NotImplementedError(f"autoencoder family {cls.family!r} ({cls.__qualname__}) defines no "
+                                  "tiny_for_tests(folder, seed), which the contract tests need")
+
     # -- placement -------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

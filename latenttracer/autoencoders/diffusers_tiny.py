@@ -22,6 +22,11 @@ class DiffusersTiny(DiffusersAutoencoder):
     model_class = "AutoencoderTiny"
     looks_for = ("a diffusers pipeline folder or hub id with an AutoencoderTiny component, or a folder with an "
                  "AutoencoderTiny saved by save_pretrained (config.json)")
+    tiny_config = dict(
+        in_channels=3, out_channels=3, latent_channels=4, encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1),
+        upsampling_scaling_factor=2, act_fn="relu",
+    )
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -140,9 +140,10 @@ class TAESDNet(nn.Module):
         self.decoder = build_decoder(variant)
 
 
-def save_random_weights(folder: str | Path, variant: str, seed: int = 0, *, card: bool = True) -> Path:
+def save_random_weights(folder: str | Path, variant: str, seed: int = 0, *, card: bool = True,
+                        resolution: int = DEFAULT_RESOLUTION) -> Path:
     """Write a random-init ``variant`` (PyTorch's default init, seeded) to ``folder`` as the published files,
-    with a card when ``card``; for tests and examples. Returns the folder."""
+    with a card giving ``resolution`` when ``card``; for tests and examples. Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -151,7 +152,7 @@ def save_random_weights(folder: str | Path, variant: str, seed: int = 0, *, card
     torch.save(net.decoder.state_dict(), folder / net.variant.file("decoder"))
     if card:
         (folder / CARD).write_text(json.dumps({"family": "taesd", "variant": variant,
-                                               "resolution": DEFAULT_RESOLUTION, "note": "random init"}))
+                                               "resolution": resolution, "note": "random init"}))
     return folder
 
 
@@ -281,6 +282,11 @@ class TAESD(Autoencoder):
         read = files + ([folder / CARD] if (folder / CARD).is_file() else [])
         return cls(net, name=name or folder.name, resolution=resolution,
                    fingerprint=content_fingerprint(read, folder), clamp=clamp)
+
+    @classmethod
+    def tiny_for_tests(cls, folder: Path, seed: int = 0) -> str:
+        """A random-init taef2 (the variant with every kind of layer) with a card at 32 px."""
+        return str(save_random_weights(folder, "taef2", seed, resolution=32))
 
     @property
     def decoder_width(self) -> int:
