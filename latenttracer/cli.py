@@ -242,7 +242,7 @@ def trace(args: argparse.Namespace) -> int:
     if args.calibrate:
         list_images(args.calibrate, recursive=args.recursive)  # fail early on an empty or missing folder
     ae = load_autoencoder(args.model, resolution=args.resolution, device=args.device, dtype=args.dtype)
-    print(f"inspected model: {ae.name} ({ae.kind}, {ae.resolution}px); {len(paths)} images; "
+    print(f"inspected model: {ae.name} ({ae.family}, {ae.resolution}px); {len(paths)} images; "
           f"{_describe(method)}", file=sys.stderr)
 
     t0 = time.perf_counter()
@@ -317,7 +317,7 @@ def attribute(args: argparse.Namespace) -> int:
             raise ValueError(f"attribute: two --model share the name {ae.name!r} (names are directory base names)")
         if ae.name == NONE:
             raise ValueError(f"attribute: a model may not be called {NONE!r}")
-        print(f"inspected model: {ae.name} ({ae.kind}, {ae.resolution}px); {_describe(method)}", file=sys.stderr)
+        print(f"inspected model: {ae.name} ({ae.family}, {ae.resolution}px); {_describe(method)}", file=sys.stderr)
         thresholds[ae.name], calibration[ae.name] = _threshold(ae, method, cal_dir, args, options, store)
         frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
                                       image_options=options, on_bad_image=args.on_bad_image,

@@ -248,7 +248,7 @@ def invert(
     if batch_size == "auto":
         from latenttracer.memory import auto_batch_size
 
-        batch_size = auto_batch_size(ae.model, images.shape[-1], device, backward=True, dtype=ae.dtype)
+        batch_size = auto_batch_size(ae, images.shape[-1], device, backward=True, dtype=ae.dtype)
     results: list[InversionResult] = []
     for start in range(0, images.shape[0], batch_size):
         stop = start + batch_size

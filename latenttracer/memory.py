@@ -10,7 +10,7 @@ model's resolution and the device's free memory:
 ``bytes_per_image`` is an estimate: a decoder's memory is dominated by its full-resolution activations, ``width x
 resolution^2`` elements each (``width``: the channels of the decoder's last, full-size block, which the
 autoencoder's family reports as ``decoder_width``: 128 for Stable Diffusion's VAE, 64 for TAESD). The functions take
-the :class:`~latenttracer.autoencoders.Autoencoder` (or, as callers still pass it, its ``model``). A forward and
+the :class:`~latenttracer.autoencoders.Autoencoder`. A forward and
 backward pass holds about :data:`SAVED_ACTIVATIONS_BACKWARD` of them, a forward pass under ``no_grad`` about
 :data:`SAVED_ACTIVATIONS_FORWARD`. Both constants come from ``benchmarks/decoder_memory.py`` (peak resident memory
 on CPU of a random-init decoder of SD's VAE architecture; one run: forward + backward 147 MB at 64 px and 496 MB at
@@ -33,35 +33,28 @@ SAVED_ACTIVATIONS_FORWARD = 16
 FREE_MEMORY_FRACTION = 0.8
 
 
-def decoder_width(model) -> int:
-    """Channels of the decoder's full-resolution activations: an :class:`Autoencoder`'s ``decoder_width``
-    (its family knows it); for a bare module, its ``decoder_width`` attribute or its diffusers config
-    (128 if unknown)."""
-    from latenttracer.autoencoders import Autoencoder
-    from latenttracer.autoencoders._diffusers import module_decoder_width
-
-    if isinstance(model, Autoencoder):
-        return int(model.decoder_width)
-    width = getattr(model, "decoder_width", None)
-    return int(width) if isinstance(width, int) else module_decoder_width(model)
+def decoder_width(ae) -> int:
+    """Channels of the decoder's full-resolution activations: the autoencoder family knows it
+    (:attr:`latenttracer.autoencoders.Autoencoder.decoder_width`)."""
+    return int(ae.decoder_width)
 
 
-def bytes_per_image(model, resolution: int, *, backward: bool,
+def bytes_per_image(ae, resolution: int, *, backward: bool,
                     dtype: torch.dtype = torch.float32) -> int:
     """Estimated peak bytes one image needs in the decoder (see the module docstring)."""
     saved = SAVED_ACTIVATIONS_BACKWARD if backward else SAVED_ACTIVATIONS_FORWARD
     element = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
-    return saved * decoder_width(model) * int(resolution) ** 2 * element
+    return saved * decoder_width(ae) * int(resolution) ** 2 * element
 
 
-def auto_batch_size(model, resolution: int, device: torch.device, *, backward: bool,
+def auto_batch_size(ae, resolution: int, device: torch.device, *, backward: bool,
                     dtype: torch.dtype = torch.float32) -> int:
     """The first batch size to try on ``device``; see the module docstring."""
     device = torch.device(device)
     if device.type != "cuda":
         return MAX_AUTO_BATCH
     free, _total = torch.cuda.mem_get_info(device)
-    per_image = bytes_per_image(model, resolution, backward=backward, dtype=dtype)
+    per_image = bytes_per_image(ae, resolution, backward=backward, dtype=dtype)
     return max(1, min(MAX_AUTO_BATCH, int(FREE_MEMORY_FRACTION * free // per_image)))
 
 

@@ -110,7 +110,7 @@ def score_images(
         method.prepare(ae)
         size = batch_size if batch_size is not None else method.batch_size
         if size == "auto":
-            size = auto_batch_size(ae.model, ae.resolution, ae.device, backward=method.needs_grad, dtype=ae.dtype)
+            size = auto_batch_size(ae, ae.resolution, ae.device, backward=method.needs_grad, dtype=ae.dtype)
         elif isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"batch_size: must be an integer >= 1 or 'auto', got {size!r}")
         fresh = _score_todo(ae, method, todo, key, int(size), store, image_options, on_bad_image, skipped,

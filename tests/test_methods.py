@@ -368,7 +368,7 @@ def test_aeroblade_reconstruction_follows_their_recipe(tiny_dirs, tmp_path):
 
 # -- memory: auto batch and halving on out-of-memory ------------------------------------------------------------
 def test_auto_batch_size(monkeypatch):
-    sd_like = SimpleNamespace(config=SimpleNamespace(block_out_channels=[128, 256, 512, 512]))
+    sd_like = SimpleNamespace(decoder_width=128)  # an SD-class decoder: 128 channels at full resolution
     assert memory.auto_batch_size(sd_like, 512, torch.device("cpu"), backward=True) == memory.MAX_AUTO_BATCH
     assert memory.bytes_per_image(sd_like, 512, backward=True) == memory.SAVED_ACTIVATIONS_BACKWARD * 128 * 512**2 * 4
     assert memory.bytes_per_image(sd_like, 512, backward=True, dtype=torch.float16) == \

@@ -160,11 +160,6 @@ class Autoencoder(ABC):
         draw. ``quantize=False`` skips a quantiser where the family has one.
         """
 
-    @property
-    def kind(self) -> str:
-        """The family name under its old attribute name (``latenttracer/cli.py`` still prints ``ae.kind``)."""
-        return self.family
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, family={self.family}, resolution={self.resolution})"
 
