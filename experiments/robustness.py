@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from experiments import common
 from latenttracer import protocol, report
 from latenttracer.metrics import detection_metrics
-from latenttracer.perturbations import KINDS, Perturbation, parse_grid, perturbed_set
+from latenttracer.perturbations import Perturbation, kind_of, parse_grid, perturbed_set
 from latenttracer.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def figure(rows: pd.DataFrame):
     """One panel per perturbation kind: AUC against strength, one line per method (mean over inspected models,
     the range over them shaded); the clean AUC as the dotted line of the same colour."""
     plt = report._pyplot()
-    kinds = [k for k in KINDS if k in set(rows["perturbation"])]
+    kinds = [k for k in dict.fromkeys(rows["perturbation"]) if k != CLEAN]  # grid order
     methods = list(dict.fromkeys(rows["method"]))
     fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(3.2 * max(1, len(kinds)), 3.2), sharey=True,
                              squeeze=False)
@@ -153,11 +153,9 @@ def figure(rows: pd.DataFrame):
                 ax.fill_between(pert.index, pert["min"], pert["max"], color=colour, alpha=0.15, lw=0)
             ax.axhline(clean, color=colour, ls=":", lw=1)
         ax.set_title(kind)
-        ax.set_xlabel(KINDS[kind])
-        if kind == "jpeg":
+        ax.set_xlabel(kind_of(kind).parameter)
+        if kind_of(kind).descending:
             ax.invert_xaxis()  # stronger to the right
-        if kind == "crop":
-            ax.invert_xaxis()
         ax.axhline(0.5, color="grey", lw=0.5)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
