@@ -1,0 +1,46 @@
+"""Any registered study (:mod:`latenttracer.studies`) from its config: config in, one library call, publish.
+
+    python -m experiments.study --config-name robustness          # = python -m experiments.robustness
+    python -m experiments.study --config-name <name> key=value    # any study with a conf/<name>.yaml
+
+The study is the one registered under the config's name. A study from a plugin file: name the file in
+``LATENTTRACER_PLUGINS`` and put its YAML on Hydra's search path (``hydra.searchpath=[file:///some/conf]``);
+docs/extending_studies.md shows one.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from experiments import common
+from latenttracer.studies import STUDIES, StudyResult, publish
+
+
+def run(cfg: DictConfig, name: str | None = None) -> StudyResult:
+    """Run study ``name`` (default: the name of the job's config) on ``cfg`` and publish its result."""
+    name = name or str(HydraConfig.get().job.config_name)
+    study = STUDIES.get(name)()
+    ctx = common.Context(cfg)
+    with common.tracker(cfg, name) as tracker:  # also records the stage's wall time
+        result = study.run(cfg, ctx)
+        publish(result, ctx.output_dir, tracker)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name=None)
+def main(cfg: DictConfig) -> float:
+    """Returns the study's objective (for Hydra sweepers)."""
+    return run(cfg).objective
+
+
+if __name__ == "__main__":
+    # the job is named after its study (outputs/<name>/...), as `python -m experiments.<name>` names it
+    names = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--config-name=")]
+    names += [sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a in ("--config-name", "-cn")]
+    if names and not any(a.startswith("hydra.job.name=") for a in sys.argv):
+        sys.argv.append(f"hydra.job.name={names[-1]}")
+    main()
