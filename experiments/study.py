@@ -37,10 +37,18 @@ def main(cfg: DictConfig) -> float:
     return run(cfg).objective
 
 
+def _name_the_job(argv: list[str]) -> None:
+    """Name the job after its study (outputs/<name>/...), as ``python -m experiments.<name>`` names it: add
+    ``hydra.job.name=<config name>`` among the overrides unless it is given."""
+    names = [a.split("=", 1)[1] for a in argv if a.startswith("--config-name=")]
+    names += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config-name", "-cn")]
+    if not names or any(a.startswith("hydra.job.name=") for a in argv):
+        return
+    overrides = [i for i, a in enumerate(argv) if i > 0 and "=" in a and not a.startswith("-")
+                 and argv[i - 1] not in ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp")]
+    argv.insert(overrides[0] if overrides else len(argv), f"hydra.job.name={names[-1]}")
+
+
 if __name__ == "__main__":
-    # the job is named after its study (outputs/<name>/...), as `python -m experiments.<name>` names it
-    names = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--config-name=")]
-    names += [sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a in ("--config-name", "-cn")]
-    if names and not any(a.startswith("hydra.job.name=") for a in sys.argv):
-        sys.argv.append(f"hydra.job.name={names[-1]}")
+    _name_the_job(sys.argv)
     main()

@@ -38,7 +38,7 @@ def examples(tmp_path) -> dict[str, Path]:
         target = tmp_path / ("plugins" / Path(rel.name) if rel.suffix == ".py" else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
-        written[rel.stem] = target
+        written[path] = target
     return written
 
 
@@ -50,7 +50,7 @@ def test_the_page_has_both_examples():
 def test_the_toy_perturbation_runs_through_robustness(examples, micro_zoo, workspace, tmp_path):  # noqa: F811
     from latenttracer.perturbations import PERTURBATIONS, Perturbation, apply_perturbation, parse_grid
 
-    load_plugins([examples["gamma"]])
+    load_plugins([examples["latenttracer/perturbations/gamma.py"]])
     assert "gamma" in PERTURBATIONS
     with pytest.raises(ValueError, match="gamma: exponent must be a number > 0"):
         parse_grid(["gamma:-1"])
@@ -94,10 +94,11 @@ def test_the_toy_study_runs_through_the_generic_entry_point(examples, tmp_path):
     scores = pd.DataFrame(rows)
     scores.to_parquet(results / "table1_scores.parquet")
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LATENTTRACER_PLUGINS": str(examples["score_histogram"]),
+    plugin = examples["latenttracer/studies/score_histogram.py"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LATENTTRACER_PLUGINS": str(plugin),
            "LATENTTRACER_ROOT": str(tmp_path)}
-    cmd = [sys.executable, "-m", "experiments.study", "--config-name=score_histogram", *MICRO, "logger=none",
-           f"paths.root_dir={tmp_path}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "bins=2"]
+    cmd = [sys.executable, "-m", "experiments.study", f"--config-dir={tmp_path / 'conf'}",
+           "--config-name=score_histogram", *MICRO, "logger=none", f"paths.root_dir={tmp_path}", "bins=2"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
