@@ -7,7 +7,7 @@ JOBS    ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
-        report sync-wandb benchmark clean compare-methods attribution robustness drift complexity
+        report sync-wandb benchmark clean compare-methods attribution robustness drift complexity study
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -76,6 +76,11 @@ drift: ## kl-a's decoder fine-tuned N steps vs its fingerprint -> results/drift.
 
 complexity: ## Table 1's scores vs image complexity and brightness (after reproduce-table1) -> results/complexity.*
 	$(PYTHON) -m experiments.complexity $(ARGS)
+
+STUDY ?=
+study: ## any registered study by its config name (latenttracer/studies/, conf/<name>.yaml): make study STUDY=<name>
+	@test -n "$(STUDY)" || { echo "make study: name the study, e.g. make study STUDY=robustness"; exit 2; }
+	$(PYTHON) -m experiments.study --config-name=$(STUDY) $(ARGS)
 
 figures: ## figures from cached scores only -> results/figures/*.png|pdf
 	$(PYTHON) -m experiments.figures

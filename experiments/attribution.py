@@ -1,195 +1,20 @@
-"""Attribution across the K models of the suite, per method, from stored grid scores only.
+"""Attribution across the K models of the suite, per method, from stored scores
+(:mod:`latenttracer.studies.attribution`).
 
     python -m experiments.attribution            # -> results/attribution.{md,csv} + figures/confusion_<method>.*
 
-The Table 1 grid scores every evaluation image (each model's evaluation half and the real crops) under every
-inspected model, so attribution computes nothing: LatentTracer's scores and thresholds are Table 1's
-(``report.table1`` + ``.csv`` / ``_scores.parquet``), the other methods' those of ``experiments.methods``
-(``report.method_runs/<preset>_{cells.csv,scores.parquet}``). Each model's threshold is the one its method
-calibrated on the model's calibration half; calibration images are never attributed. The library functions
-(:mod:`latenttracer.attribution`) assign each image to the strongest claim among the models whose threshold it
-passes (``normalisation``), or to ``none``, and make the (K + 1) x (K + 1) confusion matrix (true source incl.
-``real``; prediction incl. ``none``) and the accuracies. Config: ``conf/attribution.yaml``.
+The same as ``python -m experiments.study --config-name attribution``; config: ``conf/attribution.yaml``.
 """
 
-from __future__ import annotations
-
-import logging
-from pathlib import Path
-
 import hydra
-import numpy as np
-import pandas as pd
 from omegaconf import DictConfig
 
-from experiments import common, methods
-from latenttracer import attribution, protocol, report
-
-log = logging.getLogger(__name__)
-
-HARD_PAIR = ("kl-a", "kl-a-ft")  # same encoder, fine-tuned decoder: the hard case, outlined in the figures
-
-
-def method_runs(cfg: DictConfig) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """{method label: (cells, per-image scores)}: LatentTracer from Table 1, then every method preset run."""
-    runs: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
-    stem = Path(cfg.report.table1)
-    t1_cells, t1_scores = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + "_scores.parquet")
-    if t1_cells.is_file() and t1_scores.is_file():
-        runs["latenttracer"] = (pd.read_csv(t1_cells), pd.read_parquet(t1_scores))
-    else:
-        log.warning("no Table 1 results (%s, %s): LatentTracer left out (run make reproduce-table1)",
-                    t1_cells, t1_scores)
-    for preset, (cells, scores) in methods.load_runs(Path(cfg.report.method_runs)).items():
-        label = str(cells["method"].iloc[0])
-        if label == "latenttracer" and label in runs:
-            continue  # the same rows as Table 1's
-        if label in runs:
-            label = f"{label} ({preset})"
-        runs[label] = (cells, scores)
-    if not runs:
-        raise FileNotFoundError(f"no scores to attribute: neither {t1_scores} nor {cfg.report.method_runs}/"
-                                "*_cells.csv exist; run make reproduce-table1 and/or make compare-methods")
-    return runs
-
-
-def attribute_method(cells: pd.DataFrame, scores: pd.DataFrame, suite_models: list[str],
-                     kind: str = "ratio") -> tuple[pd.DataFrame, list[str]]:
-    """Per evaluation image: true ``source`` and ``predicted`` (plus ``score_<m>``/``norm_<m>``); and the models."""
-    models = [m for m in suite_models if m in set(scores["inspected"])]
-    missing = [m for m in suite_models if m not in models]
-    if missing:
-        log.warning("models %s have no scores in this run: attributing among %s only", missing, models)
-    if len(models) < 2:
-        raise ValueError(f"attribution needs scores of at least 2 suite models; this run has {models}")
-    ok = scores["status"] == "ok"
-    values = scores.assign(score=scores["score"].where(ok))
-    thresholds = {m: float(cells.loc[cells["inspected"] == m, "threshold"].iloc[0]) for m in models}
-    calibration = {m: values.loc[(values["inspected"] == m) & (values["source"] == m)
-                                 & (values["split"] == "calibration"), "score"].dropna().to_numpy() for m in models}
-    evaluation = values[(values["split"] == "evaluation") & values["inspected"].isin(models)]
-    wide = evaluation.pivot_table(index=["source", "path"], columns="inspected", values="score", aggfunc="first",
-                                  dropna=False)
-    wide = wide.reindex(columns=models)
-    # Only images every model scored (the grid's evaluation images); NaN (failed) never claims.
-    scored = evaluation.groupby(["source", "path"])["inspected"].nunique()
-    wide = wide[scored.reindex(wide.index).to_numpy() == len(models)]
-    sources = [s for s in [*models, *dict.fromkeys(evaluation["source"])] if s in set(wide.index.get_level_values(0))]
-    wide = wide.loc[[s for s in dict.fromkeys(sources)]]
-    result = attribution.attribute(wide, calibration, thresholds, kind)
-    result.insert(0, "source", wide.index.get_level_values("source"))
-    result.insert(1, "path", wide.index.get_level_values("path"))
-    return result.reset_index(drop=True), models
-
-
-def summary_rows(method: str, result: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """One row per true source (and ``all``): counts per prediction, n and accuracy."""
-    matrix = attribution.confusion_matrix(result["source"], result["predicted"], models)
-    acc = attribution.attribution_accuracy(result["source"], result["predicted"], models)
-    rows = []
-    for source, counts in matrix.iterrows():
-        rows.append({"method": method, "source": source, "n": int(counts.sum()),
-                     "accuracy": acc["per_source"].get(source, np.nan),
-                     **{f"pred_{c}": int(v) for c, v in counts.items()}})
-    total = matrix.sum()
-    rows.append({"method": method, "source": protocol.ALL, "n": int(total.sum()), "accuracy": acc["overall"],
-                 **{f"pred_{c}": int(v) for c, v in total.items()}})
-    return pd.DataFrame(rows)
-
-
-def markdown(table: pd.DataFrame, title: str, notes: list[str]) -> str:
-    lines = [f"# {title}", "", *notes, "", "## Accuracy per true source", ""]
-    acc = table.pivot_table(index="method", columns="source", values="accuracy", aggfunc="first", sort=False)
-    acc = acc[[c for c in acc.columns if c != protocol.ALL] + [protocol.ALL]]
-    lines.append(report.markdown_table([[m, *(f"{v:.3f}" for v in row.values)] for m, row in acc.iterrows()],
-                                       ["method \\ source", *acc.columns]))
-    for method, group in table.groupby("method", sort=False):
-        group = group[group["source"] != protocol.ALL]
-        preds = [c for c in group.columns if c.startswith("pred_")]
-        body = [[r["source"], *(f"**{r[c]}**" if r["source"] in HARD_PAIR and c[5:] in HARD_PAIR else str(r[c])
-                                for c in preds), f"{r['accuracy']:.3f}"] for r in group.to_dict("records")]
-        lines += ["", f"## Confusion: {method} (rows: true source; columns: prediction; **bold**: the kl-a / kl-a-ft "
-                  "pair)", "", report.markdown_table(body, ["source \\ predicted", *(c[5:] for c in preds),
-                                                              "accuracy"])]
-    return "\n".join(lines) + "\n"
-
-
-def confusion_figure(method: str, result: pd.DataFrame, models: list[str]):
-    """Heat map of the confusion matrix (colour: row fraction; text: counts), the kl-a / kl-a-ft cells outlined."""
-    plt = report._pyplot()
-    from matplotlib.patches import Rectangle
-
-    matrix = attribution.confusion_matrix(result["source"], result["predicted"], models)
-    acc = attribution.attribution_accuracy(result["source"], result["predicted"], models)
-    frac = matrix.div(matrix.sum(axis=1).replace(0, 1), axis=0)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * matrix.shape[1], 0.9 + 0.6 * matrix.shape[0]))
-    im = ax.imshow(frac.to_numpy(), cmap="Blues", vmin=0, vmax=1)
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            ax.text(j, i, str(matrix.iat[i, j]), ha="center", va="center", fontsize=9,
-                    color="white" if frac.iat[i, j] > 0.6 else "black")
-            if matrix.index[i] in HARD_PAIR and matrix.columns[j] in HARD_PAIR:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="crimson", linewidth=2))
-    ax.set_xticks(range(matrix.shape[1]), list(matrix.columns), rotation=30, ha="right")
-    ax.set_yticks(range(matrix.shape[0]), list(matrix.index))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true source")
-    ax.set_title(f"{method}: accuracy {acc['overall']:.3f}", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row")
-    return fig
-
-
-def slug(label: str) -> str:
-    return label.replace("[", "_").replace("]", "").replace(" (", "_").replace(")", "").replace(" ", "_")
-
-
-def run(cfg: DictConfig) -> pd.DataFrame:
-    out = common.setup(cfg)
-    suite_models = list(cfg.suite.models)
-    tables, per_image = [], []
-    with common.tracker(cfg, "attribution") as tracker:
-        skipped = []
-        for method, (cells, scores) in method_runs(cfg).items():
-            try:
-                result, models = attribute_method(cells, scores, suite_models, str(cfg.normalisation))
-            except ValueError as err:
-                log.warning("%s left out: %s", method, err)
-                skipped.append(f"`{method}` left out: {err}.")
-                continue
-            tables.append(summary_rows(method, result, models))
-            per_image.append(result[["source", "path", "predicted"]].assign(method=method))
-            for fig_dir in (out / "figures", Path(cfg.report.figures)):
-                report.save_figure(confusion_figure(method, result, models), fig_dir / f"confusion_{slug(method)}",
-                                   formats=list(cfg.formats))
-            log.info("%s: attribution accuracy %.3f", method, tables[-1]["accuracy"].iloc[-1])
-        if not tables:
-            raise ValueError("no method could be attributed: " + " ".join(skipped))
-        table = pd.concat(tables, ignore_index=True)
-        pair = " / ".join(HARD_PAIR)
-        notes = [f"Suite `{cfg.suite.name}`: every evaluation image (each model's evaluation half and the real "
-                 "images; never the calibration halves) is attributed to the model with the strongest claim among "
-                 "those whose own calibrated threshold it passes, or to `none` "
-                 f"(normalisation `{cfg.normalisation}`). Real images are correct when predicted `none`.",
-                 "Scores are read from the stored grids, nothing is recomputed: LatentTracer's are Table 1's; the "
-                 "other methods' come from `make compare-methods` (their own set sizes, see results/methods.md).",
-                 f"The {pair} pair shares its encoder (kl-a-ft fine-tunes kl-a's decoder): the hard case.", *skipped]
-        title = f"Attribution across {len(suite_models)} models ({cfg.suite.name})"
-        text = markdown(table, title, notes)
-        stem = Path(cfg.report.attribution)
-        report.publish(stem, out, text, {"": table})
-        report.atomic_write_frame(pd.concat(per_image, ignore_index=True), out / "attribution_images.parquet")
-        print(text, flush=True)
-        tracker.log_table("attribution", table)
-        tracker.log_metrics({f"attribution/{m}/{s}": a for m, s, a in
-                             table[["method", "source", "accuracy"]].itertuples(index=False)})
-    return table
+from experiments import study
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="attribution")
 def main(cfg: DictConfig) -> float:
-    """Returns the mean overall attribution accuracy over the methods."""
-    table = run(cfg)
-    return float(table.loc[table["source"] == protocol.ALL, "accuracy"].mean())
+    return study.run(cfg, "attribution").objective
 
 
 if __name__ == "__main__":

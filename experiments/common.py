@@ -257,6 +257,55 @@ def method_scorer(cfg: DictConfig) -> proto.Scorer:
     return score_model
 
 
+# -- the studies' view of a job ----------------------------------------------------------------------------------
+class Context:
+    """A job's config as the library objects a study asks for (:class:`latenttracer.studies.Context`)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.output_dir = setup(cfg)
+
+    def store(self) -> ResultStore:
+        return ResultStore(self.cfg.store)
+
+    def image_sets(self) -> dict[str, dict[str, list[Path]]]:
+        return image_sets(self.cfg)
+
+    def inspected_models(self) -> list[str]:
+        return inspected_models(self.cfg)
+
+    def model_spec(self, name: str) -> ModelSpec:
+        return model_spec(self.cfg, name)
+
+    def load_model(self, spec: ModelSpec) -> Autoencoder:
+        return load_model(self.cfg, spec)
+
+    def method(self, entry: Any = None, dtype: str = "float32") -> Method:
+        return method(self.cfg, dtype) if entry is None else listed_method(self.cfg, entry, dtype)
+
+    def method_preset(self) -> str:
+        return method_preset(self.cfg)
+
+    def score(self, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
+              store: ResultStore | None) -> pd.DataFrame:
+        return score_method(self.cfg, ae, paths, scoring, store=store)
+
+    def scorer(self) -> proto.Scorer:
+        return method_scorer(self.cfg)
+
+    def split_settings(self) -> proto.SplitSettings:
+        return split_settings(self.cfg)
+
+    def protocol(self) -> dict:
+        return protocol(self.cfg)
+
+    def generation_settings(self, **changes: Any) -> GenerationSettings:
+        return GenerationSettings.from_dict({**plain(self.cfg.suite.generated), **changes})
+
+    def generated_set(self, spec: ModelSpec, settings: GenerationSettings) -> list[Path]:
+        return data_sets.generated_set(spec, settings, device=str(self.cfg.device), progress=bool(self.cfg.progress))
+
+
 # -- tracking ---------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def tracker(cfg: DictConfig, job_type: str) -> Iterator[Tracker]:

@@ -1,22 +1,24 @@
 """Schemas of every config under ``conf/``: Hydra structured configs, registered in the ConfigStore.
 
-Each top-level config (``table1``, ``invert``, ``ablations``, ``figures``, ``generate``) lists its schema first in
-its defaults (``- table1_schema``), so the composed config is typed from the start and every YAML merged into it
-(``base``, ``paths/*``, ``suite/*`` with its ``model/*``, ``inversion/*``, ``logger/*``, ``experiment/*``,
-``debug/*``) is checked as it is merged: an unknown or mistyped key fails at compose time with Hydra's message
-naming the YAML (``In 'suite/zoo': ... Key 'nn' not in 'GeneratedSchema'``) and the key (``full_key:
-suite.generated.nn``); a wrong type likewise. Command-line overrides are checked against the same schema.
+Each top-level config (``table1``, ``invert``, ``ablations``, ``figures``, ``generate``, ``report`` and one per
+study) lists its schema first in its defaults (``- table1_schema``), so the composed config is typed from the start
+and every YAML merged into it (``base``, ``paths/*``, ``suite/*`` with its ``model/*``, ``inversion/*``,
+``logger/*``, ``experiment/*``, ``debug/*``) is checked as it is merged: an unknown or mistyped key fails at
+compose time with Hydra's message naming the YAML (``In 'suite/zoo': ... Key 'nn' not in 'GenerationSettings'``) and
+the key (``full_key: suite.generated.nn``); a wrong type likewise. Command-line overrides are checked against the
+same schema.
 
-To add a config group (e.g. ``method/``): write its dataclass here and add a field for it to :class:`BaseSchema`
-(or to one entry point's schema); its YAMLs are then validated like the others. Importing this module registers
-the schemas (every entry point does).
+A study's schema is :class:`BaseSchema` plus the ``config`` dataclass the study registers with
+(:mod:`latenttracer.studies`): adding a study edits nothing here. To add a config group (e.g. ``method/``): write
+its dataclass here and add a field for it to :class:`BaseSchema` (or to one entry point's schema); its YAMLs are
+then validated like the others. Importing this module registers the schemas (every entry point does).
 """
 
 import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -216,85 +218,35 @@ class HtmlReportSchema(BaseSchema):
 
 
 @dataclass
-class MethodsSchema(BaseSchema):
-    inspected: list[str] | None = None
-    aggregate: bool = False
-
-
-@dataclass
-class AttributionSchema(BaseSchema):
-    normalisation: str = "ratio"
-    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
-
-
-@dataclass
-class PerturbationGridSchema:
-    """``conf/perturbation/*.yaml``: a named list of conditions, each ``kind:strength`` (``jpeg:90``), checked by
-    :func:`latenttracer.perturbations.parse_grid` when the job starts (an unknown kind or a bad strength is an
-    error naming it)."""
-
-    name: str = MISSING
-    conditions: list[str] = field(default_factory=list)
-
-
-@dataclass
-class MethodEntrySchema:
-    """One method of a ``methods:`` list: a name of :mod:`latenttracer.methods` and its options (checked by the
-    method; ``latenttracer`` takes none: its settings are the ``inversion`` node). ``n_belonging`` /
-    ``n_per_source``: evaluation images per cell (a seeded subset; null: all of them)."""
-
-    name: str = MISSING
-    options: dict[str, Any] = field(default_factory=dict)
-    n_belonging: int | None = None
-    n_per_source: int | None = None
-
-
-@dataclass
-class RobustnessSchema(BaseSchema):
-    inspected: list[str] | None = None
-    perturbation: PerturbationGridSchema = field(default_factory=PerturbationGridSchema)
-    methods: list[MethodEntrySchema] = field(default_factory=list)
-    subset_seed: int = 0
-    perturbed_dir: str = MISSING
-    out: str = MISSING
-    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
-
-
-@dataclass
-class DriftSchema(BaseSchema):
-    base: str = "kl-a"
-    steps: list[int] = field(default_factory=list)
-    seed: int = 2
-    n: int = 100
-    methods: list[MethodEntrySchema] = field(default_factory=list)
-    dir: str = MISSING
-    out: str = MISSING
-    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
-
-
-@dataclass
-class ComplexitySchema(BaseSchema):
-    scores: str = MISSING
-    out: str = MISSING
-    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
-
-
-@dataclass
 class GenerateSchema(BaseSchema):
     images: str | None = None
     overwrite: bool = False
 
 
-ENTRY_POINTS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
-                "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema,
-                "methods": MethodsSchema, "attribution": AttributionSchema,
-                "robustness": RobustnessSchema, "drift": DriftSchema, "complexity": ComplexitySchema}
+#: The entry points that are not studies (a study's schema comes from its registration, see :func:`schemas`).
+CORE_SCHEMAS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
+                "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema}
+
+
+def study_schema(study: type) -> type:
+    """The schema of a study's config: :class:`BaseSchema` (the keys every job shares) plus the study's own
+    ``config`` dataclass (:class:`latenttracer.studies.Study`)."""
+    name = "".join(part.capitalize() for part in study.name.replace("-", "_").split("_")) + "Schema"
+    return make_dataclass(name, [], bases=(BaseSchema, study.config))
+
+
+def schemas() -> dict[str, type]:
+    """Every entry point's schema by config name: the core ones and one per registered study (plugins included)."""
+    from latenttracer.studies import STUDIES
+
+    return {**CORE_SCHEMAS, **{name: study_schema(study) for name, study in STUDIES.items()}}
 
 
 def register() -> None:
-    """Store every entry point's schema as ``<entry point>_schema`` (idempotent)."""
+    """Store every entry point's schema as ``<entry point>_schema`` (idempotent; call it again after loading a
+    plugin study)."""
     store = ConfigStore.instance()
-    for name, node in ENTRY_POINTS.items():
+    for name, node in schemas().items():
         store.store(name=f"{name}_schema", node=node)
 
 

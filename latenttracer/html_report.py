@@ -37,17 +37,6 @@ DecoderLoader = Callable[[str], Any]
 _CHANCE_TO_ONE = {"auc", "ap", "accuracy", "balanced_accuracy", "auc_step0"}
 _ZERO_TO_ONE = {"tpr_at_1fpr", "tpr_at_5fpr", "tpr"}
 _LOWER_IS_BETTER = {"fpr"}
-# Results written by other stages; a missing one becomes a note saying how to produce it.
-OPTIONAL_SECTIONS = (
-    ("methods", "Methods comparison", ("methods.csv",), ("methods*.png",), "make compare-methods"),
-    ("attribution", "Attribution", ("attribution.csv",), ("confusion*.png", "attribution*.png"), "make attribution"),
-    ("robustness", "Robustness", ("robustness.csv",), ("robustness*.png",), "make robustness"),
-    ("drift", "Decoder drift", ("drift.csv",), ("drift*.png",), "make drift"),
-    ("complexity", "Image complexity", ("complexity_summary.csv", "complexity.csv"), ("complexity_*.png",),
-     "make complexity"),
-)
-
-
 # -- the page model ---------------------------------------------------------------------------------------------
 @dataclass
 class Cell:
@@ -250,10 +239,17 @@ def _table1_section(cells: pd.DataFrame | None, metrics: Sequence[str]) -> Secti
     return sec
 
 
-def _optional_sections(results_dir: Path, figures_dir: Path, out: Path) -> list[Section]:
+def _study_sections(results_dir: Path, figures_dir: Path, out: Path) -> list[Section]:
+    """One section per registered study that declares one (:class:`latenttracer.studies.ReportSection`), in its
+    ``order``; a study whose results are missing says which command makes them."""
+    from latenttracer.studies import STUDIES
+
+    declared = sorted(((study.section, name) for name, study in STUDIES.items() if study.section is not None),
+                      key=lambda t: (t[0].order, t[1]))
     sections = []
-    for sid, title, tables, globs, command in OPTIONAL_SECTIONS:
-        sec = Section(sid, title)
+    for spec, sid in declared:
+        tables, globs, command = spec.tables, spec.figures, spec.command
+        sec = Section(sid, spec.title)
         for name in tables:
             if (results_dir / name).is_file():
                 sec.tables.append(plain_table(pd.read_csv(results_dir / name), name))
@@ -473,7 +469,7 @@ def build_run_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                "median_non_belonging"])
     sections = [_table1_section(cells, metrics),
                 _hardest_section(cells, scores, results_dir, out, decoders, store, image_options, n_cases, gain),
-                *_optional_sections(results_dir, figures_dir, out),
+                *_study_sections(results_dir, figures_dir, out),
                 _ablations_section(results_dir, figures_dir, out),
                 _models_section(names, figures_dir, out)]
     sections.append(_provenance_section(results_dir, config, time.perf_counter() - t0))

@@ -18,8 +18,8 @@ from latenttracer.inversion import InversionConfig
 from latenttracer.tracking import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate", "report", "methods", "attribution",
-                "robustness", "drift", "complexity")
+# every top-level YAML but base.yaml is an entry point's config (each study's included)
+ENTRY_POINTS = tuple(sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "base"))
 ZOO = ["kl-a", "kl-b", "kl-a-ft", "vq", "tiny", "kl16"]
 PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
 
@@ -39,6 +39,17 @@ def compose_resolved(name: str, overrides: list[str], tmp_path: Path, conf: Path
         del cfg["hydra"]
     OmegaConf.resolve(cfg)  # every interpolation resolves
     return cfg, hydra_cfg
+
+
+def test_every_entry_point_has_a_schema_and_every_study_a_config():
+    from experiments import schema
+    from latenttracer.studies import STUDIES
+
+    assert set(ENTRY_POINTS) <= set(schema.schemas())
+    # every study of the package has its config (a plugin study, loaded by another test, brings its own)
+    builtin = {name for name, s in STUDIES.items() if s.__module__.startswith("latenttracer.studies.")}
+    assert builtin <= set(ENTRY_POINTS)
+    assert {"methods", "attribution", "robustness", "drift", "complexity"} <= builtin
 
 
 def test_every_preset_is_listed_here():
@@ -278,20 +289,27 @@ def test_a_wrong_type_in_a_yaml_is_an_error(tmp_path):
         compose_resolved("table1", [], tmp_path, conf=conf)
 
 
+# the conditions of the shipped grids; a grid added later is only checked to parse (test below)
+GRIDS = {"aeroblade_grid": tuple(range(21)),
+         "default": (0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19, 20),  # every other strength of each kind
+         "none": ()}
+
+
 @pytest.mark.parametrize("grid", _names("perturbation"))
 def test_every_perturbation_grid_parses(grid, tmp_path):
-    from experiments import robustness
     from latenttracer.perturbations import AEROBLADE_GRID
+    from latenttracer.studies import robustness
 
     cfg, _ = compose_resolved("robustness", [f"perturbation={grid}"], tmp_path)
     conditions = robustness.grid(cfg)
-    assert set(conditions) <= set(AEROBLADE_GRID)
-    if grid == "aeroblade_grid":
-        assert conditions == AEROBLADE_GRID
+    assert cfg.perturbation.name == grid
+    assert len(conditions) == len(cfg.perturbation.conditions)
+    if grid in GRIDS:
+        assert conditions == tuple(AEROBLADE_GRID[i] for i in GRIDS[grid])
 
 
 def test_a_typo_in_a_perturbation_condition_is_an_error(tmp_path):
-    from experiments import robustness
+    from latenttracer.studies import robustness
 
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)

@@ -13,6 +13,9 @@ from scipy import ndimage
 from latenttracer import perturbations as P
 from latenttracer.images import file_sha256
 from latenttracer.perturbations import AEROBLADE_GRID, Perturbation, apply_perturbation, perturbed_set
+from latenttracer.perturbations import base as B
+from latenttracer.perturbations.blur import gaussian_kernel
+from latenttracer.perturbations.crop import crop_box
 
 SHA = "ab" * 32
 
@@ -34,7 +37,9 @@ def _write(tmp_path, name: str, rgb: np.ndarray):
 # -- the grid and validation ----------------------------------------------------------------------------------------
 def test_grid_is_aeroblades_21_conditions():
     assert len(AEROBLADE_GRID) == 21
-    by_kind = {k: [p.strength for p in AEROBLADE_GRID if p.kind == k] for k in P.KINDS}
+    kinds = ("jpeg", "crop", "blur", "noise", "downscale")
+    assert set(kinds) <= set(P.PERTURBATIONS.names())
+    by_kind = {k: [p.strength for p in AEROBLADE_GRID if p.kind == k] for k in kinds}
     assert by_kind == {"jpeg": [90, 80, 70, 60, 50], "crop": [0.9, 0.8, 0.7, 0.6, 0.5],
                        "blur": [1.0, 2.0, 3.0, 4.0, 5.0], "noise": [0.05, 0.1, 0.15, 0.2, 0.25],
                        "downscale": [0.5]}
@@ -98,16 +103,16 @@ def test_crop_geometry():
     # centre, and bicubic resizing of a constant image is that constant
     rgb = np.zeros((20, 40, 3), np.uint8)
     rgb[5:15, 10:30] = (200, 100, 50)
-    assert P.crop_box(40, 20, 0.5) == (10, 5, 30, 15)
+    assert crop_box(40, 20, 0.5) == (10, 5, 30, 15)
     out = apply_perturbation(rgb, Perturbation("crop", 0.5))
     assert out.shape == rgb.shape
     assert (out == np.array([200, 100, 50], np.uint8)).all()
     # odd margin: the extra pixel goes to the right / bottom
-    assert P.crop_box(10, 10, 0.75) == (1, 1, 9, 9)
-    assert P.crop_box(32, 32, 0.7) == (5, 5, 27, 27)
+    assert crop_box(10, 10, 0.75) == (1, 1, 9, 9)
+    assert crop_box(32, 32, 0.7) == (5, 5, 27, 27)
     # and in general it is PIL's crop, then PIL's bicubic resize back
     img = _smooth()
-    expected = np.asarray(Image.fromarray(img).crop(P.crop_box(32, 24, 0.7)).resize((32, 24), Image.BICUBIC))
+    expected = np.asarray(Image.fromarray(img).crop(crop_box(32, 24, 0.7)).resize((32, 24), Image.BICUBIC))
     np.testing.assert_array_equal(apply_perturbation(img, Perturbation("crop", 0.7)), expected)
     np.testing.assert_array_equal(apply_perturbation(img, Perturbation("crop", 1.0)), img)
 
@@ -115,7 +120,7 @@ def test_crop_geometry():
 @pytest.mark.parametrize("sigma", [1.0, 2.0, 5.0])
 def test_blur_matches_scipy(sigma):
     rgb = _smooth()
-    k = P.gaussian_kernel(sigma)
+    k = gaussian_kernel(sigma)
     assert len(k) == 9 and k.sum() == pytest.approx(1.0) and np.allclose(k, k[::-1])
     # scipy's Gaussian with radius 4 is the same 9-tap normalised kernel; "mirror" = torch's "reflect"
     ref = ndimage.gaussian_filter(rgb.astype(np.float64), sigma=(sigma, sigma, 0), radius=(4, 4, 0),
@@ -182,8 +187,8 @@ def test_perturbed_set_is_content_addressed_deterministic_and_cached(tmp_path, m
     a_copy = _write(tmp_path, "a_copy.png", _smooth(seed=1))
     p = Perturbation("noise", 0.1)
     writes = []
-    real = P.atomic_write_bytes
-    monkeypatch.setattr(P, "atomic_write_bytes", lambda path, data: writes.append(path) or real(path, data))
+    real = B.atomic_write_bytes
+    monkeypatch.setattr(B, "atomic_write_bytes", lambda path, data: writes.append(path) or real(path, data))
 
     out = perturbed_set([a, b, a_copy], p, tmp_path / "cache")
     assert out[0] == out[2] == tmp_path / "cache" / p.key / f"{file_sha256(a)}.png"
@@ -212,8 +217,48 @@ def test_unreadable_source_is_named(tmp_path):
         perturbed_set([bad], Perturbation("jpeg", 90), tmp_path / "cache")
 
 
-def test_atomic_write_bytes(tmp_path):
-    target = tmp_path / "sub" / "x.bin"
-    assert P.atomic_write_bytes(target, b"abc") == target and target.read_bytes() == b"abc"
-    P.atomic_write_bytes(target, b"de")
-    assert target.read_bytes() == b"de" and os.listdir(target.parent) == ["x.bin"]
+# -- pixels are bit-identical to the reference implementation ------------------------------------------------------
+# SHA-256 (first 16 hex digits) of the perturbed pixels of _smooth(24, 32, seed=5) and _smooth(29, 37, seed=5)
+# (source sha256 "cd" * 32), computed by the single-module implementation (latenttracer/perturbations.py at commit
+# 0beb5c0) before perturbations became one registered module per kind; with the cache key of each condition.
+GOLDEN = {
+    ("jpeg", 90, 0): ("jpeg90-v1", "b93c3f014bf5f570", "b5a8c8e7dde6d417"),
+    ("jpeg", 80, 0): ("jpeg80-v1", "4fe0b81e2cd351c2", "10913b0b335175f6"),
+    ("jpeg", 70, 0): ("jpeg70-v1", "2e3dee8ced97847e", "5343eafc826e0056"),
+    ("jpeg", 60, 0): ("jpeg60-v1", "bddb29bd5ab9ddb9", "626efeb99993e283"),
+    ("jpeg", 50, 0): ("jpeg50-v1", "cfdc721eed2e2aa9", "f0e9fd7289ccd779"),
+    ("crop", 0.9, 0): ("crop0.9-v1", "42e8989493fb27a8", "6167f3eba7a344ff"),
+    ("crop", 0.8, 0): ("crop0.8-v1", "b0599140a8478fe9", "a081cbc1d073a8cc"),
+    ("crop", 0.7, 0): ("crop0.7-v1", "134da85c266dd733", "ea63739c2a4dd144"),
+    ("crop", 0.6, 0): ("crop0.6-v1", "76b037fd06f5300f", "3eb01da788e975f4"),
+    ("crop", 0.5, 0): ("crop0.5-v1", "29bfaf05907cc909", "909808c214d2a0ff"),
+    ("blur", 1.0, 0): ("blur1-v1", "134cf2ee8dc64f28", "5776a615040d2ade"),
+    ("blur", 2.0, 0): ("blur2-v1", "4580c9311aa407a5", "6e837de98c5a2c7e"),
+    ("blur", 3.0, 0): ("blur3-v1", "7f9673735306969d", "dc796ecfe9a992a0"),
+    ("blur", 4.0, 0): ("blur4-v1", "32c8378717ba0c75", "44d9b424e78c3b7e"),
+    ("blur", 5.0, 0): ("blur5-v1", "5527918445d437c7", "bb09cffeaf60c4c8"),
+    ("noise", 0.05, 0): ("noise0.05-seed0-v1", "56265ab50e3f2d46", "a2f68f9747e6c86e"),
+    ("noise", 0.1, 0): ("noise0.1-seed0-v1", "58120e4f1d6d6735", "2f58a20f68f06321"),
+    ("noise", 0.15, 0): ("noise0.15-seed0-v1", "2d01f2706ca3fabd", "a07b4fd97acc79de"),
+    ("noise", 0.2, 0): ("noise0.2-seed0-v1", "9231fc3ae182e063", "fd3dd5618ac52a20"),
+    ("noise", 0.25, 0): ("noise0.25-seed0-v1", "822253f72d4938bc", "f2a9f023a212fca0"),
+    ("downscale", 0.5, 0): ("downscale0.5-v1", "a162ea214569aeff", "e472ffcd87aac8c7"),
+    ("noise", 0.1, 3): ("noise0.1-seed3-v1", "cfead8ca2ba78388", "b21033555601d154"),
+    ("crop", 1.0, 0): ("crop1-v1", "d47f5a7eaf6b0151", "2cca6a6d605f38e2"),
+    ("downscale", 0.3, 0): ("downscale0.3-v1", "ce98337709a75ee9", "88188844073323be"),
+    ("blur", 0.5, 0): ("blur0.5-v1", "eee3e7b4c81caaec", "3f201fe7d087375b"),
+    ("jpeg", 1, 0): ("jpeg1-v1", "2bef98bdf4e89495", "aaabc6655ba2df21"),
+}
+
+
+@pytest.mark.parametrize(("kind", "strength", "seed"), list(GOLDEN), ids=[v[0] for v in GOLDEN.values()])
+def test_pixels_and_keys_match_the_reference_implementation(kind, strength, seed):
+    import hashlib
+
+    key, *digests = GOLDEN[(kind, strength, seed)]
+    p = Perturbation(kind, strength, seed)
+    assert p.key == key
+    for shape, digest in zip(((24, 32), (29, 37)), digests):
+        out = apply_perturbation(_smooth(*shape, seed=5), p, "cd" * 32)
+        assert out.dtype == np.uint8 and out.shape == (*shape, 3)
+        assert hashlib.sha256(out.tobytes()).hexdigest()[:16] == digest, (key, shape)

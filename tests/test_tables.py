@@ -68,3 +68,29 @@ def test_licence_table():
     lines = real_images.licence_table().split("\n")
     assert lines[0] == "| photo | package | file | licence | credit | split |"
     assert len(lines) == 2 + len(real_images.PHOTOS)
+
+
+def test_ablations_markdown_holds_the_numbers_of_its_csv():
+    """results/figures/ablations.md is what `make figures` renders from the rows of results/ablations.csv made
+    under the current protocol (the suite of conf/, its inversion defaults): every number comes from the CSV."""
+    md, csv = ROOT / "results" / "figures" / "ablations.md", ROOT / "results" / "ablations.csv"
+    if not (md.is_file() and csv.is_file()):
+        pytest.skip("results/ablations.csv or results/figures/ablations.md is not in this checkout")
+    from hydra import compose, initialize_config_dir
+
+    from experiments import common, figures
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("figures", overrides=[f"paths.root_dir={ROOT}"])
+    rows = pd.read_csv(csv)
+    current = rows[rows["protocol"].astype(str) == common.protocol_hash(cfg)]
+    assert len(current) > 0, "no ablation row of the current protocol"
+    steps, lr = figures.matching(current, cfg, ["steps", "init"]), figures.matching(current, cfg, ["lr"])
+    text = md.read_text(encoding="utf-8")
+    assert figures.summary_markdown(steps, lr) == text
+    # and spot-check one number against the CSV directly: the pooled AUC of kl-a, encoder init, 100 steps
+    cell = steps[(steps["source"] == "all") & (steps["init"] == "encoder") & (steps["steps"] == 100)]
+    (auc,) = cell["auc"]
+    row = [line for line in text.split("\n") if line.startswith("| kl-a | encoder |")][0]
+    header = _tables(text)[0][0]
+    assert _cells(row)[_cells(header).index("100")] == f"{auc:.3f}"

@@ -1,0 +1,156 @@
+"""What every study shares: the registry, the :class:`Study` interface, its result and how a result is published.
+
+A study (robustness, drift, ...) is a :class:`Study` subclass registered with ``@STUDIES.register`` in its own
+module of this package (or in a plugin file, see :mod:`latenttracer.registry`). It declares
+
+* ``name``: the study's name, which is also the name of its config (``conf/<name>.yaml``) and of its entry point
+  (``python -m experiments.study --config-name <name>``);
+* ``config``: a dataclass of the study's own config keys (types and defaults). The config layer adds the keys
+  every job shares (``suite``, ``inversion``, ``paths``...) and validates every YAML against the result;
+* ``section``: what the HTML report shows for it (:class:`ReportSection`), or ``None``;
+* ``run(cfg, ctx)``: the work. ``cfg`` is the composed job config (the shared keys plus ``config``'s), ``ctx`` a
+  :class:`Context`: the job's settings turned into library objects (image sets, models, methods, the results
+  store). It returns a :class:`StudyResult`; :func:`publish` writes it (tables, figures, files, tracker).
+
+docs/extending_studies.md adds a study step by step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import pandas as pd
+from omegaconf import MISSING
+
+from latenttracer import atomic, report
+from latenttracer.registry import Registry
+
+__all__ = ["STUDIES", "Context", "FigureOut", "MethodEntry", "ReportSection", "Study", "StudyResult", "publish"]
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """A study's section of the HTML report (``make report``): the CSV tables it reads from the results folder,
+    the figure globs it shows from the figures folder, and the command that produces them (said when missing).
+    Sections are shown in ``order``."""
+
+    title: str
+    tables: tuple[str, ...]
+    figures: tuple[str, ...]
+    command: str
+    order: float = 100.0
+
+
+@dataclass
+class MethodEntry:
+    """One method of a study's ``methods:`` list: a name of :mod:`latenttracer.methods` and its options (checked
+    by the method; ``latenttracer`` takes none: its settings are the ``inversion`` node). ``n_belonging`` /
+    ``n_per_source``: evaluation images per cell (a seeded subset; null: all of them)."""
+
+    name: str = MISSING
+    options: dict[str, Any] = field(default_factory=dict)
+    n_belonging: int | None = None
+    n_per_source: int | None = None
+
+
+@dataclass
+class FigureOut:
+    """A figure to save at each of ``stems`` (one file per format); ``log_key``: logged to the tracker as such."""
+
+    figure: Any
+    stems: Sequence[Path]
+    formats: Sequence[str] = ("png", "pdf")
+    log_key: str | None = None
+
+
+@dataclass
+class StudyResult:
+    """What a study's run produced; :func:`publish` writes it.
+
+    ``frame``: the main result (returned to callers). ``objective``: what the entry point returns (for Hydra
+    sweepers). ``stem``: where the tables are published: ``<stem>.md`` (``markdown``), ``<stem><suffix>.csv``
+    for each ``tables`` entry and ``<stem>.tex`` (``latex``, when given), both in the job's output directory and at
+    ``stem``. ``files``: other frames written atomically (``.csv`` or ``.parquet``). ``metrics``, ``log_tables``:
+    for the tracker. ``markdown`` is printed.
+    """
+
+    frame: pd.DataFrame
+    objective: float = math.nan
+    stem: Path | None = None
+    markdown: str = ""
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    latex: str | None = None
+    figures: list[FigureOut] = field(default_factory=list)
+    files: dict[Path, pd.DataFrame] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    log_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+class Context(Protocol):
+    """The job's settings as library objects, given to :meth:`Study.run` by the config layer
+    (``experiments.common.Context`` for the Hydra entry points)."""
+
+    cfg: Any
+    output_dir: Path
+
+    def store(self): ...                                        # the shared results store (ResultStore)
+    def image_sets(self) -> dict: ...                           # every set of the suite, split (protocol.ImageSets)
+    def inspected_models(self) -> list[str]: ...                # cfg.inspected, checked (null: every model)
+    def model_spec(self, name: str): ...                        # suite model ``name`` (data_gen.sets.ModelSpec)
+    def load_model(self, spec): ...                             # its Autoencoder on the job's device
+    def method(self, entry: Any = None, dtype: str = "float32"): ...  # cfg.method, or a ``methods:`` entry
+    def method_preset(self) -> str: ...                         # the name of the ``method/`` preset of this job
+    def score(self, ae, paths, method, *, store) -> pd.DataFrame: ...   # one row per path (path, score, status)
+    def scorer(self): ...                                       # cfg.method as a protocol.Scorer on the store
+    def split_settings(self): ...                               # protocol.SplitSettings of the suite
+    def protocol(self) -> dict: ...                             # what decides the sets and splits (for notes)
+    def generation_settings(self, **changes): ...               # the suite's GenerationSettings, changed
+    def generated_set(self, spec, settings) -> list[Path]: ...  # a model's generated set (made if missing)
+
+
+class Study:
+    """Base class of a study; see the module docstring."""
+
+    name: ClassVar[str]
+    config: ClassVar[type]
+    section: ClassVar[ReportSection | None] = None
+
+    def run(self, cfg: Any, ctx: Context) -> StudyResult:
+        raise NotImplementedError
+
+
+STUDIES: Registry[type[Study]] = Registry("study", "latenttracer.studies")
+
+
+def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Path]:
+    """Write ``result`` (see :class:`StudyResult`) atomically, print its Markdown and log it to ``tracker``."""
+    written: list[Path] = []
+    if result.stem is not None:
+        stem = Path(result.stem)
+        written += report.publish(stem, job_dir, result.markdown, result.tables)
+        if result.latex is not None:
+            for target in (Path(job_dir) / stem.name, stem):
+                written.append(atomic.write_text(target.with_name(target.name + ".tex"), result.latex))
+    for path, frame in result.files.items():
+        written.append(atomic.write_frame(frame, path))
+    images = {}
+    for fig in result.figures:
+        for i, stem in enumerate(fig.stems):
+            saved = report.save_figure(fig.figure, stem, list(fig.formats))
+            written += saved
+            if i == 0 and fig.log_key and saved and saved[0].suffix == ".png":
+                images[fig.log_key] = saved[0]
+    if result.markdown:
+        print(result.markdown, flush=True)
+    if tracker is not None:
+        if result.metrics:
+            tracker.log_metrics(result.metrics)
+        for key, frame in result.log_tables.items():
+            tracker.log_table(key, frame)
+        if images:
+            tracker.log_images(images)
+    return written
