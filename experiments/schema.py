@@ -88,7 +88,11 @@ def structured(cls: type, exclude: tuple[str, ...] = ()) -> type:
         else:
             specs.append((f.name, tp, field(default=MISSING)))
     derived = dataclasses.make_dataclass(cls.__name__, specs)
+    # Hydra's messages use the class name (the library's); pickling (joblib/submitit launchers) looks the class up
+    # by its qualified name in this module, where the library class of the same name is imported too.
     derived.__module__ = __name__
+    derived.__qualname__ = f"{cls.__name__}Schema" + "".join(f"_no_{x}" for x in exclude)
+    globals()[derived.__qualname__] = derived
     derived.__doc__ = f"Schema derived from :class:`{cls.__module__}.{cls.__qualname__}`."
     _DERIVED[(cls, exclude)] = derived
     return derived
