@@ -214,7 +214,7 @@ def eval_crops(eval_dir: str | os.PathLike) -> torch.Tensor:
 
 def licence_table() -> str:
     """The photo table as Markdown (name, package, file, licence, credit, split)."""
-    from latenttracer.report import markdown_table
+    from latenttracer.tables import markdown_table
 
     return markdown_table([[p.name, p.package, p.file, p.licence, p.credit, p.split] for p in PHOTOS],
                           ["photo", "package", "file", "licence", "credit", "split"])
