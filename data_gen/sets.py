@@ -5,8 +5,8 @@ generation entry point (``experiments/generate.py``), ``invert``, ``table1`` and
 :func:`generated_set` / :func:`generate`, so a set is always made the same way whichever command makes it.
 
 Where a set lives: ``<dir>/<model>/`` for the default seed 0 and ``<dir>/seed<k>/<model>/`` for seed ``k`` != 0
-(:meth:`GenerationSettings.set_root`), so sets of different seeds sit side by side and the seed-0 path (and
-everything cached for it) is unchanged. Other settings (prompts, pipeline arguments, dtype, resolution, weights)
+(:meth:`GenerationSettings.set_root`), so sets of different seeds sit side by side.
+Other settings (prompts, pipeline arguments, dtype, resolution, weights)
 are recorded in the set's ``set.json``; a different value there is refused by ``generate_set``, naming the key.
 """
 

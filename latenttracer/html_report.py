@@ -248,9 +248,9 @@ def _study_sections(results_dir: Path, figures_dir: Path, out: Path) -> list[Sec
                       key=lambda t: (t[0].order, t[1]))
     sections = []
     for spec, sid in declared:
-        tables, globs, command = spec.tables, spec.figures, spec.command
+        csvs, globs, command = spec.tables, spec.figures, spec.command
         sec = Section(sid, spec.title)
-        for name in tables:
+        for name in csvs:
             if (results_dir / name).is_file():
                 sec.tables.append(plain_table(pd.read_csv(results_dir / name), name))
         for pattern in globs:

@@ -160,7 +160,7 @@ class Attribution(Study):
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """One summary row per (method, true source); the objective is the mean overall accuracy."""
         suite_models = list(cfg.suite.models)
-        tables, per_image, figures, skipped = [], [], [], []
+        summaries, per_image, figures, skipped = [], [], [], []
         for method, (cells, scores) in method_runs(cfg).items():
             try:
                 result, models = attribute_method(cells, scores, suite_models, str(cfg.normalisation))
@@ -168,16 +168,16 @@ class Attribution(Study):
                 log.warning("%s left out: %s", method, err)
                 skipped.append(f"`{method}` left out: {err}.")
                 continue
-            tables.append(summary_rows(method, result, models))
+            summaries.append(summary_rows(method, result, models))
             per_image.append(result[["source", "path", "predicted"]].assign(method=method))
             figures.append(FigureOut(confusion_figure(method, result, models),
                                      [d / f"confusion_{slug(method)}" for d in (ctx.output_dir / "figures",
                                                                                 Path(cfg.outputs.figures))],
                                      list(cfg.formats)))
-            log.info("%s: attribution accuracy %.3f", method, tables[-1]["accuracy"].iloc[-1])
-        if not tables:
+            log.info("%s: attribution accuracy %.3f", method, summaries[-1]["accuracy"].iloc[-1])
+        if not summaries:
             raise ValueError("no method could be attributed: " + " ".join(skipped))
-        table = pd.concat(tables, ignore_index=True)
+        table = pd.concat(summaries, ignore_index=True)
         pair = " / ".join(HARD_PAIR)
         notes = [f"Suite `{cfg.suite.name}`: every evaluation image (each model's evaluation half and the real "
                  "images; never the calibration halves) is attributed to the model with the strongest claim among "
