@@ -2,8 +2,11 @@
 
 The protocol itself (splits, the grid, truncation, cells) is :mod:`latenttracer.protocol`; the image sets are made
 by :mod:`data_gen.sets`; the schemas of the configs are :mod:`experiments.schema`. What is left here: reading
-``cfg`` into those typed objects, the named image sets an ``invert`` job can ask for, LatentTracer's scorer on the
-shared results store (``cfg.store``), and the tracker's run name.
+``cfg`` into those typed objects, the named image sets an ``invert`` job can ask for, the scorers on the
+shared results store (``cfg.store``) and the tracker's run name. Two pairs of scorers, named by what they run:
+:func:`invert_paths` / :func:`inversion_scorer` run LatentTracer's inversion with the ``inversion`` node
+(Table 1, ablations: optional trajectory steps, bad-image policy); :func:`score_paths` / :func:`method_scorer`
+run any method (``cfg.method``; LatentTracer among them, through the same inversion path).
 """
 
 from __future__ import annotations
