@@ -86,7 +86,7 @@ figures: ## figures from cached scores only -> results/figures/*.png|pdf
 	$(PYTHON) -m experiments.figures
 
 report: ## HTML report from cached results only -> results/report/index.html (opens offline)
-	$(PYTHON) -m experiments.report
+	$(PYTHON) -m experiments.html_report
 
 sync-wandb: ## upload the offline W&B runs
 	find outputs multirun -type d -name 'offline-run-*' -prune -print0 2>/dev/null | xargs -0 -r $(BIN)/wandb sync

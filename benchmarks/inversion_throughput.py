@@ -119,7 +119,7 @@ def main() -> None:
     flops = decoder_flops_per_step(ae, 8)
     achieved = flops * args.steps / t_a / 1e9
     peak = matmul_gflops()
-    print(f"model {ae.name} ({ae.kind}, {ae.resolution}px), {args.steps} steps, torch threads "
+    print(f"model {ae.name} ({ae.family}, {ae.resolution}px), {args.steps} steps, torch threads "
           f"{torch.get_num_threads()}, {torch.__version__}, {sys.platform}")
     print()
     print("| procedure | how | images | s/image | image-steps/s | speed-up vs (b) |")

@@ -44,7 +44,7 @@ def main() -> None:
     if args.vgg_weights and args.lpips_weights:
         methods.append(("aeroblade", {"vgg_weights": args.vgg_weights, "lpips_weights": args.lpips_weights}))
     score_images(ae, own[:2], method=get_method("aedr"), progress=False)  # warm-up
-    print(f"model {ae.name} ({ae.kind}, {ae.resolution}px), {len(own)} own + {len(other)} other images, "
+    print(f"model {ae.name} ({ae.family}, {ae.resolution}px), {len(own)} own + {len(other)} other images, "
           f"torch threads {torch.get_num_threads()}, {torch.__version__}, {platform.system().lower()}")
     print("| method | settings | s/image | AUC own vs other |")
     print("|---|---|---:|---:|")

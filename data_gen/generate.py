@@ -12,7 +12,7 @@ so it is the same whatever the batch size and whichever images already exist. A 
 
 * ``NNNNN.png``: 8-bit RGB, ``round(clip(x, 0, 1) * 255)``, each written atomically (:mod:`latenttracer.atomic`);
 * ``manifest.csv``: one row per image (:data:`MANIFEST_COLUMNS`), rewritten atomically after every batch;
-* ``set.json``: the generation config (model name, a fingerprint of a local source's weights, kind, seed, dtype,
+* ``set.json``: the generation config (model name, a fingerprint of a local source's weights, pipeline, seed, dtype,
   resolution, pipeline arguments, prompts). A later call with the same config resumes or extends the set (only
   missing images are made); one with a different config is refused, naming the differing keys, while the set holds
   images. ``overwrite=True`` starts the set afresh.
@@ -46,7 +46,7 @@ SET_FILE = "set.json"
 MANIFEST_FILE = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "model", "source", "seed", "prompt", "pipeline_args", "width", "height")
 DEFAULT_PROMPTS_FILE = Path(__file__).with_name("prompts.txt")
-KINDS = ("auto", "zoo", "hub")
+PIPELINES = ("auto", "zoo", "hub")
 
 _IMAGE_NAME = re.compile(r"^(\d{5,})\.png$")
 _WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".txt", ".model")  # .pth: taesd
@@ -96,14 +96,15 @@ def takes_prompt(cls: type) -> bool:
     return "prompt" in inspect.signature(cls.__call__).parameters
 
 
-def resolve_kind(kind: str, cls: type, source: str) -> str:
+def resolve_pipeline(pipeline: str, cls: type, source: str) -> str:
     """``auto`` -> ``hub`` for text-conditioned pipelines, ``zoo`` for unconditional ones; checks explicit kinds."""
-    if kind not in KINDS:
-        raise ValueError(f"kind: unknown value {kind!r}; expected one of {list(KINDS)}")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline: unknown value {pipeline!r}; expected one of {list(PIPELINES)}")
     actual = "hub" if takes_prompt(cls) else "zoo"
-    if kind != "auto" and kind != actual:
+    if pipeline != "auto" and pipeline != actual:
         what = "text-conditioned" if actual == "hub" else "unconditional"
-        raise ValueError(f"kind={kind!r} but source {source!r} is a {what} {cls.__name__} (kind {actual!r})")
+        raise ValueError(f"pipeline={pipeline!r} but source {source!r} is a {what} {cls.__name__} "
+                         f"(pipeline {actual!r})")
     return actual
 
 
@@ -148,7 +149,7 @@ def _load_vq_diffusion(source: str, torch_dtype: torch.dtype):
     )
 
 
-def load_generation_pipeline(source: str, kind: str = "auto", dtype: str = "float32", device: str = "auto"):
+def load_generation_pipeline(source: str, pipeline: str = "auto", dtype: str = "float32", device: str = "auto"):
     """Load the pipeline at ``source`` (local directory or hub id) ready to generate, on ``device``.
 
     The safety checker and SDXL's invisible watermarker are switched off at load time (where the pipeline has
@@ -163,7 +164,7 @@ def load_generation_pipeline(source: str, kind: str = "auto", dtype: str = "floa
     torch_dtype = generation_dtype(dtype, torch_device)
     class_name = pipeline_class_name(source)
     cls = pipeline_class(class_name)
-    resolve_kind(kind, cls, source)
+    resolve_pipeline(pipeline, cls, source)
     if class_name == "VQDiffusionPipeline":
         pipe = _load_vq_diffusion(source, torch_dtype)
     else:
@@ -370,7 +371,7 @@ def generate_set(
     seed: int = 0,
     batch_size: int = 8,
     model_name: str | None = None,
-    kind: str = "auto",
+    pipeline: str = "auto",
     prompts: Sequence[str] | None = None,
     pipeline_kwargs: dict | None = None,
     device: str = "auto",
@@ -388,7 +389,7 @@ def generate_set(
         seed: base seed; image ``i`` uses ``seed + i``.
         batch_size: images per pipeline call (does not change the images).
         model_name: the set's name (default: the last part of ``source``).
-        kind: ``zoo`` (unconditional), ``hub`` (text-to-image, needs ``prompts``) or ``auto`` (from the pipeline
+        pipeline: ``zoo`` (unconditional), ``hub`` (text-to-image, needs ``prompts``) or ``auto`` (from the pipeline
             class; with ``auto``, prompts are ignored for an unconditional pipeline).
         prompts: prompt list for text-to-image sources; image ``i`` gets ``prompts[i % len(prompts)]``.
         pipeline_kwargs: extra ``__call__`` arguments (e.g. ``num_inference_steps``, ``guidance_scale``).
@@ -411,18 +412,18 @@ def generate_set(
         raise ValueError(f"model_name {name!r} is not a usable directory name")
     generation_dtype(dtype, resolve_device(device))  # fail before touching anything
     cls = pipeline_class(pipeline_class_name(source))
-    resolved_kind = resolve_kind(kind, cls, source)
-    if resolved_kind == "zoo" and prompts is not None:
-        if kind != "auto":
-            raise ValueError(f"prompts given, but source {source!r} is unconditional (kind 'zoo')")
+    resolved_pipeline = resolve_pipeline(pipeline, cls, source)
+    if resolved_pipeline == "zoo" and prompts is not None:
+        if pipeline != "auto":
+            raise ValueError(f"prompts given, but source {source!r} is unconditional (pipeline 'zoo')")
         prompts = None
-    if resolved_kind == "hub":
+    if resolved_pipeline == "hub":
         if not prompts:
             raise ValueError(f"source {source!r} is a text-to-image {cls.__name__}: give prompts (prompts_file)")
         prompts = [str(p) for p in prompts]
     call_kwargs = _call_kwargs(cls, dict(pipeline_kwargs or {}), resolution)
 
-    config = {"model": name, "weights": weights_fingerprint(source), "kind": resolved_kind, "seed": int(seed),
+    config = {"model": name, "weights": weights_fingerprint(source), "kind": resolved_pipeline, "seed": int(seed),
               "dtype": str(dtype), "resolution": None if resolution is None else int(resolution),
               "pipeline_kwargs": call_kwargs, "prompts": prompts}
     config = json.loads(json.dumps(config))  # as set.json will hold it (tuples -> lists), so that equal compares equal
@@ -452,7 +453,7 @@ def generate_set(
     from tqdm.auto import tqdm
 
     want = (call_kwargs.get("height", resolution), call_kwargs.get("width", resolution))
-    pipe = load_generation_pipeline(source, kind=resolved_kind, dtype=dtype, device=device)
+    pipe = load_generation_pipeline(source, pipeline=resolved_pipeline, dtype=dtype, device=device)
     with tqdm(total=len(missing), desc=name, unit="img", disable=not progress) as bar:
         for start in range(0, len(missing), batch_size):
             indices = missing[start:start + batch_size]

@@ -23,7 +23,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -214,15 +214,10 @@ def eval_crops(eval_dir: str | os.PathLike) -> torch.Tensor:
 
 def licence_table() -> str:
     """The photo table as Markdown (name, package, file, licence, credit, split)."""
-    from latenttracer.report import markdown_table
+    from latenttracer.tables import markdown_table
 
     return markdown_table([[p.name, p.package, p.file, p.licence, p.credit, p.split] for p in PHOTOS],
                           ["photo", "package", "file", "licence", "credit", "split"])
-
-
-def photo_records() -> list[dict]:
-    """The photo table as plain dicts (for cards and reports)."""
-    return [asdict(p) for p in PHOTOS]
 
 
 def main(argv: list[str] | None = None) -> int:

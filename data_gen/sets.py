@@ -5,8 +5,8 @@ generation entry point (``experiments/generate.py``), ``invert``, ``table1`` and
 :func:`generated_set` / :func:`generate`, so a set is always made the same way whichever command makes it.
 
 Where a set lives: ``<dir>/<model>/`` for the default seed 0 and ``<dir>/seed<k>/<model>/`` for seed ``k`` != 0
-(:meth:`GenerationSettings.set_root`), so sets of different seeds sit side by side and the seed-0 path (and
-everything cached for it) is unchanged. Other settings (prompts, pipeline arguments, dtype, resolution, weights)
+(:meth:`GenerationSettings.set_root`), so sets of different seeds sit side by side.
+Other settings (prompts, pipeline arguments, dtype, resolution, weights)
 are recorded in the set's ``set.json``; a different value there is refused by ``generate_set``, naming the key.
 """
 
@@ -43,8 +43,8 @@ class ModelSpec:
     """One model of a suite (``conf/model/*.yaml``): where it is and how it generates."""
 
     name: str
-    source: str
-    kind: str = "auto"                   # zoo (unconditional) | hub (text-to-image) | auto
+    weights: str
+    pipeline: str = "auto"                 # zoo (unconditional) | hub (text-to-image) | auto
     resolution: int | None = None        # None: the model's own
     dtype: str = "float32"
     generation: Mapping[str, Any] = field(default_factory=dict)   # extra pipeline __call__ arguments
@@ -90,11 +90,11 @@ class CropSettings:
 class RealSettings:
     """The real (non-belonging) images (``suite.real``): a seeded subset of ``n`` of them."""
 
-    kind: str                            # crops (of the shipped evaluation photos) | folder (any photos)
+    origin: str                            # crops (of the shipped evaluation photos) | folder (any photos)
     dir: str | Path
     n: int
     seed: int = 0
-    crops: CropSettings = CropSettings()  # kind=crops only: how the crop set is built
+    crops: CropSettings = CropSettings()  # origin=crops only: how the crop set is built
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RealSettings:
@@ -106,12 +106,12 @@ class RealSettings:
 def generate(model: ModelSpec, gen: GenerationSettings, *, device: str = "auto", overwrite: bool = False,
              progress: bool = True) -> Path:
     """Make (resume, extend) ``model``'s set as ``gen`` says, under a lock; returns the set directory."""
-    kind = str(model.kind)
+    pipeline = str(model.pipeline)
     with locked(gen.set_root / f".{model.name}.lock"):
         return generate_set(
-            source=str(model.source), out_dir=gen.set_root, n=int(gen.n), seed=int(gen.seed),
-            batch_size=int(gen.batch_size), model_name=model.name, kind=kind,
-            prompts=None if kind == "zoo" else read_prompts(gen.prompts_file),
+            source=str(model.weights), out_dir=gen.set_root, n=int(gen.n), seed=int(gen.seed),
+            batch_size=int(gen.batch_size), model_name=model.name, pipeline=pipeline,
+            prompts=None if pipeline == "zoo" else read_prompts(gen.prompts_file),
             pipeline_kwargs=dict(model.generation), device=str(device), dtype=str(model.dtype),
             resolution=model.resolution, overwrite=overwrite, progress=progress)
 
@@ -120,12 +120,12 @@ def generated_set(model: ModelSpec, gen: GenerationSettings, *, device: str = "a
                   progress: bool = True) -> list[Path]:
     """The first ``gen.n`` images of ``model``'s set, generating what is missing.
 
-    A local source is always checked by :func:`data_gen.generate.generate_set` (it refuses a set made from other
-    weights or settings); a hub source whose images are all present is used as is (no hub access needed).
+    Local weights are always checked by :func:`data_gen.generate.generate_set` (it refuses a set made from other
+    weights or settings); a hub model whose images are all present is used as is (no hub access needed).
     """
     set_dir = gen.set_dir(model.name)
     files = [set_dir / image_name(i) for i in range(int(gen.n))]
-    if Path(str(model.source)).is_dir() or not all(f.is_file() for f in files):
+    if Path(str(model.weights)).is_dir() or not all(f.is_file() for f in files):
         generate(model, gen, device=device, progress=progress)
     missing = [f for f in files if not f.is_file()]
     if missing:
@@ -135,21 +135,21 @@ def generated_set(model: ModelSpec, gen: GenerationSettings, *, device: str = "a
 
 
 def real_set(real: RealSettings) -> list[Path]:
-    """The real (non-belonging) images: ``real.n`` of them, a seeded subset (built first for ``kind=crops``)."""
+    """The real (non-belonging) images: ``real.n`` of them, a seeded subset (built first for ``origin=crops``)."""
     folder = Path(real.dir)
-    if real.kind == "crops":
+    if real.origin == "crops":
         from data_gen.real_images import build_eval_set, read_manifest
 
         with locked(folder.with_name(f".{folder.name}.lock")):
             build_eval_set(folder, size=int(real.crops.size), n=int(real.crops.n), seed=int(real.crops.seed))
             paths = [folder / row["file"] for row in read_manifest(folder)]
-    elif real.kind == "folder":
+    elif real.origin == "folder":
         if not folder.is_dir():
             raise FileNotFoundError(f"suite.real.dir: {folder} does not exist; put real photos there "
                                     f"(at least suite.real.n={int(real.n)}) or point suite.real.dir elsewhere")
         paths = list_images(folder, recursive=True)
     else:
-        raise ValueError(f"suite.real.kind: {real.kind!r} is not one of ['crops', 'folder']")
+        raise ValueError(f"suite.real.origin: {real.origin!r} is not one of ['crops', 'folder']")
     if len(paths) < int(real.n):
         log.warning("real set %s holds %d images, fewer than suite.real.n=%d", folder, len(paths), int(real.n))
     return subset(paths, int(real.n), int(real.seed))

@@ -6,7 +6,7 @@
     python -m experiments.ablations experiment=ablation_lr inspected=[kl-a,vq] hydra/launcher=joblib threads=1
 
 Each job evaluates the Table 1 grid of the ``inspected`` models with its inversion config and merges its cells
-into ``report.ablations`` (rows with the same protocol, inspected model, source and inversion config are
+into ``outputs.ablations`` (rows with the same protocol, inspected model, source and inversion config are
 replaced, so a rerun adds no duplicates). With ``ablation.trajectory_steps``, a job inverts once with that many
 steps (cached, shared by every job of the sweep with the same other settings) and cuts the trajectory to its
 own step count (:func:`latenttracer.protocol.truncate`; exact). Config: ``conf/ablations.yaml``.
@@ -22,7 +22,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from experiments import common
-from latenttracer import protocol, report
+from latenttracer import atomic, protocol, tables
 from latenttracer.locks import locked
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,18 @@ def rows(cfg: DictConfig, cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
-    """Evaluate the grid with this job's inversion config; merge its rows into ``report.ablations``."""
+    """Evaluate the grid with this job's inversion config; merge its rows into ``outputs.ablations``."""
     out = common.setup(cfg)
     steps = cfg.ablation.trajectory_steps
     with common.tracker(cfg, "ablations") as tracker:
-        cells, _ = protocol.evaluate(common.image_sets(cfg), common.inspected_models(cfg),
-                                     common.scorer(cfg, trajectory_steps=None if steps is None else int(steps)),
+        scorer = common.inversion_scorer(cfg, trajectory_steps=None if steps is None else int(steps))
+        cells, _ = protocol.evaluate(common.image_sets(cfg), common.inspected_models(cfg), scorer,
                                      target_tpr=common.split_settings(cfg).target_tpr)
         table = rows(cfg, cells)
-        report.atomic_write_frame(table, out / "ablation_cells.csv")
-        target = Path(cfg.report.ablations)
+        atomic.write_frame(table, out / "ablation_cells.csv")
+        target = Path(cfg.outputs.ablations)
         with locked(target.with_name(f".{target.name}.lock")):
-            merged = report.upsert_csv(target, table, KEY)
+            merged = tables.upsert_csv(target, table, KEY)
         log.info("%s: %d rows merged (%d in the file)", target, len(table), len(merged))
         tracker.log_metrics(protocol.flat_metrics(cells, "ablation"))
         tracker.log_table("ablation_cells", table)

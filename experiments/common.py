@@ -2,8 +2,11 @@
 
 The protocol itself (splits, the grid, truncation, cells) is :mod:`latenttracer.protocol`; the image sets are made
 by :mod:`data_gen.sets`; the schemas of the configs are :mod:`experiments.schema`. What is left here: reading
-``cfg`` into those typed objects, the named image sets an ``invert`` job can ask for, LatentTracer's scorer on the
-shared results store (``cfg.store``), and the tracker's run name.
+``cfg`` into those typed objects, the named image sets an ``invert`` job can ask for, the scorers on the
+shared results store (``cfg.store``) and the tracker's run name. Two pairs of scorers, named by what they run:
+:func:`invert_paths` / :func:`inversion_scorer` run LatentTracer's inversion with the ``inversion`` node
+(Table 1, ablations: optional trajectory steps, bad-image policy); :func:`score_paths` / :func:`method_scorer`
+run any method (``cfg.method``; LatentTracer among them, through the same inversion path).
 """
 
 from __future__ import annotations
@@ -102,10 +105,10 @@ def protocol(cfg: DictConfig) -> dict:
     suite = cfg.suite
     return {"suite": suite.name, "n_generated": int(suite.generated.n), "generation_seed": int(suite.generated.seed),
             "calibration_fraction": float(suite.split.calibration_fraction), "split_seed": int(suite.split.seed),
-            "target_tpr": float(suite.split.target_tpr), "real_kind": suite.real.kind, "n_real": int(suite.real.n),
+            "target_tpr": float(suite.split.target_tpr), "real_kind": suite.real.origin, "n_real": int(suite.real.n),
             "real_seed": int(suite.real.seed), "resize": cfg.image_options.resize,
             "real_crops": (f"{int(suite.real.crops.n)} crops of {int(suite.real.crops.size)}px, seed "
-                           f"{int(suite.real.crops.seed)}" if suite.real.kind == "crops" else "")}
+                           f"{int(suite.real.crops.seed)}" if suite.real.origin == "crops" else "")}
 
 
 def protocol_hash(cfg: DictConfig) -> str:
@@ -132,11 +135,11 @@ def image_sets(cfg: DictConfig) -> dict[str, dict[str, list[Path]]]:
     return sets
 
 
-def named_images(cfg: DictConfig, images: str, part: str = "all", inspected: str | None = None,
+def named_images(cfg: DictConfig, images: str, split: str = "all", inspected: str | None = None,
                  recursive: bool = False) -> pd.DataFrame:
     """The image set an ``invert`` job names: a suite model, ``real``, ``table1`` or a directory."""
-    if part not in ("all", *proto.SPLITS):
-        raise ValueError(f"split: {part!r} is not one of ['all', 'calibration', 'evaluation']")
+    if split not in ("all", *proto.SPLITS):
+        raise ValueError(f"split: {split!r} is not one of ['all', 'calibration', 'evaluation']")
     images = str(images)
     if images == "table1":
         if inspected is None or inspected not in cfg.suite.models:
@@ -152,33 +155,33 @@ def named_images(cfg: DictConfig, images: str, part: str = "all", inspected: str
     else:
         raise ValueError(f"images: {images!r} is not a model of suite {cfg.suite.name!r} "
                          f"({list(cfg.suite.models)}), 'real', 'table1', or an existing directory")
-    return frame if part == "all" else frame[frame["split"] == part].reset_index(drop=True)
+    return frame if split == "all" else frame[frame["split"] == split].reset_index(drop=True)
 
 
 # -- scoring ----------------------------------------------------------------------------------------------------
 def load_model(cfg: DictConfig, model: DictConfig | ModelSpec) -> Autoencoder:
     """The inspected model's autoencoder (on ``cfg.device``)."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec.from_dict(plain(model))
-    return load_autoencoder(str(spec.source), name=str(spec.name), resolution=spec.resolution,
+    return load_autoencoder(str(spec.weights), name=str(spec.name), resolution=spec.resolution,
                             device=str(cfg.device), dtype=str(spec.dtype))
 
 
-def score(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], inv: InversionConfig, *,
+def invert_paths(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], inv: InversionConfig, *,
           trajectory_steps: int | None = None, on_bad_image: str = "error") -> pd.DataFrame:
-    """:func:`latenttracer.protocol.score_paths` with the job's store, preprocessing and progress setting."""
-    return proto.score_paths(ae, paths, inv, store=ResultStore(cfg.store), image_options=image_options(cfg),
+    """:func:`latenttracer.protocol.invert_paths` with the job's store, preprocessing and progress setting."""
+    return proto.invert_paths(ae, paths, inv, store=ResultStore(cfg.store), image_options=image_options(cfg),
                              trajectory_steps=trajectory_steps, on_bad_image=on_bad_image,
                              progress=bool(cfg.progress))
 
 
-def scorer(cfg: DictConfig, trajectory_steps: int | None = None) -> proto.Scorer:
+def inversion_scorer(cfg: DictConfig, trajectory_steps: int | None = None) -> proto.Scorer:
     """LatentTracer as a :data:`latenttracer.protocol.Scorer`: load the inspected model of the suite, invert with
     ``cfg.inversion`` (and the model's dtype) through the shared store."""
 
     def score_model(name: str, paths: Sequence[str]) -> pd.DataFrame:
         spec = model_spec(cfg, name)
         ae = load_model(cfg, spec)
-        return score(cfg, ae, paths, inversion_config(cfg, dtype=spec.dtype), trajectory_steps=trajectory_steps)
+        return invert_paths(cfg, ae, paths, inversion_config(cfg, dtype=spec.dtype), trajectory_steps=trajectory_steps)
 
     return score_model
 
@@ -225,13 +228,13 @@ def method_preset(cfg: DictConfig) -> str:
     return method(cfg).label.replace("[", "_").replace("]", "")
 
 
-def score_method(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
+def score_paths(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
                  store: ResultStore | None) -> pd.DataFrame:
     """``scoring``'s scores of ``paths`` against ``ae``: one row per path. With a store, under a file lock per
     (model, run hash), so parallel jobs never compute the same thing twice; LatentTracer goes through
-    :func:`latenttracer.protocol.score_paths` (Table 1's path)."""
+    :func:`latenttracer.protocol.invert_paths` (Table 1's path)."""
     if type(scoring) is LatentTracer:
-        return proto.score_paths(ae, paths, scoring.config, store=store, image_options=image_options(cfg),
+        return proto.invert_paths(ae, paths, scoring.config, store=store, image_options=image_options(cfg),
                                  progress=bool(cfg.progress))
     options = image_options(cfg)
 
@@ -251,7 +254,7 @@ def method_scorer(cfg: DictConfig) -> proto.Scorer:
 
     def score_model(name: str, paths: Sequence[str]) -> pd.DataFrame:
         spec = model_spec(cfg, name)
-        return score_method(cfg, load_model(cfg, spec), paths, method(cfg, dtype=spec.dtype),
+        return score_paths(cfg, load_model(cfg, spec), paths, method(cfg, dtype=spec.dtype),
                             store=ResultStore(cfg.store))
 
     return score_model
@@ -286,11 +289,11 @@ class Context:
     def method_preset(self) -> str:
         return method_preset(self.cfg)
 
-    def score(self, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
+    def score_paths(self, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
               store: ResultStore | None) -> pd.DataFrame:
-        return score_method(self.cfg, ae, paths, scoring, store=store)
+        return score_paths(self.cfg, ae, paths, scoring, store=store)
 
-    def scorer(self) -> proto.Scorer:
+    def method_scorer(self) -> proto.Scorer:
         return method_scorer(self.cfg)
 
     def split_settings(self) -> proto.SplitSettings:

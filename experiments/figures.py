@@ -1,10 +1,10 @@
-"""Figures from cached files only (no inversion): PNG and PDF under ``report.figures``.
+"""Figures from cached files only (no inversion): PNG and PDF under ``outputs.figures``.
 
     python -m experiments.figures
 
-From ``report.table1`` + ``_scores.parquet`` (and ``.csv``, for the thresholds): per inspected model, belonging
+From ``outputs.table1`` + ``_scores.parquet`` (and ``.csv``, for the thresholds): per inspected model, belonging
 vs non-belonging loss histograms (log-x), ROC curves and the mean loss at each inversion step. From
-``report.ablations``: AUC against the number of steps (one line per initialisation) and AUC against the learning
+``outputs.ablations``: AUC against the number of steps (one line per initialisation) and AUC against the learning
 rate, for rows of the current suite whose other inversion settings equal ``cfg.inversion``. A missing input file
 skips its figures; nothing to draw at all is an error. Config: ``conf/figures.yaml``.
 """
@@ -21,7 +21,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from experiments import common
-from latenttracer import report
+from latenttracer import atomic, tables
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def summary_markdown(steps: pd.DataFrame, lr: pd.DataFrame) -> str:
             header = ["inspected", *keys, *table.columns]
             body = [[*(key if isinstance(key, tuple) else (key,)), *(f"{v:.3f}" if v == v else "–" for v in row)]
                     for key, row in table.iterrows()]
-            parts += [f"### {report.METRIC_LABELS.get(metric, metric)} (all sources pooled) vs {title}", "",
-                      report.markdown_table(body, header), ""]
+            parts += [f"### {tables.METRIC_LABELS.get(metric, metric)} (all sources pooled) vs {title}", "",
+                      tables.markdown_table(body, header), ""]
     return "\n".join(parts)
 
 
@@ -63,34 +63,34 @@ def draw(cfg: DictConfig, out: Path) -> dict[str, list[Path]]:
     """Every figure the cached files allow, saved under ``out``; returns {name: [files]}."""
     formats = list(cfg.formats)
     made: dict[str, list[Path]] = {}
-    stem = Path(cfg.report.table1)
+    stem = Path(cfg.outputs.table1)
     scores_path, cells_path = stem.with_name(stem.name + "_scores.parquet"), stem.with_name(stem.name + ".csv")
     if scores_path.is_file():
         scores = pd.read_parquet(scores_path)
         cells = pd.read_csv(cells_path) if cells_path.is_file() else None
         for name in scores["inspected"].unique():
             threshold = None if cells is None else float(cells.loc[cells["inspected"] == name, "threshold"].iloc[0])
-            for kind, fig in (("hist", report.loss_histograms(scores, name, threshold)),
-                              ("roc", report.roc_curves(scores, name)),
-                              ("loss_vs_step", report.mean_loss_vs_step(scores, name))):
-                made[f"{kind}_{name}"] = report.save_figure(fig, out / f"{kind}_{name}", formats)
+            for kind, fig in (("hist", tables.loss_histograms(scores, name, threshold)),
+                              ("roc", tables.roc_curves(scores, name)),
+                              ("loss_vs_step", tables.mean_loss_vs_step(scores, name))):
+                made[f"{kind}_{name}"] = tables.save_figure(fig, out / f"{kind}_{name}", formats)
     else:
         log.warning("%s not found: no histograms, ROC curves or loss curves (run experiments.table1)", scores_path)
-    ablations = Path(cfg.report.ablations)
+    ablations = Path(cfg.outputs.ablations)
     if ablations.is_file():
         rows = pd.read_csv(ablations)
         steps = matching(rows, cfg, ["steps", "init"])
         if steps["steps"].nunique() > 1:
-            made["auc_vs_steps"] = report.save_figure(report.metric_vs_param(
+            made["auc_vs_steps"] = tables.save_figure(tables.metric_vs_param(
                 steps, "steps", hue="init", xscale="symlog", title=f"AUC vs inversion steps (lr {cfg.inversion.lr})"),
                 out / "auc_vs_steps", formats)
         lr = matching(rows, cfg, ["lr"])
         summary = summary_markdown(steps, lr)
         if summary:
-            report.atomic_write_text(out / "ablations.md", summary)
+            atomic.write_text(out / "ablations.md", summary)
             print(summary, flush=True)
         if lr["lr"].nunique() > 1:
-            made["auc_vs_lr"] = report.save_figure(report.metric_vs_param(
+            made["auc_vs_lr"] = tables.save_figure(tables.metric_vs_param(
                 lr, "lr", xscale="log", title=f"AUC vs learning rate ({cfg.inversion.steps} steps, "
                                                f"{cfg.inversion.init} init)"), out / "auc_vs_lr", formats)
     else:
@@ -102,18 +102,18 @@ def draw(cfg: DictConfig, out: Path) -> dict[str, list[Path]]:
 
 
 def run(cfg: DictConfig) -> dict[str, list[Path]]:
-    """Draw into the job's output directory, then publish copies under ``report.figures``."""
+    """Draw into the job's output directory, then publish copies under ``outputs.figures``."""
     out = common.setup(cfg)
     with common.tracker(cfg, "figures") as tracker:
         made = draw(cfg, out / "figures")
-        target = Path(cfg.report.figures)
+        target = Path(cfg.outputs.figures)
         published = {}
         for name, files in made.items():
-            published[name] = [report.atomic_write(target / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
+            published[name] = [atomic.write(target / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
                                for f in files]
         summary = out / "figures" / "ablations.md"  # the ablation tables, when there are ablations
         if summary.is_file():
-            report.atomic_write(target / summary.name, lambda tmp: shutil.copyfile(summary, tmp))
+            atomic.write(target / summary.name, lambda tmp: shutil.copyfile(summary, tmp))
         log.info("%d figures published to %s", len(published), target)
         tracker.log_images({f"figures/{name}": files[0] for name, files in made.items() if files[0].suffix == ".png"})
     return published

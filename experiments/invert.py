@@ -20,7 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from experiments import common
-from latenttracer.report import atomic_write_frame
+from latenttracer.atomic import write_frame as atomic_write_frame
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         ae = common.load_model(cfg, cfg.model)
         inv = common.inversion_config(cfg, dtype=str(cfg.model.get("dtype", "float32")))
         t0 = time.perf_counter()
-        frame = common.score(cfg, ae, images["path"], inv, on_bad_image=str(cfg.on_bad_image))
+        frame = common.invert_paths(cfg, ae, images["path"], inv, on_bad_image=str(cfg.on_bad_image))
         seconds = time.perf_counter() - t0
         rows = images.merge(frame.drop(columns=["trajectory"], errors="ignore"), on="path", how="inner")
         rows.insert(0, "inspected", ae.name)
@@ -44,8 +44,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         summary = {"invert/images": len(rows), "invert/computed": fresh, "invert/cached": len(rows) - fresh,
                    "invert/failed": int((rows["status"] != "ok").sum()), "invert/seconds": seconds,
                    "invert/image_steps_per_s": fresh * inv.scored_steps / seconds if fresh else float("nan")}
-        for (source, part), group in rows.groupby(["source", "split"], sort=False):
-            summary[f"invert/median_score/{source}/{part}"] = float(np.nanmedian(group["score"]))
+        for (source, split), group in rows.groupby(["source", "split"], sort=False):
+            summary[f"invert/median_score/{source}/{split}"] = float(np.nanmedian(group["score"]))
         tracker.log_metrics(summary)
         tracker.log_table("scores", rows)
     log.info("%s x %s: %d images (%d computed, %d cached) in %.1fs -> %s", ae.name, cfg.images, len(rows), fresh,

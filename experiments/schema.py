@@ -1,6 +1,6 @@
 """Schemas of every config under ``conf/``: Hydra structured configs, registered in the ConfigStore.
 
-Each top-level config (``table1``, ``invert``, ``ablations``, ``figures``, ``generate``, ``report`` and one per
+Each top-level config (``table1``, ``invert``, ``ablations``, ``figures``, ``generate``, ``html_report`` and one per
 study) lists its schema first in its defaults (``- table1_schema``), so the composed config is typed from the start
 and every YAML merged into it (``base``, ``paths/*``, ``suite/*`` with its ``model/*``, ``inversion/*``,
 ``logger/*``, ``experiment/*``, ``debug/*``) is checked as it is merged: an unknown or mistyped key fails at
@@ -128,7 +128,7 @@ class SuiteSchema:
 
 @dataclass
 class LoggerSchema:
-    kind: str = MISSING
+    backend: str = MISSING
     project: str | None = None
     entity: str | None = None
     mode: str | None = None
@@ -141,7 +141,7 @@ ImageOptionsSchema = structured(ImageOptions)  # image_options
 
 
 @dataclass
-class ReportSchema:
+class OutputsSchema:
     table1: str = MISSING
     ablations: str = MISSING
     figures: str = MISSING
@@ -176,7 +176,7 @@ class BaseSchema:
     progress: bool = True
     store: str = MISSING
     image_options: ImageOptionsSchema = field(default_factory=ImageOptionsSchema)
-    report: ReportSchema = field(default_factory=ReportSchema)
+    outputs: OutputsSchema = field(default_factory=OutputsSchema)
 
 
 @dataclass
@@ -229,7 +229,7 @@ class GenerateSchema(BaseSchema):
 
 #: The entry points that are not studies (a study's schema comes from its registration, see :func:`schemas`).
 CORE_SCHEMAS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
-                "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema}
+                "figures": FiguresSchema, "generate": GenerateSchema, "html_report": HtmlReportSchema}
 
 
 def study_schema(study: type) -> type:

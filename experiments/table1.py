@@ -5,7 +5,7 @@
     python -m experiments.table1 debug=default            # a smoke run in seconds
 
 Scores come from the shared store, computing only what is missing. Writes into the job's output directory and
-publishes ``report.table1`` + ``.md``, ``.csv`` and ``.tex`` (the cells) and ``_scores.parquet`` (one row per
+publishes ``outputs.table1`` + ``.md``, ``.csv`` and ``.tex`` (the cells) and ``_scores.parquet`` (one row per
 (inspected model, image): inspected, source, split, path, score, init_loss, best_step, trajectory, ...); prints
 the Markdown table. The protocol is :mod:`latenttracer.protocol`; config: ``conf/table1.yaml``.
 """
@@ -22,7 +22,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from experiments import common
-from latenttracer import protocol, report
+from latenttracer import atomic, protocol, tables
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ def figures(cells: pd.DataFrame, scores: pd.DataFrame, out: Path) -> dict[str, P
     made = {}
     for name in cells["inspected"].unique():
         threshold = float(cells.loc[cells["inspected"] == name, "threshold"].iloc[0])
-        png, _ = report.save_figure(report.loss_histograms(scores, name, threshold), out / f"hist_{name}")
+        png, _ = tables.save_figure(tables.loss_histograms(scores, name, threshold), out / f"hist_{name}")
         made[f"figures/hist/{name}"] = png
-        png, _ = report.save_figure(report.roc_curves(scores, name), out / f"roc_{name}")
+        png, _ = tables.save_figure(tables.roc_curves(scores, name), out / f"roc_{name}")
         made[f"figures/roc/{name}"] = png
     return made
 
@@ -58,17 +58,18 @@ def figures(cells: pd.DataFrame, scores: pd.DataFrame, out: Path) -> dict[str, P
 def run(cfg: DictConfig) -> pd.DataFrame:
     """Compute (or read from the store) the grid, write and publish the tables; return the cells."""
     out = common.setup(cfg)
-    stem = Path(cfg.report.table1)
+    stem = Path(cfg.outputs.table1)
     title = f"Table 1 ({cfg.suite.name})"
     with common.tracker(cfg, "table1") as tracker:
-        cells, scores = protocol.evaluate(common.image_sets(cfg), common.inspected_models(cfg), common.scorer(cfg),
+        cells, scores = protocol.evaluate(common.image_sets(cfg), common.inspected_models(cfg),
+                                          common.inversion_scorer(cfg),
                                           target_tpr=common.split_settings(cfg).target_tpr)
-        metrics = list(cfg.report.metrics)
-        report.write_tables(cells, out / stem.name, metrics, title, notes(cfg))
-        parquet = report.atomic_write_frame(scores, out / f"{stem.name}_scores.parquet")
-        report.write_tables(cells, stem, metrics, title, notes(cfg))  # published copies
-        report.atomic_write(stem.with_name(parquet.name), lambda tmp: shutil.copyfile(parquet, tmp))
-        print(report.tables_markdown(cells, metrics, title, notes(cfg)), flush=True)
+        metrics = list(cfg.outputs.metrics)
+        tables.write_tables(cells, out / stem.name, metrics, title, notes(cfg))
+        parquet = atomic.write_frame(scores, out / f"{stem.name}_scores.parquet")
+        tables.write_tables(cells, stem, metrics, title, notes(cfg))  # published copies
+        atomic.write(stem.with_name(parquet.name), lambda tmp: shutil.copyfile(parquet, tmp))
+        print(tables.tables_markdown(cells, metrics, title, notes(cfg)), flush=True)
         log.info("published %s.{md,csv,tex} and %s", stem, stem.with_name(parquet.name))
         images = figures(cells, scores, out / "figures") if cfg.figures else {}
         tracker.log_metrics(protocol.flat_metrics(cells, "table1"))

@@ -36,16 +36,16 @@ NONE = "none"
 NORMALISATIONS = ("ratio", "pvalue")
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in NORMALISATIONS:
-        raise ValueError(f"normalisation {kind!r} is not one of {list(NORMALISATIONS)}")
+def _check_normalisation(normalisation: str) -> None:
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation {normalisation!r} is not one of {list(NORMALISATIONS)}")
 
 
-def normalise_scores(scores, calibration, threshold: float, kind: str = "ratio") -> np.ndarray:
+def normalise_scores(scores, calibration, threshold: float, normalisation: str = "ratio") -> np.ndarray:
     """One model's scores normalised by its calibration scores and threshold (see the module docstring)."""
-    _check_kind(kind)
+    _check_normalisation(normalisation)
     s = np.asarray(scores, dtype=np.float64)
-    if kind == "ratio":
+    if normalisation == "ratio":
         if not threshold > 0:
             raise ValueError(f"ratio normalisation needs a positive threshold, got {threshold!r}")
         return s / float(threshold)
@@ -58,13 +58,13 @@ def normalise_scores(scores, calibration, threshold: float, kind: str = "ratio")
 
 
 def assign(scores: pd.DataFrame, normalised: pd.DataFrame, thresholds: Mapping[str, float],
-           kind: str = "ratio") -> pd.Series:
+           normalisation: str = "ratio") -> pd.Series:
     """The predicted source of each row: a model name (a column of ``scores``) or :data:`NONE`.
 
     ``scores`` and ``normalised`` have one column per model (same names, same index). A NaN score (a failed
     image) never claims.
     """
-    _check_kind(kind)
+    _check_normalisation(normalisation)
     models = list(scores.columns)
     if list(normalised.columns) != models:
         raise ValueError(f"normalised columns {list(normalised.columns)} differ from score columns {models}")
@@ -75,7 +75,7 @@ def assign(scores: pd.DataFrame, normalised: pd.DataFrame, thresholds: Mapping[s
     t = np.array([float(thresholds[m]) for m in models])
     passes = s <= t  # NaN compares False
     n = normalised.to_numpy(dtype=np.float64)
-    strength = -n if kind == "ratio" else n
+    strength = -n if normalisation == "ratio" else n
     ratio = s / np.where(t > 0, t, np.nan)
     # Primary key: strength (higher wins); ties: smaller score / threshold.
     key = np.where(passes, strength, -np.inf)
@@ -89,12 +89,12 @@ def assign(scores: pd.DataFrame, normalised: pd.DataFrame, thresholds: Mapping[s
 
 
 def attribute(scores: pd.DataFrame, calibration: Mapping[str, Sequence[float]], thresholds: Mapping[str, float],
-              kind: str = "ratio") -> pd.DataFrame:
+              normalisation: str = "ratio") -> pd.DataFrame:
     """``predicted`` plus, per model ``m``, ``score_m`` and ``norm_m``, for each row of ``scores``."""
     models = list(scores.columns)
-    normalised = pd.DataFrame({m: normalise_scores(scores[m], calibration[m], thresholds[m], kind)
+    normalised = pd.DataFrame({m: normalise_scores(scores[m], calibration[m], thresholds[m], normalisation)
                                for m in models}, index=scores.index)
-    out = pd.DataFrame({"predicted": assign(scores, normalised, thresholds, kind)}, index=scores.index)
+    out = pd.DataFrame({"predicted": assign(scores, normalised, thresholds, normalisation)}, index=scores.index)
     for m in models:
         out[f"score_{m}"] = scores[m]
         out[f"norm_{m}"] = normalised[m]

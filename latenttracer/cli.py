@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=float, help="belonging iff score <= threshold")
     g.add_argument("--calibrate", type=Path, metavar="DIR", help="images known to come from the model")
     _add_common_args(t)
-    t.add_argument("--report", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
+    t.add_argument("--html", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
 
     a = sub.add_parser("attribute", help="which of several inspected models made each image, or none",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,9 +189,9 @@ def check_writable(path: Path, flag: str, *, folder: bool = False) -> None:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every path the command will write, checked before any work."""
     check_writable(args.out, "--out")
-    if getattr(args, "report", None):
-        check_writable(args.report, "--report")
-        check_writable(args.report.parent / f"{args.report.stem}_files", "--report", folder=True)
+    if getattr(args, "html", None):
+        check_writable(args.html, "--html")
+        check_writable(args.html.parent / f"{args.html.stem}_files", "--html", folder=True)
     if not args.no_cache:
         check_writable(args.cache, "--cache", folder=True)
 
@@ -283,10 +283,10 @@ def trace(args: argparse.Namespace) -> int:
     else:
         lines.append("no threshold given: 'belonging' left empty (use --threshold or --calibrate)")
     lines.append(f"wrote {args.out}")
-    if args.report:
+    if args.html:
         from latenttracer.html_report import build_trace_report
 
-        page = build_trace_report(frame, args.report, model=ae.name, threshold=threshold, config=vars(args))
+        page = build_trace_report(frame, args.html, model=ae.name, threshold=threshold, config=vars(args))
         lines.append(f"wrote {page}")
     print("\n".join(lines))
     return 0

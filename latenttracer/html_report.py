@@ -1,4 +1,4 @@
-"""A static HTML report of a results folder (``make report``) or of one traced folder (``trace --report``).
+"""A static HTML report of a results folder (``make report``) or of one traced folder (``trace --html``).
 
 Everything comes from files already written (the Table 1 cells and scores, the figures, the ablation rows, the
 provenance file); nothing is inverted again. The only model call is one decode of each hardest case's stored best
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latenttracer import provenance, report
+from latenttracer import atomic, provenance, tables
 
 __all__ = ["Case", "CaseGroup", "Cell", "Figure", "Section", "Table", "build_run_report", "build_trace_report",
            "display_path", "render"]
@@ -103,7 +103,7 @@ def _colour(value: float, metric: str, lo: float, hi: float) -> Cell:
     """
     from matplotlib import colormaps
 
-    text = report._fmt(value, metric)
+    text = tables._fmt(value, metric)
     if value is None or not math.isfinite(value):
         return Cell(text, "#f3f3f3", "#888")
     if metric in _CHANCE_TO_ONE:
@@ -146,10 +146,10 @@ def plain_table(frame: pd.DataFrame, title: str, caption: str = "", max_rows: in
         cells = []
         for col in frame.columns[1:]:
             v = r[col]
-            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and str(col) in report.METRIC_LABELS:
+            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and str(col) in tables.METRIC_LABELS:
                 cells.append(_colour(float(v), str(col), 0.0, 1.0))
             elif isinstance(v, (float, np.floating)):
-                cells.append(Cell(report._fmt(float(v), "threshold")))
+                cells.append(Cell(tables._fmt(float(v), "threshold")))
             else:
                 cells.append(Cell(str(v)))
         rows.append((str(r.iloc[0]), cells))
@@ -160,7 +160,7 @@ def plain_table(frame: pd.DataFrame, title: str, caption: str = "", max_rows: in
 def _copy(src: Path, out: Path, rel: str) -> str:
     target = out / rel
     target.parent.mkdir(parents=True, exist_ok=True)
-    report.atomic_write(target, lambda tmp: shutil.copyfile(src, tmp))
+    atomic.write(target, lambda tmp: shutil.copyfile(src, tmp))
     return rel
 
 
@@ -173,7 +173,7 @@ def _save_png(array: np.ndarray, out: Path, rel: str, max_side: int = 256) -> st
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     target = out / rel
     target.parent.mkdir(parents=True, exist_ok=True)
-    report.atomic_write(target, lambda tmp: img.save(tmp, format="PNG"))
+    atomic.write(target, lambda tmp: img.save(tmp, format="PNG"))
     return rel
 
 
@@ -231,11 +231,11 @@ def _table1_section(cells: pd.DataFrame | None, metrics: Sequence[str]) -> Secti
     if cells is None:
         sec.missing = "No results/table1.csv yet: run `make reproduce-table1`."
         return sec
-    sec.facts.append(("counts", report._counts_line(cells)))
+    sec.facts.append(("counts", tables._counts_line(cells)))
     for metric in metrics:
         if metric in cells.columns:
-            sec.tables.append(metric_table(report.metric_matrix(cells, metric), metric,
-                                           report.METRIC_LABELS.get(metric, metric)))
+            sec.tables.append(metric_table(tables.metric_matrix(cells, metric), metric,
+                                           tables.METRIC_LABELS.get(metric, metric)))
     return sec
 
 
@@ -248,9 +248,9 @@ def _study_sections(results_dir: Path, figures_dir: Path, out: Path) -> list[Sec
                       key=lambda t: (t[0].order, t[1]))
     sections = []
     for spec, sid in declared:
-        tables, globs, command = spec.tables, spec.figures, spec.command
+        csvs, globs, command = spec.tables, spec.figures, spec.command
         sec = Section(sid, spec.title)
-        for name in tables:
+        for name in csvs:
             if (results_dir / name).is_file():
                 sec.tables.append(plain_table(pd.read_csv(results_dir / name), name))
         for pattern in globs:
@@ -382,7 +382,7 @@ def _hardest_section(cells: pd.DataFrame | None, scores: pd.DataFrame | None, re
         sec.missing = "No results/table1_scores.parquet yet: run `make reproduce-table1`."
         return sec
     ok = scores[(scores["split"] == "evaluation") & (scores["status"] == "ok")]
-    for name in report._ordered(ok["inspected"]):
+    for name in tables._ordered(ok["inspected"]):
         pooled = cells[(cells["inspected"] == name) & (cells["source"] == "all")]
         if pooled.empty:
             continue
@@ -464,7 +464,7 @@ def build_run_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     cells_path, scores_path = results_dir / "table1.csv", results_dir / "table1_scores.parquet"
     cells = pd.read_csv(cells_path) if cells_path.is_file() else None
     scores = pd.read_parquet(scores_path) if scores_path.is_file() else None
-    names = report._ordered(cells["inspected"]) if cells is not None else []
+    names = tables._ordered(cells["inspected"]) if cells is not None else []
     metrics = list(metrics or ["auc", "ap", "tpr_at_1fpr", "tpr_at_5fpr", "accuracy", "auc_step0",
                                "median_non_belonging"])
     sections = [_table1_section(cells, metrics),
@@ -505,8 +505,8 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
 
     dist = Section("distribution", "Score distribution")
     if len(ok) and (ok["score"] > 0).any():
-        fig = report.score_histogram(ok["score"].to_numpy(float), threshold, title=f"Inspected model {model}")
-        report.save_figure(fig, files / "scores", formats=("png",))
+        fig = tables.score_histogram(ok["score"].to_numpy(float), threshold, title=f"Inspected model {model}")
+        tables.save_figure(fig, files / "scores", formats=("png",))
         dist.figures.append(Figure(f"{rel}/scores.png", "Scores (log scale) against the threshold (dashed)",
                                    "score histogram"))
     else:
@@ -539,7 +539,7 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
         verdict = "" if bel is None or (isinstance(bel, float) and math.isnan(bel)) else (
             "belonging" if bool(bel) else "not belonging")
         table_rows.append((display_path(row["path"], root), [
-            Cell(report._fmt(float(score), "threshold") if score is not None and score == score else "–"),
+            Cell(tables._fmt(float(score), "threshold") if score is not None and score == score else "–"),
             Cell(str(row["status"])),
             Cell(verdict, "#d9f0d3" if verdict == "belonging" else "#f7f7f7" if verdict else "")]))
     verdicts.tables.append(Table("Per image", ["score", "status", "verdict"], table_rows, corner="path"))
@@ -561,4 +561,4 @@ def _environment():
 def render(path: str | os.PathLike, *, title: str, subtitle: str, sections: Sequence[Section]) -> Path:
     """Render ``sections`` into one page at ``path`` (atomically) with ``templates/page.html.j2``."""
     html = _environment().get_template("page.html.j2").render(title=title, subtitle=subtitle, sections=sections)
-    return report.atomic_write_text(path, html)
+    return atomic.write_text(path, html)

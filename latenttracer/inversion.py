@@ -202,9 +202,8 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig,
             z.grad[failed] = 0
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
-        if cfg.schedule == "authors" and i % 50 == 0:
-            for group in optimiser.param_groups:
-                group["lr"] *= 0.5
+        for group in optimiser.param_groups:  # the rate of the next update (one definition: authors_lr)
+            group["lr"] = authors_lr(cfg.lr, i + 1, cfg.schedule)
 
     score = best if cfg.strategy == "min" else last
     traj = torch.stack(trajectory, 1).tolist() if cfg.record_trajectory else None

@@ -4,8 +4,8 @@
 model's resolution and the device's free memory:
 
 * on CUDA: ``floor(0.8 * free_bytes / bytes_per_image)``, between 1 and :data:`MAX_AUTO_BATCH`;
-* elsewhere (CPU, MPS): :data:`MAX_AUTO_BATCH` (64, the previous fixed default), so results and timings on the
-  zoo are unchanged. The batch size never changes a score: every method is batch-independent (tested).
+* elsewhere (CPU, MPS): :data:`MAX_AUTO_BATCH` (64).
+  The batch size never changes a score: every method is batch-independent (tested).
 
 ``bytes_per_image`` is an estimate: a decoder's memory is dominated by its full-resolution activations, ``width x
 resolution^2`` elements each (``width``: the channels of the decoder's last, full-size block, which the

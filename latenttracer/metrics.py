@@ -58,28 +58,28 @@ CALIBRATIONS = ("quantile", "kde")
 KDE_GRID_POINTS = 10_000
 
 
-def calibrate_threshold(belonging_scores, target_tpr: float = 0.95, kind: str = "quantile") -> float:
+def calibrate_threshold(belonging_scores, target_tpr: float = 0.95, rule: str = "quantile") -> float:
     """A threshold from scores of images known to belong, so that about ``target_tpr`` of them pass.
 
-    ``kind="quantile"`` (LatentTracer's rule, the default): the smallest score ``t`` among ``belonging_scores``
+    ``rule="quantile"`` (LatentTracer's rule, the default): the smallest score ``t`` among ``belonging_scores``
     with ``mean(scores <= t) >= target_tpr``, i.e. the ``ceil(target_tpr * n)``-th smallest score. Calibrate on
     belonging scores held out from the evaluation (see :func:`split_calibration`); on its own data the rule then
     gives a TPR of at least ``target_tpr`` by construction. The authors' first detection script took the
     sorted score at index ``-int(0.05 * n)``, one order statistic higher than this rule whenever ``0.05 * n``
     is a whole number (TPR 476/500 instead of 475/500).
 
-    ``kind="kde"`` (AEDR's rule): the ``target_tpr`` quantile of a Gaussian KDE fitted to the scores; see
+    ``rule="kde"`` (AEDR's rule): the ``target_tpr`` quantile of a Gaussian KDE fitted to the scores; see
     :func:`kde_threshold` (``alpha = 1 - target_tpr``).
 
     Raises:
         ValueError: empty input, NaN (or infinite) scores, ``target_tpr`` outside ``(0, 1]`` (``(0, 1)`` for
-            ``kde``), or an unknown ``kind``.
+            ``kde``), or an unknown ``rule``.
     """
-    if kind not in CALIBRATIONS:
-        raise ValueError(f"calibration kind {kind!r} is not one of {list(CALIBRATIONS)}")
+    if rule not in CALIBRATIONS:
+        raise ValueError(f"calibration rule {rule!r} is not one of {list(CALIBRATIONS)}")
     if not 0.0 < float(target_tpr) <= 1.0:  # also rejects NaN
         raise ValueError(f"target_tpr must be in (0, 1], got {target_tpr!r}")
-    if kind == "kde":
+    if rule == "kde":
         return kde_threshold(belonging_scores, alpha=1.0 - float(target_tpr))
     scores = np.sort(_scores(belonging_scores, "belonging"))
     n = scores.size
@@ -118,7 +118,7 @@ def kde_threshold(belonging_scores, alpha: float = 0.05, grid_points: int = KDE_
 def split_calibration(n: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split indices ``0..n-1`` at random, deterministically, into (calibration, evaluation).
 
-    The calibration part holds ``round(fraction * n)`` indices (halves round up); both parts are sorted,
+    The calibration split holds ``round(fraction * n)`` indices (halves round up); both splits are sorted,
     disjoint and together cover every index. The same ``(n, fraction, seed)`` always gives the same split.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:

@@ -6,18 +6,18 @@ Inputs are plain path lists, named by source (how they are made is not this modu
             "kl-b": {...}, ...,
             "real": {"evaluation": [...]}}                          # non-belonging only
 
-* Each model's own set is split once (:func:`split`) into a calibration and an evaluation part; the split depends
+* Each model's own set is split once (:func:`split`) into a calibration and an evaluation split; the split depends
   only on the set size and :class:`SplitSettings`.
-* For an inspected model I: its calibration part sets the threshold (``calibrate``; by default the score at
-  ``target_tpr`` of it, :func:`latenttracer.metrics.calibrate_threshold`); its evaluation part is the belonging
-  class; the evaluation part of every other source S is the non-belonging class of cell (I, S) (the same images
+* For an inspected model I: its calibration split sets the threshold (``calibrate``; by default the score at
+  ``target_tpr`` of it, :func:`latenttracer.metrics.calibrate_threshold`); its evaluation split is the belonging
+  class; the evaluation split of every other source S is the non-belonging class of cell (I, S) (the same images
   for every inspected model), and the real set is the cell (I, real). The cell (I, all) pools every non-belonging
   image.
 
 A *scorer* is any callable ``score(inspected, paths) -> DataFrame`` giving one row per path with at least
 ``path``, ``score`` (lower = more belonging) and ``status`` (``ok`` or ``failed``); ``init_loss`` (a baseline
 score, e.g. LatentTracer's step-0 loss), ``best_step``, ``reason``, ``sha256``, ``cached`` and ``trajectory`` are
-carried into the score frame when present. :func:`score_paths` is LatentTracer's: inversion through the shared
+carried into the score frame when present. :func:`invert_paths` is LatentTracer's: inversion through the shared
 :class:`~latenttracer.store.ResultStore` under a file lock, so parallel jobs never compute the same thing twice.
 """
 
@@ -41,7 +41,7 @@ from latenttracer.store import ResultStore
 from latenttracer.tracing import run_hash, score_images
 
 __all__ = ["ALL", "REAL", "SCORE_COLUMNS", "SPLITS", "Calibrator", "ImageSets", "Scorer", "SplitSettings",
-           "cell_metrics", "evaluate", "flat_metrics", "grid_images", "image_rows", "score_paths", "set_rows", "split",
+           "cell_metrics", "evaluate", "flat_metrics", "grid_images", "image_rows", "invert_paths", "set_rows", "split",
            "subset", "truncate"]
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,9 @@ def split(paths: Sequence[Path], settings: SplitSettings = SplitSettings()) -> d
     return {"calibration": [paths[i] for i in calibration], "evaluation": [paths[i] for i in evaluation]}
 
 
-def image_rows(source: str, part: str, paths: Sequence[str | Path]) -> pd.DataFrame:
+def image_rows(source: str, split: str, paths: Sequence[str | Path]) -> pd.DataFrame:
     """(source, split, path) rows, one per path."""
-    return pd.DataFrame({"source": source, "split": part, "path": [str(p) for p in paths]})
+    return pd.DataFrame({"source": source, "split": split, "path": [str(p) for p in paths]})
 
 
 def set_rows(source: str, parts: Mapping[str, Sequence[str | Path]]) -> pd.DataFrame:
@@ -104,12 +104,12 @@ def set_rows(source: str, parts: Mapping[str, Sequence[str | Path]]) -> pd.DataF
 def grid_images(sets: ImageSets, inspected: str) -> pd.DataFrame:
     """Every image the grid needs for one inspected model: (source, split, path) rows.
 
-    Its own set (both parts), every other source's evaluation part, and the real set (as ``evaluation``).
+    Its own set (both splits), every other source's evaluation split, and the real set (as ``evaluation``).
     """
     if inspected not in sets:
         raise KeyError(f"inspected model {inspected!r} has no image set (sets: {list(sets)})")
-    frames = [image_rows(source, part, sets[source][part]) for source in sets
-              for part in (SPLITS if source == inspected else ("evaluation",))]
+    frames = [image_rows(source, name, sets[source][name]) for source in sets
+              for name in (SPLITS if source == inspected else ("evaluation",))]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -148,7 +148,7 @@ def truncate(frame: pd.DataFrame, steps: int, strategy: str = "min") -> pd.DataF
     return out.drop(columns=["best_latent"], errors="ignore")  # the long run's latent is not the cut run's
 
 
-def score_paths(ae: Autoencoder, paths: Sequence[str | Path], config: InversionConfig, *,
+def invert_paths(ae: Autoencoder, paths: Sequence[str | Path], config: InversionConfig, *,
                 store: ResultStore | None, image_options: ImageOptions = ImageOptions(),
                 trajectory_steps: int | None = None, on_bad_image: str = "error",
                 progress: bool = True) -> pd.DataFrame:
@@ -161,7 +161,7 @@ def score_paths(ae: Autoencoder, paths: Sequence[str | Path], config: InversionC
     """
     if trajectory_steps is not None and int(trajectory_steps) >= config.steps:
         long = dataclasses.replace(config, steps=int(trajectory_steps))
-        frame = score_paths(ae, paths, long, store=store, image_options=image_options, on_bad_image=on_bad_image,
+        frame = invert_paths(ae, paths, long, store=store, image_options=image_options, on_bad_image=on_bad_image,
                             progress=progress)
         return truncate(frame, config.steps, config.strategy)
 

@@ -96,7 +96,7 @@ def load(results_dir: str | os.PathLike) -> dict[str, Any]:
 def record_stage(results_dir: str | os.PathLike, name: str, seconds: float,
                  config: Mapping[str, Any] | None = None) -> Path:
     """Set stage ``name``'s entry in ``<results_dir>/provenance.json`` (atomic, under a lock); return the path."""
-    from latenttracer.report import atomic_write_text
+    from latenttracer.atomic import write_text as atomic_write_text
 
     root = Path(results_dir)
     root.mkdir(parents=True, exist_ok=True)

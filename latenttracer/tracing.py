@@ -5,8 +5,7 @@ This is the one path from a list of image files to per-image scores, for every m
 keyed on (image content sha256, model name, run hash); the run hash covers the method and its settings, the
 image preprocessing and a fingerprint of the autoencoder weights, so a rerun skips every image already scored,
 and a run killed half-way resumes where it stopped (each batch is written to the store atomically as soon as
-it finishes). The default method is LatentTracer with the given :class:`InversionConfig`, with the same cache
-key as before other methods existed.
+it finishes). The default method is LatentTracer with the given :class:`InversionConfig`.
 
 Batches: ``batch_size="auto"`` picks the first batch from the model's resolution and the device's free memory
 (:mod:`latenttracer.memory`; 64 on CPU). On an out-of-memory error the batch is halved and the same images are

@@ -1,14 +1,14 @@
 """A small Weights & Biases wrapper: offline by default, a no-op when tracking is off, never fatal.
 
-    with start_run({"kind": "wandb", "mode": "offline", "dir": out}, config=cfg_dict, name="table1") as run:
+    with start_run({"backend": "wandb", "mode": "offline", "dir": out}, config=cfg_dict, name="table1") as run:
         run.log_metrics({"table1/kl-a/kl-b/auc": 0.97})
         run.log_table("table1", cells)
         run.log_images({"roc/kl-a": "roc_kl-a.png"})
         run.log_artifact("table1_scores.parquet", name="table1-scores", type="scores")
 
-* ``kind: none`` gives a :class:`Tracker` whose methods do nothing; W&B is not even imported, and no file is
+* ``backend: none`` gives a :class:`Tracker` whose methods do nothing; W&B is not even imported, and no file is
   written.
-* ``kind: wandb``: one W&B run per call (``reinit="create_new"``, so several runs in one process, e.g. the jobs of
+* ``backend: wandb``: one W&B run per call (``reinit="create_new"``, so several runs in one process, e.g. the jobs of
   a Hydra multirun with the basic launcher, never merge). ``mode`` defaults to ``offline``: the run is written to
   ``<dir>/wandb/offline-run-*`` and uploaded later with ``wandb sync``.
 * Every W&B call is wrapped: an exception inside W&B becomes a ``RuntimeWarning`` naming the call, and the
@@ -32,11 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Tracker", "WandbTracker", "start_run"]
 
-_LOGGER_KEYS = {"kind", "project", "entity", "mode", "group", "tags", "dir"}
+_LOGGER_KEYS = {"backend", "project", "entity", "mode", "group", "tags", "dir"}
 
 
 class Tracker:
-    """The no-op tracker (``kind: none``); :class:`WandbTracker` overrides every method."""
+    """The no-op tracker (``backend: none``); :class:`WandbTracker` overrides every method."""
 
     active = False
     run_dir: Path | None = None
@@ -150,20 +150,20 @@ def start_run(
 ) -> Tracker:
     """Start tracking as ``logger`` says (a mapping like ``conf/logger/*.yaml``); never raises for W&B errors.
 
-    ``logger`` keys: ``kind`` (``none`` or ``wandb``), ``project``, ``entity``, ``mode`` (``offline``, ``online`` or
+    ``logger`` keys: ``backend`` (``none`` or ``wandb``), ``project``, ``entity``, ``mode`` (``offline``, ``online`` or
     ``disabled``), ``group``, ``tags``, ``dir`` (the run goes to ``<dir>/wandb/``). ``group``/``tags`` arguments
     apply where the logger config leaves them empty. When W&B cannot start, a warning is issued and the no-op
     :class:`Tracker` is returned.
     """
-    logger = dict(logger or {"kind": "none"})
+    logger = dict(logger or {"backend": "none"})
     unknown = sorted(set(logger) - _LOGGER_KEYS)
     if unknown:
         raise ValueError(f"logger: unknown key(s) {unknown}; known: {sorted(_LOGGER_KEYS)}")
-    kind = logger.get("kind", "none")
-    if kind == "none":
+    backend = logger.get("backend", "none")
+    if backend == "none":
         return Tracker()
-    if kind != "wandb":
-        raise ValueError(f"logger.kind: {kind!r} is not one of ['none', 'wandb']")
+    if backend != "wandb":
+        raise ValueError(f"logger.backend: {backend!r} is not one of ['none', 'wandb']")
     mode = logger.get("mode") or "offline"
     if mode not in ("offline", "online", "disabled"):
         raise ValueError(f"logger.mode: {mode!r} is not one of ['offline', 'online', 'disabled']")

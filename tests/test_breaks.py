@@ -56,7 +56,8 @@ def test_robustness_end_to_end(micro_zoo, workspace, tmp_path):  # noqa: F811
         condition = by_name.get(row.condition)  # None: clean
         b, nb = (own, others) if condition is None else (perturbed_set(v, condition, cfg.perturbed_dir)
                                                          for v in (own, others))
-        scored = ctx.score(ae, [*map(str, b), *map(str, nb)], method, store=ctx.store()).set_index("path")["score"]
+        scored = ctx.score_paths(ae, [*map(str, b), *map(str, nb)], method,
+                                 store=ctx.store()).set_index("path")["score"]
         sb, snb = scored[[str(p) for p in b]].to_numpy(), scored[[str(p) for p in nb]].to_numpy()
         assert row.auc == pytest.approx(_pairwise_auc(sb, snb), abs=1e-12), row.condition
         assert row.tpr == pytest.approx(np.mean(sb <= row.threshold)), row.condition
@@ -101,14 +102,14 @@ def test_drift_series_of_two_tiny_finetunes(micro_zoo, workspace, tmp_path, monk
     evaluation = {"kl-a": protocol.split(ctx.generated_set(base, ctx.generation_settings(n=6)),
                                          ctx.split_settings())["evaluation"]}
     for n in (1, 2):
-        spec = ModelSpec(name=f"ft-{n}", source=str(members / f"ft-{n}"), kind=base.kind,
+        spec = ModelSpec(name=f"ft-{n}", weights=str(members / f"ft-{n}"), pipeline=base.pipeline,
                          resolution=base.resolution, dtype=base.dtype, generation=dict(base.generation))
         images = ctx.generated_set(spec, ctx.generation_settings(n=6, dir=str(drift_dir / "images")))
         evaluation[spec.name] = protocol.split(images, ctx.split_settings())["evaluation"]
         models[spec.name] = ctx.load_model(spec)
     for row in rows.itertuples():
         own, other = evaluation[row.belonging], evaluation[row.non_belonging]
-        scored = ctx.score(models[row.inspected], [*map(str, own), *map(str, other)], method,
+        scored = ctx.score_paths(models[row.inspected], [*map(str, own), *map(str, other)], method,
                            store=ctx.store()).set_index("path")["score"]
         want = _pairwise_auc(scored[[str(p) for p in own]].to_numpy(), scored[[str(p) for p in other]].to_numpy())
         assert row.auc == pytest.approx(want, abs=1e-12), (row.steps, row.direction)

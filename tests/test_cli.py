@@ -197,8 +197,8 @@ def test_unwritable_outputs_fail_before_any_scoring(tmp_path, tiny_dirs, folders
         ("--out", folders["own"], "--no-cache"): f"--out {folders['own']}: is a folder, not a file",
         ("--out", tmp_path / "s.csv", "--cache", a_file / "c"): f"--cache {a_file / 'c'}: {a_file} is a file",
         ("--out", tmp_path / "s.csv", "--cache", a_file): f"--cache {a_file}: is a file, not a folder",
-        ("--out", tmp_path / "s.csv", "--no-cache", "--report", a_file / "r.html"):
-            f"--report {a_file / 'r.html'}: {a_file} is a file",
+        ("--out", tmp_path / "s.csv", "--no-cache", "--html", a_file / "r.html"):
+            f"--html {a_file / 'r.html'}: {a_file} is a file",
     }
     for args, message in cases.items():
         assert _run(*base, *args) == 2

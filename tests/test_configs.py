@@ -66,7 +66,7 @@ def test_table1_presets_compose(entry, preset, tmp_path):
         assert model.name == name
     assert cfg.suite.generated.n == {"table1_zoo": 100, "table1_paper": 1000, "full": 1000}[preset]
     assert cfg.suite.real.n >= 50
-    assert cfg.report.table1 == str(tmp_path / "results" / {"table1_zoo": "table1", "table1_paper": "table1_paper",
+    assert cfg.outputs.table1 == str(tmp_path / "results" / {"table1_zoo": "table1", "table1_paper": "table1_paper",
                                                             "full": "table1_full"}[preset])
     InversionConfig.from_dict(OmegaConf.to_container(cfg.inversion))
 
@@ -96,7 +96,7 @@ def test_defaults_are_the_paper_protocol(tmp_path):
         {k: v for k, v in paper.items() if k != "batch_size"}
     assert (inv.init, inv.lr, inv.steps, inv.schedule, inv.distance, inv.strategy) == \
         ("encoder", 0.05, 100, "authors", "l2", "min")
-    assert cfg.logger.kind == "wandb" and cfg.logger.mode == "offline"
+    assert cfg.logger.backend == "wandb" and cfg.logger.mode == "offline"
     assert cfg.logger.dir == str(tmp_path / "out")
     assert cfg.device == "auto" and cfg.threads is None
     assert cfg.suite.split.calibration_fraction == 0.5 and cfg.suite.split.target_tpr == 0.95
@@ -114,7 +114,7 @@ def test_fast_inversion_is_the_paper_with_fewer_steps(tmp_path):
 def test_debug_preset_is_micro_and_untracked(tmp_path):
     cfg, _ = compose_resolved("table1", ["debug=default"], tmp_path)
     assert cfg.suite.generated.n <= 10 and cfg.suite.real.n <= 10 and cfg.inversion.steps <= 5
-    assert cfg.logger.kind == "none"
+    assert cfg.logger.backend == "none"
     assert cfg.paths.results_dir == str(tmp_path / "results" / "debug")  # never overwrites the real tables
 
 
@@ -122,8 +122,8 @@ def test_debug_preset_is_micro_and_untracked(tmp_path):
 def test_every_model_composes_for_invert(model, tmp_path):
     cfg, _ = compose_resolved("invert", [f"model={model}"], tmp_path)
     assert cfg.model.name == model
-    assert set(cfg.model) == {"name", "source", "kind", "resolution", "dtype", "generation"}
-    assert cfg.model.kind in ("zoo", "hub")
+    assert set(cfg.model) == {"name", "weights", "pipeline", "resolution", "dtype", "generation"}
+    assert cfg.model.pipeline in ("zoo", "hub")
 
 
 @pytest.mark.parametrize("logger", _names("logger"))

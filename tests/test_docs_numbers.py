@@ -15,7 +15,7 @@ match), a JSON file (``col`` is a dotted key; a list
 value needs ``agg``) or a Markdown file (its tables, header row as column names). Values with spaces are quoted.
 
 A whole table is marked in front of it: ``<!-- table: results/table1.csv metric=auc -->`` means the table must be
-exactly what :func:`latenttracer.report.tables_markdown` writes for that metric from the CSV;
+exactly what :func:`latenttracer.tables.tables_markdown` writes for that metric from the CSV;
 ``<!-- table: results/figures/ablations.md -->`` means the table appears verbatim in that published file;
 ``<!-- table: data_gen.real_images:licence_table -->`` that it is what that function returns.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from latenttracer import report
+from latenttracer import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -149,7 +149,7 @@ def check_table(spec: str, after: str) -> None:
         module, function = path.split(":")
         assert table == getattr(importlib.import_module(module), function)().strip(), spec
     elif path.endswith(".csv"):
-        generated = report.tables_markdown(pd.read_csv(ROOT / path), [options["metric"]])
+        generated = tables.tables_markdown(pd.read_csv(ROOT / path), [options["metric"]])
         assert table == _table_after(generated.split("\n## ", 1)[1].split("\n", 1)[1]), spec
     else:
         assert table in (ROOT / path).read_text(encoding="utf-8"), f"{spec}: table not found verbatim in {path}"

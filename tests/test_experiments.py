@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from experiments import ablations, common, figures, generate, invert, table1
-from latenttracer import protocol, report, tracking
+from latenttracer import protocol, tables, tracking
 from latenttracer.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,9 +210,9 @@ def test_tracker_calls_never_raise(tmp_path):
         tracker.log_artifact(tmp_path / "x.parquet", name="x", type="scores")
         tracker.finish()
     assert len(caught) == 5 and all("results on disk are not affected" in str(w.message) for w in caught)
-    assert not tracking.start_run({"kind": "none"}).active
+    assert not tracking.start_run({"backend": "none"}).active
     with pytest.raises(ValueError, match="unknown key"):
-        tracking.start_run({"kind": "wandb", "offline": True})
+        tracking.start_run({"backend": "wandb", "offline": True})
 
 
 def test_tracker_tables_keep_only_scalar_columns(tmp_path):
@@ -313,8 +313,8 @@ def test_truncated_trajectory_equals_a_direct_run(micro_zoo, workspace, tmp_path
     paths = protocol.grid_images(common.image_sets(cfg), "kl-a")["path"].tolist()[:10]
     for steps in (0, 1, 2, 5, 7):
         inv = common.inversion_config(cfg, steps=steps)
-        direct = common.score(cfg, ae, paths, inv)
-        cut = common.score(cfg, ae, paths, inv, trajectory_steps=7)
+        direct = common.invert_paths(cfg, ae, paths, inv)
+        cut = common.invert_paths(cfg, ae, paths, inv, trajectory_steps=7)
         assert direct["score"].tolist() == cut["score"].tolist()  # bit for bit
         assert direct["best_step"].tolist() == cut["best_step"].tolist()
         assert [list(t) for t in direct["trajectory"]] == [list(t) for t in cut["trajectory"]]
@@ -337,20 +337,20 @@ def test_ablation_rows_are_merged_without_duplicates(micro_zoo, workspace, tmp_p
 
 def test_upsert_csv_replaces_rows_with_the_same_key(tmp_path):
     path = tmp_path / "t.csv"
-    report.upsert_csv(path, pd.DataFrame({"k": [1, 2], "lr": [0.1, 0.05], "v": [10, 20]}), ["k", "lr"])
-    merged = report.upsert_csv(path, pd.DataFrame({"k": [2, 3], "lr": [0.05, 0.5], "v": [21, 30]}), ["k", "lr"])
+    tables.upsert_csv(path, pd.DataFrame({"k": [1, 2], "lr": [0.1, 0.05], "v": [10, 20]}), ["k", "lr"])
+    merged = tables.upsert_csv(path, pd.DataFrame({"k": [2, 3], "lr": [0.05, 0.5], "v": [21, 30]}), ["k", "lr"])
     assert merged.values.tolist() == [[1, 0.1, 10], [2, 0.05, 21], [3, 0.5, 30]]
     assert pd.read_csv(path).values.tolist() == merged.values.tolist()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
 
 
 def test_figures_from_cached_files_only(micro_zoo, workspace, tmp_path, monkeypatch):
-    small = ["report.table1=${paths.results_dir}/table1_small"]
+    small = ["outputs.table1=${paths.results_dir}/table1_small"]
     table1.run(job("table1", workspace, micro_zoo, tmp_path / "t", [*small, "inspected=[kl-a,tiny]", "figures=false"]))
     for lr in (0.01, 0.05):
         ablations.run(job("ablations", workspace, micro_zoo, tmp_path / f"lr{lr}",
                           ["experiment=ablation_lr", f"inversion.lr={lr}"]))
-    monkeypatch.setattr(protocol, "score_paths", lambda *a, **k: pytest.fail("figures must not invert"))
+    monkeypatch.setattr(protocol, "invert_paths", lambda *a, **k: pytest.fail("figures must not invert"))
     made = figures.run(job("figures", workspace, micro_zoo, tmp_path / "f", small))
     target = workspace / "results" / "debug" / "figures"
     assert {"hist_kl-a", "roc_kl-a", "loss_vs_step_tiny", "auc_vs_lr"} <= set(made)

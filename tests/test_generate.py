@@ -355,8 +355,8 @@ def test_unknown_folder_contents_and_bad_options_are_refused(zoo_pipe, tmp_path)
         _zoo(zoo_pipe, tmp_path / "x", dtype="float16")
     with pytest.raises(ValueError, match="'guidance_scale' is not an argument of LDMPipeline"):
         _zoo(zoo_pipe, tmp_path / "x", pipeline_kwargs={"guidance_scale": 7.5})
-    with pytest.raises(ValueError, match="kind='hub'"):
-        _zoo(zoo_pipe, tmp_path / "x", kind="hub", prompts=PROMPTS)
+    with pytest.raises(ValueError, match="pipeline='hub'"):
+        _zoo(zoo_pipe, tmp_path / "x", pipeline="hub", prompts=PROMPTS)
     with pytest.raises(ValueError, match="resolution asks for 32x32"):
         _zoo(zoo_pipe, tmp_path / "x", n=1, resolution=32)
 
@@ -488,7 +488,7 @@ def test_the_project_prompt_list():
 
 
 def test_hydra_entry_point(zoo_pipe, tmp_path):
-    cmd = [sys.executable, "-m", "experiments.generate", "images=kl-a", f"suite.models.kl-a.source={zoo_pipe}",
+    cmd = [sys.executable, "-m", "experiments.generate", "images=kl-a", f"suite.models.kl-a.weights={zoo_pipe}",
            f"paths.root_dir={tmp_path}", "suite.generated.n=3", "suite.generated.batch_size=2", "device=cpu",
            "progress=false", "suite.models.kl-a.generation.num_inference_steps=2",
            f"hydra.run.dir={tmp_path / 'hydra'}"]

@@ -21,7 +21,7 @@ import torch
 from conftest import decoded_images, natural_crops, save_png
 from PIL import Image
 
-from latenttracer import html_report, provenance, report
+from latenttracer import atomic, html_report, provenance, tables
 from latenttracer.autoencoders import load_autoencoder
 from latenttracer.cli import main
 from latenttracer.images import ImageOptions, load_images
@@ -53,22 +53,22 @@ def micro_results(tmp_path_factory, tiny_dirs) -> Path:
     cells, scores = [], []
     with provenance.stage(results, "table1"):
         for name, ae in models.items():
-            grid = pd.DataFrame([{"source": s, "split": part, "path": p} for s in sets for part in sets[s]
-                                 if s == name or part == "evaluation" for p in sets[s][part]])
+            grid = pd.DataFrame([{"source": s, "split": split, "path": p} for s in sets for split in sets[s]
+                                 if s == name or split == "evaluation" for p in sets[s][split]])
             frame, _ = score_images(ae, grid["path"], CONFIG, store=store, progress=False)
             merged = grid.merge(frame, on="path", validate="one_to_one")
             merged.insert(0, "inspected", name)
             scores.append(merged)
             cells += cell_metrics(merged, name, [s for s in sets if s != name], 0.95)
         cells, scores = pd.DataFrame(cells), pd.concat(scores, ignore_index=True)
-        report.write_tables(cells, results / "table1", ["auc", "tpr_at_1fpr", "median_non_belonging"])
-        report.atomic_write_frame(scores.drop(columns="best_latent"), results / "table1_scores.parquet")  # as table1
+        tables.write_tables(cells, results / "table1", ["auc", "tpr_at_1fpr", "median_non_belonging"])
+        atomic.write_frame(scores.drop(columns="best_latent"), results / "table1_scores.parquet")  # as table1
     with provenance.stage(results, "figures"):
         for name in models:
             threshold = float(cells.loc[cells["inspected"] == name, "threshold"].iloc[0])
-            report.save_figure(report.loss_histograms(scores, name, threshold), results / "figures" / f"hist_{name}",
+            tables.save_figure(tables.loss_histograms(scores, name, threshold), results / "figures" / f"hist_{name}",
                                ("png",))
-            report.save_figure(report.roc_curves(scores, name), results / "figures" / f"roc_{name}", ("png",))
+            tables.save_figure(tables.roc_curves(scores, name), results / "figures" / f"roc_{name}", ("png",))
     return results
 
 
@@ -128,7 +128,7 @@ def test_rows_without_latent_or_image_say_so(micro_results, tmp_path):
     shutil.copytree(micro_results, results)
     scores = pd.read_parquet(results / "table1_scores.parquet")
     scores.loc[scores.index[scores["source"] == "real"], "path"] = "/nowhere/real.png"
-    report.atomic_write_frame(scores, results / "table1_scores.parquet")
+    atomic.write_frame(scores, results / "table1_scores.parquet")
     # no store: the latents cannot be found (as for rows cached before latents were stored)
     html = html_report.build_run_report(results, tmp_path / "report", decoders=lambda name: 1 / 0).read_text()
     assert "No stored latent" in html and "make reproduce-table1" in html
@@ -146,7 +146,7 @@ def test_results_of_other_stages_appear_when_present(tmp_path):
     (results / "figures").mkdir(parents=True)
     pd.DataFrame({"method": ["latenttracer", "aedr"], "auc": [0.99, 0.7]}).to_csv(results / "methods.csv",
                                                                                   index=False)
-    report.save_figure(report.score_histogram([1e-4, 2e-4, 1e-3], 3e-4), results / "figures" / "robustness_jpeg",
+    tables.save_figure(tables.score_histogram([1e-4, 2e-4, 1e-3], 3e-4), results / "figures" / "robustness_jpeg",
                        ("png",))
     html = html_report.build_run_report(results, tmp_path / "report").read_text()
     methods = html.split('id="methods"')[1].split("<section")[0]
@@ -180,7 +180,7 @@ def test_trace_report(tmp_path, tiny_dirs, capsys):
     out = tmp_path / "trace.html"
     assert main(["trace", "--model", str(tiny_dirs["AutoencoderKL-0"]), "--images", str(folder), "--out",
                  str(tmp_path / "s.csv"), "--threshold", "0.05", "--steps", "3", "--no-cache", "--resolution", "32",
-                 "--quiet", "--report", str(out)]) == 0
+                 "--quiet", "--html", str(out)]) == 0
     html = out.read_text()
     for sid in ("summary", "distribution", "nearest", "verdicts", "provenance"):
         assert f'id="{sid}"' in html
@@ -239,14 +239,14 @@ def test_report_in_headless_chromium(micro_results, tmp_path, tiny_dirs):
 
 
 def test_report_entry_point_logs_the_folder_to_wandb(micro_results, tmp_path, monkeypatch):
-    """``python -m experiments.report`` on cached results: the page, its provenance stage, a W&B artifact."""
+    """``python -m experiments.html_report`` on cached results: the page, its provenance stage, a W&B artifact."""
     import warnings
 
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from experiments import report as entry
+    from experiments import html_report as entry
 
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
@@ -255,7 +255,7 @@ def test_report_entry_point_logs_the_folder_to_wandb(micro_results, tmp_path, mo
     shutil.copytree(micro_results, results)
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("report", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
+        cfg = compose("html_report", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
                                            "logger.mode=offline", "decode=false", "cases=1"],
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

@@ -268,16 +268,16 @@ def test_kde_threshold_against_scipy():
     cdf = np.cumsum(gaussian_kde(values)(grid))
     expected = np.interp(0.95, cdf / cdf[-1], grid)
     assert kde_threshold(values, alpha=0.05) == pytest.approx(expected, rel=1e-12)
-    assert calibrate_threshold(values, 0.95, kind="kde") == pytest.approx(expected, rel=1e-12)
+    assert calibrate_threshold(values, 0.95, rule="kde") == pytest.approx(expected, rel=1e-12)
     assert AEDR().calibrate(values) == pytest.approx(expected, rel=1e-12)
     assert LatentTracer().calibrate(values) == calibrate_threshold(values, 0.95)
     assert np.mean(values <= expected) == pytest.approx(0.95, abs=0.03)
     with pytest.raises(ValueError, match="two distinct"):
         kde_threshold([0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match="target_tpr < 1"):
-        calibrate_threshold(values, 1.0, kind="kde")
-    with pytest.raises(ValueError, match="calibration kind"):
-        calibrate_threshold(values, 0.95, kind="gmm")
+        calibrate_threshold(values, 1.0, rule="kde")
+    with pytest.raises(ValueError, match="calibration rule"):
+        calibrate_threshold(values, 0.95, rule="gmm")
 
 
 def test_aedr_components_are_stored_and_cached(tiny, image_sets, tmp_path):

@@ -1,4 +1,4 @@
-"""The one Markdown table writer (latenttracer.report.markdown_table) reproduces the shipped tables exactly."""
+"""The one Markdown table writer (latenttracer.tables.markdown_table) reproduces the shipped tables exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from data_gen import real_images
-from latenttracer import report
+from latenttracer import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,13 +30,13 @@ def _cells(line: str) -> list[str]:
 
 
 def test_markdown_table_rows_and_frames():
-    assert report.markdown_table([[1, "a"]], ["n", "x"]) == "| n | x |\n|---|---|\n| 1 | a |"
+    assert tables.markdown_table([[1, "a"]], ["n", "x"]) == "| n | x |\n|---|---|\n| 1 | a |"
     frame = pd.DataFrame({"n": [1, 2], "x": ["a", "b"]}, index=[7, 8])
-    assert report.markdown_table(frame) == "| n | x |\n|---|---|\n| 1 | a |\n| 2 | b |"
+    assert tables.markdown_table(frame) == "| n | x |\n|---|---|\n| 1 | a |\n| 2 | b |"
     with pytest.raises(ValueError, match="row"):
-        report.markdown_table([[1]], ["n", "x"])
+        tables.markdown_table([[1]], ["n", "x"])
     with pytest.raises(ValueError, match="header"):
-        report.markdown_table([[1]])
+        tables.markdown_table([[1]])
 
 
 @pytest.mark.parametrize("path", ["results/table1.md", "results/figures/ablations.md",
@@ -49,7 +49,7 @@ def test_shipped_tables_are_what_the_writer_writes(path):
     assert blocks, f"{path}: no table"
     for lines in blocks:
         assert set(lines[1]) == {"|", "-"}
-        assert report.markdown_table([_cells(x) for x in lines[2:]], _cells(lines[0])) == "\n".join(lines)
+        assert tables.markdown_table([_cells(x) for x in lines[2:]], _cells(lines[0])) == "\n".join(lines)
 
 
 def test_table1_markdown_regenerates_byte_for_byte_from_its_csv():
@@ -59,9 +59,9 @@ def test_table1_markdown_regenerates_byte_for_byte_from_its_csv():
     text = md.read_text(encoding="utf-8")
     lines = text.split("\n")
     notes = lines[3:lines.index("", 2)]  # title, blank, counts line, then the notes up to a blank line
-    labels = {v: k for k, v in report.METRIC_LABELS.items()}
+    labels = {v: k for k, v in tables.METRIC_LABELS.items()}
     metrics = [labels.get(x[3:], x[3:]) for x in lines if x.startswith("## ")]
-    assert report.tables_markdown(pd.read_csv(csv), metrics, lines[0][2:], notes) == text
+    assert tables.tables_markdown(pd.read_csv(csv), metrics, lines[0][2:], notes) == text
 
 
 def test_licence_table():

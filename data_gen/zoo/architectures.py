@@ -22,7 +22,7 @@ class Member:
     """
 
     name: str
-    kind: str  # "kl", "vq" or "tiny"
+    autoencoder: str  # "kl", "vq" or "tiny"
     seed: int
     stands_in_for: str
     base: str | None = None
@@ -54,9 +54,9 @@ MEMBERS: dict[str, Member] = {m.name: m for m in (
 
 
 # -- architectures ---------------------------------------------------------------------------------------------
-def build_autoencoder(kind: str, resolution: int = RESOLUTION, latent_channels: int = LATENT_CHANNELS,
+def build_autoencoder(autoencoder: str, resolution: int = RESOLUTION, latent_channels: int = LATENT_CHANNELS,
                       widths: tuple[int, ...] = (8, 16, 32), norm_groups: int = 8):
-    """A fresh, randomly initialised autoencoder of ``kind`` (seed the RNG first for determinism).
+    """A fresh, randomly initialised autoencoder of type ``autoencoder`` (seed the RNG first for determinism).
 
     Default: downsampling factor 4 (32x32 images -> 8x8x4 latents) for all kinds; widths picked for decoder speed
     (``benchmarks/decoder_speed.py``): KL/VQ channels (8, 16, 32), one layer per block, no mid-block attention;
@@ -72,17 +72,17 @@ def build_autoencoder(kind: str, resolution: int = RESOLUTION, latent_channels: 
         "latent_channels": latent_channels, "norm_num_groups": norm_groups, "sample_size": resolution,
         "scaling_factor": 1.0, "mid_block_add_attention": False,
     }
-    if kind == "kl":
+    if autoencoder == "kl":
         return AutoencoderKL(**shared)
-    if kind == "vq":
+    if autoencoder == "vq":
         return VQModel(**shared, num_vq_embeddings=256, vq_embed_dim=latent_channels)
-    if kind == "tiny":
+    if autoencoder == "tiny":
         ae = AutoencoderTiny(
             in_channels=3, out_channels=3, encoder_block_out_channels=(32, 32, 32),
             decoder_block_out_channels=(16, 16, 16), num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1),
             latent_channels=latent_channels, scaling_factor=1.0)
         return ae  # no sample_size: AutoencoderTiny does not take one (the resolution is the prior's x 4)
-    raise ValueError(f"autoencoder kind: expected 'kl', 'vq' or 'tiny', got {kind!r}")
+    raise ValueError(f"autoencoder: expected 'kl', 'vq' or 'tiny', got {autoencoder!r}")
 
 
 def build_prior(latent_size: int, latent_channels: int = LATENT_CHANNELS):

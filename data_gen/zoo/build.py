@@ -60,8 +60,10 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
     torch.manual_seed(member.seed)
     with deterministic():
         if member.base is None:
-            ae = build_autoencoder(member.kind, resolution, member.latent_channels, member.widths, member.norm_groups)
-            ae_stats = train_autoencoder(ae, member.kind, crops01, budget, member.seed, f"{member.name} autoencoder")
+            ae = build_autoencoder(member.autoencoder, resolution, member.latent_channels, member.widths,
+                                   member.norm_groups)
+            ae_stats = train_autoencoder(ae, member.autoencoder, crops01, budget, member.seed,
+                                         f"{member.name} autoencoder")
             lat = latents_for_prior(ae, crops01)
             if member.whiten_latents:
                 ae_stats["latent_channel_std_before_whitening"] = whiten_latent_channels(ae, lat)
@@ -90,7 +92,7 @@ def train_member(member: Member, out_root: str | Path, budget: Budget = Budget()
     t_end = time.perf_counter()
     latent = latent_size(ae, resolution)
     card = {
-        "name": member.name, "stands_in_for": member.stands_in_for, "kind": member.kind,
+        "name": member.name, "stands_in_for": member.stands_in_for, "kind": member.autoencoder,
         "autoencoder_class": ae.__class__.__name__, "seed": member.seed, "base": member.base,
         "resolution": resolution, "latent_shape": [int(ae.config.latent_channels), latent, latent],
         "scaling_factor": scaling,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from latenttracer import atomic
-from latenttracer.report import markdown_table
+from latenttracer.tables import markdown_table
 
 
 def card_readme(card: dict) -> str:

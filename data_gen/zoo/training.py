@@ -97,7 +97,7 @@ def _refresh_dead_codes(quantizer, h: torch.Tensor, counts: torch.Tensor, gen: t
     return len(dead)
 
 
-def train_autoencoder(ae, kind: str, crops01: torch.Tensor, budget: Budget, seed: int, desc: str) -> dict:
+def train_autoencoder(ae, autoencoder: str, crops01: torch.Tensor, budget: Budget, seed: int, desc: str) -> dict:
     """Train ``ae`` on ``crops01`` (N, 3, H, W in [0, 1]) for ``budget.ae_steps`` Adam steps; return stats.
 
     Loss: pixel MSE in [-1, 1] plus, for KL, ``kl_weight`` x the posterior KL (latents sampled during training),
@@ -108,7 +108,7 @@ def train_autoencoder(ae, kind: str, crops01: torch.Tensor, budget: Budget, seed
     opt = torch.optim.Adam(ae.parameters(), lr=budget.ae_lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.ae_lr, total_steps=max(budget.ae_steps, 2),
                                                 pct_start=0.05)
-    counts = torch.zeros(ae.config.num_vq_embeddings) if kind == "vq" else None
+    counts = torch.zeros(ae.config.num_vq_embeddings) if autoencoder == "vq" else None
     ae.train()
     bar = tqdm(_batches(len(crops01), budget.ae_batch, budget.ae_steps, gen), total=budget.ae_steps, desc=desc,
                leave=False, position=BAR["position"])
@@ -116,11 +116,11 @@ def train_autoencoder(ae, kind: str, crops01: torch.Tensor, budget: Budget, seed
     for step, idx in enumerate(bar):
         x = crops01[idx] * 2 - 1
         extra = torch.zeros(())
-        if kind == "kl":
+        if autoencoder == "kl":
             post = ae.encode(x).latent_dist
             rec = ae.decode(post.sample(gen)).sample
             extra = budget.kl_weight * post.kl().mean()
-        elif kind == "vq":
+        elif autoencoder == "vq":
             h = ae.encode(x).latents
             zq, extra, (_, _, codes) = ae.quantize(h)
             counts += torch.bincount(codes.flatten(), minlength=len(counts))

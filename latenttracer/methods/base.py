@@ -157,7 +157,7 @@ class Method(ABC):
 
     def calibrate(self, belonging_scores, target_tpr: float = 0.95) -> float:
         """The method's threshold from scores of images known to belong (``score <= threshold`` belongs)."""
-        return calibrate_threshold(belonging_scores, target_tpr, kind=self.calibration)
+        return calibrate_threshold(belonging_scores, target_tpr, rule=self.calibration)
 
 
 def check_batch(method: str, ae: Autoencoder, images: object, records: Sequence[ImageRecord]) -> None:

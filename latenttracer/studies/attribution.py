@@ -4,8 +4,8 @@
 
 The Table 1 grid scores every evaluation image (each model's evaluation half and the real crops) under every
 inspected model, so attribution computes nothing: LatentTracer's scores and thresholds are Table 1's
-(``report.table1`` + ``.csv`` / ``_scores.parquet``), the other methods' those of the methods study
-(``report.method_runs/<preset>_{cells.csv,scores.parquet}``). Each model's threshold is the one its method
+(``outputs.table1`` + ``.csv`` / ``_scores.parquet``), the other methods' those of the methods study
+(``outputs.method_runs/<preset>_{cells.csv,scores.parquet}``). Each model's threshold is the one its method
 calibrated on the model's calibration half; calibration images are never attributed. The library functions
 (:mod:`latenttracer.attribution`) assign each image to the strongest claim among the models whose threshold it
 passes (``normalisation``), or to ``none``, and make the (K + 1) x (K + 1) confusion matrix (true source incl.
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latenttracer import attribution, protocol, report
+from latenttracer import attribution, protocol, tables
 from latenttracer.studies.base import STUDIES, Context, FigureOut, ReportSection, Study, StudyResult
 from latenttracer.studies.methods import load_runs
 
@@ -34,14 +34,14 @@ HARD_PAIR = ("kl-a", "kl-a-ft")  # same encoder, fine-tuned decoder: the hard ca
 def method_runs(cfg: Any) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """{method label: (cells, per-image scores)}: LatentTracer from Table 1, then every method preset run."""
     runs: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
-    stem = Path(cfg.report.table1)
+    stem = Path(cfg.outputs.table1)
     t1_cells, t1_scores = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + "_scores.parquet")
     if t1_cells.is_file() and t1_scores.is_file():
         runs["latenttracer"] = (pd.read_csv(t1_cells), pd.read_parquet(t1_scores))
     else:
         log.warning("no Table 1 results (%s, %s): LatentTracer left out (run make reproduce-table1)",
                     t1_cells, t1_scores)
-    for preset, (cells, scores) in load_runs(Path(cfg.report.method_runs)).items():
+    for preset, (cells, scores) in load_runs(Path(cfg.outputs.method_runs)).items():
         label = str(cells["method"].iloc[0])
         if label == "latenttracer" and label in runs:
             continue  # the same rows as Table 1's
@@ -49,13 +49,13 @@ def method_runs(cfg: Any) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
             label = f"{label} ({preset})"
         runs[label] = (cells, scores)
     if not runs:
-        raise FileNotFoundError(f"no scores to attribute: neither {t1_scores} nor {cfg.report.method_runs}/"
+        raise FileNotFoundError(f"no scores to attribute: neither {t1_scores} nor {cfg.outputs.method_runs}/"
                                 "*_cells.csv exist; run make reproduce-table1 and/or make compare-methods")
     return runs
 
 
 def attribute_method(cells: pd.DataFrame, scores: pd.DataFrame, suite_models: list[str],
-                     kind: str = "ratio") -> tuple[pd.DataFrame, list[str]]:
+                     normalisation: str = "ratio") -> tuple[pd.DataFrame, list[str]]:
     """Per evaluation image: true ``source`` and ``predicted`` (plus ``score_<m>``/``norm_<m>``); and the models."""
     models = [m for m in suite_models if m in set(scores["inspected"])]
     missing = [m for m in suite_models if m not in models]
@@ -77,7 +77,7 @@ def attribute_method(cells: pd.DataFrame, scores: pd.DataFrame, suite_models: li
     wide = wide[scored.reindex(wide.index).to_numpy() == len(models)]
     sources = [s for s in [*models, *dict.fromkeys(evaluation["source"])] if s in set(wide.index.get_level_values(0))]
     wide = wide.loc[[s for s in dict.fromkeys(sources)]]
-    result = attribution.attribute(wide, calibration, thresholds, kind)
+    result = attribution.attribute(wide, calibration, thresholds, normalisation)
     result.insert(0, "source", wide.index.get_level_values("source"))
     result.insert(1, "path", wide.index.get_level_values("path"))
     return result.reset_index(drop=True), models
@@ -102,7 +102,7 @@ def markdown(table: pd.DataFrame, title: str, notes: list[str]) -> str:
     lines = [f"# {title}", "", *notes, "", "## Accuracy per true source", ""]
     acc = table.pivot_table(index="method", columns="source", values="accuracy", aggfunc="first", sort=False)
     acc = acc[[c for c in acc.columns if c != protocol.ALL] + [protocol.ALL]]
-    lines.append(report.markdown_table([[m, *(f"{v:.3f}" for v in row.values)] for m, row in acc.iterrows()],
+    lines.append(tables.markdown_table([[m, *(f"{v:.3f}" for v in row.values)] for m, row in acc.iterrows()],
                                        ["method \\ source", *acc.columns]))
     for method, group in table.groupby("method", sort=False):
         group = group[group["source"] != protocol.ALL]
@@ -110,14 +110,14 @@ def markdown(table: pd.DataFrame, title: str, notes: list[str]) -> str:
         body = [[r["source"], *(f"**{r[c]}**" if r["source"] in HARD_PAIR and c[5:] in HARD_PAIR else str(r[c])
                                 for c in preds), f"{r['accuracy']:.3f}"] for r in group.to_dict("records")]
         lines += ["", f"## Confusion: {method} (rows: true source; columns: prediction; **bold**: the kl-a / kl-a-ft "
-                  "pair)", "", report.markdown_table(body, ["source \\ predicted", *(c[5:] for c in preds),
+                  "pair)", "", tables.markdown_table(body, ["source \\ predicted", *(c[5:] for c in preds),
                                                               "accuracy"])]
     return "\n".join(lines) + "\n"
 
 
 def confusion_figure(method: str, result: pd.DataFrame, models: list[str]):
     """Heat map of the confusion matrix (colour: row fraction; text: counts), the kl-a / kl-a-ft cells outlined."""
-    plt = report._pyplot()
+    plt = tables._pyplot()
     from matplotlib.patches import Rectangle
 
     matrix = attribution.confusion_matrix(result["source"], result["predicted"], models)
@@ -160,7 +160,7 @@ class Attribution(Study):
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """One summary row per (method, true source); the objective is the mean overall accuracy."""
         suite_models = list(cfg.suite.models)
-        tables, per_image, figures, skipped = [], [], [], []
+        summaries, per_image, figures, skipped = [], [], [], []
         for method, (cells, scores) in method_runs(cfg).items():
             try:
                 result, models = attribute_method(cells, scores, suite_models, str(cfg.normalisation))
@@ -168,16 +168,16 @@ class Attribution(Study):
                 log.warning("%s left out: %s", method, err)
                 skipped.append(f"`{method}` left out: {err}.")
                 continue
-            tables.append(summary_rows(method, result, models))
+            summaries.append(summary_rows(method, result, models))
             per_image.append(result[["source", "path", "predicted"]].assign(method=method))
             figures.append(FigureOut(confusion_figure(method, result, models),
                                      [d / f"confusion_{slug(method)}" for d in (ctx.output_dir / "figures",
-                                                                                Path(cfg.report.figures))],
+                                                                                Path(cfg.outputs.figures))],
                                      list(cfg.formats)))
-            log.info("%s: attribution accuracy %.3f", method, tables[-1]["accuracy"].iloc[-1])
-        if not tables:
+            log.info("%s: attribution accuracy %.3f", method, summaries[-1]["accuracy"].iloc[-1])
+        if not summaries:
             raise ValueError("no method could be attributed: " + " ".join(skipped))
-        table = pd.concat(tables, ignore_index=True)
+        table = pd.concat(summaries, ignore_index=True)
         pair = " / ".join(HARD_PAIR)
         notes = [f"Suite `{cfg.suite.name}`: every evaluation image (each model's evaluation half and the real "
                  "images; never the calibration halves) is attributed to the model with the strongest claim among "
@@ -189,7 +189,7 @@ class Attribution(Study):
         title = f"Attribution across {len(suite_models)} models ({cfg.suite.name})"
         return StudyResult(
             table, objective=float(table.loc[table["source"] == protocol.ALL, "accuracy"].mean()),
-            stem=Path(cfg.report.attribution), markdown=markdown(table, title, notes), tables={"": table},
+            stem=Path(cfg.outputs.attribution), markdown=markdown(table, title, notes), tables={"": table},
             files={ctx.output_dir / "attribution_images.parquet": pd.concat(per_image, ignore_index=True)},
             figures=figures, log_tables={"attribution": table},
             metrics={f"attribution/{m}/{s}": a for m, s, a in

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 import pandas as pd
 from omegaconf import MISSING
 
-from latenttracer import atomic, report
+from latenttracer import atomic, tables
 from latenttracer.registry import Registry
 
 __all__ = ["STUDIES", "Context", "FigureOut", "MethodEntry", "ReportSection", "Study", "StudyResult", "publish"]
@@ -104,8 +104,8 @@ class Context(Protocol):
     def load_model(self, spec): ...                             # its Autoencoder on the job's device
     def method(self, entry: Any = None, dtype: str = "float32"): ...  # cfg.method, or a ``methods:`` entry
     def method_preset(self) -> str: ...                         # the name of the ``method/`` preset of this job
-    def score(self, ae, paths, method, *, store) -> pd.DataFrame: ...   # one row per path (path, score, status)
-    def scorer(self): ...                                       # cfg.method as a protocol.Scorer on the store
+    def score_paths(self, ae, paths, method, *, store) -> pd.DataFrame: ...  # one row per path (path, score, status)
+    def method_scorer(self): ...                                # cfg.method as a protocol.Scorer on the store
     def split_settings(self): ...                               # protocol.SplitSettings of the suite
     def protocol(self) -> dict: ...                             # what decides the sets and splits (for notes)
     def generation_settings(self, **changes): ...               # the suite's GenerationSettings, changed
@@ -131,7 +131,7 @@ def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Pat
     written: list[Path] = []
     if result.stem is not None:
         stem = Path(result.stem)
-        written += report.publish(stem, job_dir, result.markdown, result.tables)
+        written += tables.publish(stem, job_dir, result.markdown, result.tables)
         if result.latex is not None:
             for target in (Path(job_dir) / stem.name, stem):
                 written.append(atomic.write_text(target.with_name(target.name + ".tex"), result.latex))
@@ -140,7 +140,7 @@ def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Pat
     images = {}
     for fig in result.figures:
         for i, stem in enumerate(fig.stems):
-            saved = report.save_figure(fig.figure, stem, list(fig.formats))
+            saved = tables.save_figure(fig.figure, stem, list(fig.formats))
             written += saved
             if i == 0 and fig.log_key and saved and saved[0].suffix == ".png":
                 images[fig.log_key] = saved[0]

@@ -2,12 +2,12 @@
 
     python -m experiments.complexity            # `make complexity`, after `make reproduce-table1`
 
-Reads Table 1's per-image scores (``scores``, default ``<report.table1>_scores.parquet``; LatentTracer's) and the
+Reads Table 1's per-image scores (``scores``, default ``<outputs.table1>_scores.parquet``; LatentTracer's) and the
 image files (by path, or, when the scores were made in another checkout, by SHA-256 among the suite's sets). Per
 evaluation image: GLCM homogeneity as AEDR computes it, JPEG bytes per pixel at quality 50 (AEROBLADE's measure)
 and brightness (:mod:`latenttracer.complexity`). Per inspected model:
 
-* a scatter figure ``<report.figures>/complexity_<model>.{png,pdf}``: score (log) against each measure, belonging
+* a scatter figure ``<outputs.figures>/complexity_<model>.{png,pdf}``: score (log) against each measure, belonging
   and non-belonging in two colours, the calibrated threshold as a line;
 * the false positives (non-belonging at or below the threshold) and false negatives (belonging above it) with
   their measures and the medians of their class: ``<out>.csv``;
@@ -30,7 +30,7 @@ import pandas as pd
 from omegaconf import MISSING
 from scipy.stats import spearmanr
 
-from latenttracer import report
+from latenttracer import tables
 from latenttracer.complexity import brightness, glcm_homogeneity, jpeg_bytes_per_pixel
 from latenttracer.images import file_sha256
 from latenttracer.metrics import calibrate_threshold
@@ -145,7 +145,7 @@ def verdict(summary: pd.DataFrame) -> list[str]:
 
 def figure(rows: pd.DataFrame, name: str):
     """Score (log) against each measure, belonging vs non-belonging, threshold line."""
-    plt = report._pyplot()
+    plt = tables._pyplot()
     g = rows[rows["inspected"] == name]
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(4 * len(MEASURES), 3.4), sharey=True)
     threshold = float(g["threshold"].iloc[0])
@@ -180,9 +180,9 @@ def markdown(errors: pd.DataFrame, summary: pd.DataFrame, lines: list[str]) -> s
         "threshold calibrated on each inspected model's calibration half (95% TPR).", "",
         *(f"- {line}" for line in lines), "",
         "## Summary (medians of the errors vs their class; Spearman rho of score vs measure within the class)", "",
-        report.markdown_table(formatted(short)), "",
+        tables.markdown_table(formatted(short)), "",
         f"## False positives and negatives ({len(errors)})", "",
-        report.markdown_table(formatted(errors))]) + "\n"
+        tables.markdown_table(formatted(errors))]) + "\n"
 
 
 @dataclass
@@ -210,5 +210,5 @@ class Complexity(Study):
         return StudyResult(
             summary, stem=stem, markdown=markdown(errors, summary, verdict(summary)),
             tables={"": errors, "_summary": summary}, log_tables={"complexity": summary},
-            figures=[FigureOut(figure(rows, name), [Path(cfg.report.figures) / f"{stem.name}_{name}"],
+            figures=[FigureOut(figure(rows, name), [Path(cfg.outputs.figures) / f"{stem.name}_{name}"],
                                list(cfg.formats)) for name in rows["inspected"].unique()])

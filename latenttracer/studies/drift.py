@@ -13,7 +13,7 @@ sets and their evaluation halves are compared, per method:
 * ``ft-N inspects``: ft-N's own images (belonging) against the base's.
 
 AUC against N and against the relative L2 distance of the decoder weights. Publishes ``<out>.{md,csv}`` and
-``<report.figures>/<out name>.{png,pdf}``. The fine-tuning and the zoo members come from :mod:`data_gen.zoo`
+``<outputs.figures>/<out name>.{png,pdf}``. The fine-tuning and the zoo members come from :mod:`data_gen.zoo`
 (the study builds models, which only data_gen knows how to do).
 """
 
@@ -30,7 +30,7 @@ from omegaconf import MISSING
 from data_gen.sets import ModelSpec
 from data_gen.zoo.drift import build_series, decoder_distance
 from data_gen.zoo.members import load_member
-from latenttracer import protocol, report
+from latenttracer import protocol, tables
 from latenttracer.metrics import detection_metrics
 from latenttracer.studies.base import STUDIES, Context, FigureOut, MethodEntry, ReportSection, Study, StudyResult
 
@@ -57,7 +57,7 @@ def evaluation_half(ctx: Context, spec: ModelSpec, settings) -> list[Path]:
 
 
 def auc(ctx: Context, ae, method, belonging: list[Path], non_belonging: list[Path], store) -> dict:
-    scores = ctx.score(ae, [*map(str, belonging), *map(str, non_belonging)], method, store=store)
+    scores = ctx.score_paths(ae, [*map(str, belonging), *map(str, non_belonging)], method, store=store)
     by_path = scores.set_index("path")
     b = by_path.loc[[str(p) for p in belonging]]
     nb = by_path.loc[[str(p) for p in non_belonging]]
@@ -67,7 +67,7 @@ def auc(ctx: Context, ae, method, belonging: list[Path], non_belonging: list[Pat
 
 def figure(rows: pd.DataFrame):
     """AUC against N (log x) and against the relative L2 distance (log x); colour = method, style = direction."""
-    plt = report._pyplot()
+    plt = tables._pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, method in enumerate(dict.fromkeys(rows["method"])):
@@ -104,7 +104,7 @@ def table_markdown(cfg: Any, frame: pd.DataFrame) -> str:
         f"{cfg.n} images with {base}'s prior, split as the suite splits; AUC of the evaluation halves ({n_eval} "
         f"images each): `{base} inspects` = {base}'s own images (belonging) vs ft-N's, `ft-N inspects` = the "
         "reverse. Relative L2 = ||W_ft - W_base|| / ||W_base|| over the decoder and post-quant conv weights.", "",
-        report.markdown_table(body, header)]) + "\n"
+        tables.markdown_table(body, header)]) + "\n"
 
 
 @STUDIES.register
@@ -116,18 +116,18 @@ class Drift(Study):
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """Returns the rows; the objective is their mean AUC."""
         base = ctx.model_spec(str(cfg.base))
-        members = build_series(base.source, list(cfg.steps), Path(cfg.dir) / "members", seed=int(cfg.seed),
+        members = build_series(base.weights, list(cfg.steps), Path(cfg.dir) / "members", seed=int(cfg.seed),
                                n_threads=int(cfg.threads) if cfg.get("threads") else None,
                                progress=bool(cfg.progress))
         gen = ctx.generation_settings(n=int(cfg.n), dir=str(Path(cfg.dir) / "images"))
         base_eval = evaluation_half(ctx, base, ctx.generation_settings(n=int(cfg.n)))
         base_ae = ctx.load_model(base)
-        reference = load_member(base.source).vqvae
+        reference = load_member(base.weights).vqvae
         store = ctx.store()
         rows = []
         for n, member_dir in members.items():
-            spec = ModelSpec(name=f"ft-{n}", source=str(member_dir), kind=base.kind, resolution=base.resolution,
-                             dtype=base.dtype, generation=dict(base.generation))
+            spec = ModelSpec(name=f"ft-{n}", weights=str(member_dir), pipeline=base.pipeline,
+                             resolution=base.resolution, dtype=base.dtype, generation=dict(base.generation))
             ft_eval = evaluation_half(ctx, spec, gen)
             ft_ae = ctx.load_model(spec)
             distance = decoder_distance(load_member(member_dir).vqvae, reference)
@@ -146,5 +146,5 @@ class Drift(Study):
         stem = Path(cfg.out)
         return StudyResult(frame, objective=float(frame["auc"].mean()), stem=stem,
                            markdown=table_markdown(cfg, frame), tables={"": frame}, log_tables={"drift": frame},
-                           figures=[FigureOut(figure(frame), [Path(cfg.report.figures) / stem.name],
+                           figures=[FigureOut(figure(frame), [Path(cfg.outputs.figures) / stem.name],
                                               list(cfg.formats))])

@@ -9,10 +9,10 @@ A job scores the Table 1 grid of every inspected model with its method through t
 own calibration (:meth:`~latenttracer.methods.Method.calibrate`), and times a small probe: ``method.probe``
 images of the model's own evaluation half, scored again **without** the store after one warm-up image, in
 this job (its ``threads``). It writes its cells (with ``method``, ``preset``, ``seconds_per_image``...) and
-per-image scores into its output directory and into ``report.method_runs/<preset>_{cells.csv,scores.parquet}``
+per-image scores into its output directory and into ``outputs.method_runs/<preset>_{cells.csv,scores.parquet}``
 (what the aggregation and the attribution study read). The aggregation publishes every preset found there:
-``report.methods`` + ``.md/.csv/.tex`` (rows: method / inspected model) and
-``<report.figures>/methods_auc_vs_seconds.{png,pdf}``. Config: ``conf/methods.yaml``, ``conf/method/``.
+``outputs.methods`` + ``.md/.csv/.tex`` (rows: method / inspected model) and
+``<outputs.figures>/methods_auc_vs_seconds.{png,pdf}``. Config: ``conf/methods.yaml``, ``conf/method/``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from latenttracer import protocol, report
+from latenttracer import protocol, tables
 from latenttracer.studies.base import STUDIES, Context, FigureOut, ReportSection, Study, StudyResult
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ def probe_seconds(ctx: Context, name: str, paths: list) -> dict:
     spec = ctx.model_spec(name)
     ae = ctx.load_model(spec)
     scoring = ctx.method(dtype=spec.dtype)
-    ctx.score(ae, paths[:1], scoring, store=None)  # warm-up (allocations, lazy imports)
+    ctx.score_paths(ae, paths[:1], scoring, store=None)  # warm-up (allocations, lazy imports)
     t0 = time.perf_counter()
-    ctx.score(ae, paths, scoring, store=None)
+    ctx.score_paths(ae, paths, scoring, store=None)
     seconds = time.perf_counter() - t0
     return {"seconds_per_image": seconds / len(paths), "probe_images": len(paths)}
 
@@ -65,7 +65,7 @@ def run_method(cfg: Any, ctx: Context) -> StudyResult:
     p = ctx.protocol()
     sets = ctx.image_sets()
     inspected = ctx.inspected_models()
-    cells, scores = protocol.evaluate(sets, inspected, ctx.scorer(), target_tpr=target_tpr,
+    cells, scores = protocol.evaluate(sets, inspected, ctx.method_scorer(), target_tpr=target_tpr,
                                       calibrate=lambda s: scoring.calibrate(s, target_tpr),
                                       extra_columns=scoring.components)
     timing = {}
@@ -83,7 +83,7 @@ def run_method(cfg: Any, ctx: Context) -> StudyResult:
     cells["n_generated"], cells["n_real"] = p["n_generated"], p["n_real"]
     scores.insert(0, "method", scoring.label)
     scores = scores.drop(columns=["trajectory"], errors="ignore")
-    runs, part = Path(cfg.report.method_runs), run_name(preset, cfg.inspected)
+    runs, part = Path(cfg.outputs.method_runs), run_name(preset, cfg.inspected)
     return StudyResult(
         cells, objective=float(np.mean(cells.loc[cells["source"] == protocol.ALL, "auc"])),
         files={ctx.output_dir / "cells.csv": cells, ctx.output_dir / "scores.parquet": scores,
@@ -178,7 +178,7 @@ def aggregate_notes(p: dict, cells: pd.DataFrame, context: str) -> list[str]:
         f"): the first images of the inspected model's own evaluation half scored without the store after one "
         f"warm-up image. Machine speed, measured by this aggregation: {context}.",
         "",
-        report.markdown_table([[f"{m} ({int(probe[m])})", *(f"{v:.3g} s" if v == v else "–" for v in row.values)]
+        tables.markdown_table([[f"{m} ({int(probe[m])})", *(f"{v:.3g} s" if v == v else "–" for v in row.values)]
                                for m, row in timing.iterrows()], ["method (probe images)", *timing.columns]),
     ]
     return lines
@@ -186,7 +186,7 @@ def aggregate_notes(p: dict, cells: pd.DataFrame, context: str) -> list[str]:
 
 def auc_vs_seconds(cells: pd.DataFrame):
     """Pooled AUC against seconds per image (log x): one point per (method, inspected model)."""
-    plt = report._pyplot()
+    plt = tables._pyplot()
     pooled = cells[cells["source"] == protocol.ALL]
     methods = list(dict.fromkeys(pooled["method"]))
     models = list(dict.fromkeys(pooled["inspected"]))
@@ -215,29 +215,29 @@ def auc_vs_seconds(cells: pd.DataFrame):
 
 
 def aggregate(cfg: Any, ctx: Context) -> StudyResult:
-    """Every method run found under ``report.method_runs`` as one table (and the AUC-vs-seconds figure)."""
+    """Every method run found under ``outputs.method_runs`` as one table (and the AUC-vs-seconds figure)."""
     from data_gen.zoo.speed import machine_speed
 
-    cells = read_runs(Path(cfg.report.method_runs))
+    cells = read_runs(Path(cfg.outputs.method_runs))
     cells.insert(0, ROW, cells["method"] + " / " + cells["inspected"])
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     notes = aggregate_notes(ctx.protocol(), cells, machine_speed(1))
-    sep = separation(load_runs(Path(cfg.report.method_runs)))
+    sep = separation(load_runs(Path(cfg.outputs.method_runs)))
     if len(sep):
         notes += ["", "Median score of each inspected model's own evaluation images (belonging) and of every other "
                       "source's (non-belonging), and their ratio (near 1: the two collapse onto one level, as AEDR "
                       "reports for 16-channel VAEs):", "",
-                  report.markdown_table([[f"{r.method} / {r.inspected}", f"{r.median_belonging:.3g}",
+                  tables.markdown_table([[f"{r.method} / {r.inspected}", f"{r.median_belonging:.3g}",
                                           f"{r.median_non_belonging:.3g}", f"{r.ratio:.3g}"]
                                          for r in sep.itertuples()],
                                         [ROW, "median belonging", "median non-belonging", "ratio"])]
     title = f"Methods compared ({cfg.suite.name})"
     return StudyResult(
         cells, objective=float(np.mean(cells.loc[cells["source"] == protocol.ALL, "auc"])),
-        stem=Path(cfg.report.methods), markdown=report.tables_markdown(cells, METRICS, title, notes, rows=ROW),
-        tables={"": cells}, latex=report.tables_latex(cells, METRICS, title, rows=ROW),
-        figures=[FigureOut(auc_vs_seconds(cells), [Path(cfg.report.figures) / FIGURE])])
+        stem=Path(cfg.outputs.methods), markdown=tables.tables_markdown(cells, METRICS, title, notes, rows=ROW),
+        tables={"": cells}, latex=tables.tables_latex(cells, METRICS, title, rows=ROW),
+        figures=[FigureOut(auc_vs_seconds(cells), [Path(cfg.outputs.figures) / FIGURE])])
 
 
 @STUDIES.register

@@ -10,7 +10,7 @@ of every other source's evaluation half and of the real set = non-belonging) are
 (:func:`latenttracer.perturbations.perturbed_set`, cached under ``perturbed_dir``) and scored through the shared
 store (a perturbed image is a new file, so a new cache key). One row per (method, inspected, perturbation,
 strength), the clean condition included: pooled AUC, and accuracy / TPR / FPR at the clean threshold.
-Publishes ``<out>.{md,csv}`` and ``<report.figures>/<out name>.{png,pdf}`` (one panel per perturbation kind,
+Publishes ``<out>.{md,csv}`` and ``<outputs.figures>/<out name>.{png,pdf}`` (one panel per perturbation kind,
 AUC against strength, one line per method, averaged over the inspected models).
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING
 
-from latenttracer import protocol, report
+from latenttracer import protocol, tables
 from latenttracer.metrics import detection_metrics
 from latenttracer.perturbations import Perturbation, kind_of, parse_grid, perturbed_set
 from latenttracer.studies.base import STUDIES, Context, FigureOut, MethodEntry, ReportSection, Study, StudyResult
@@ -101,7 +101,7 @@ def run_model(cfg: Any, ctx: Context, sets: protocol.ImageSets, inspected: str,
     rows = []
     for entry in cfg.methods:
         method = ctx.method(entry, dtype=spec.dtype)
-        calibration = ctx.score(ae, sets[inspected]["calibration"], method, store=store)
+        calibration = ctx.score_paths(ae, sets[inspected]["calibration"], method, store=store)
         threshold = float(method.calibrate(calibration.loc[calibration["status"] == "ok", "score"],
                                            ctx.split_settings().target_tpr))
         images = cell_images(sets, inspected, entry, int(cfg.subset_seed))
@@ -111,7 +111,7 @@ def run_model(cfg: Any, ctx: Context, sets: protocol.ImageSets, inspected: str,
             else:
                 chosen = {k: perturbed_set(v, condition, cfg.perturbed_dir) for k, v in images.items()}
             paths = list(dict.fromkeys(str(p) for v in chosen.values() for p in v))
-            scores = ctx.score(ae, paths, method, store=store)
+            scores = ctx.score_paths(ae, paths, method, store=store)
             row = {"method": method.label, "inspected": inspected,
                    "perturbation": CLEAN if condition is None else condition.kind,
                    "strength": np.nan if condition is None else float(condition.strength),
@@ -151,14 +151,14 @@ def table_markdown(rows: pd.DataFrame, notes: list[str], conditions: tuple[Pertu
         wide = rows.pivot_table(index=["method", "inspected"], columns="condition", values=metric, sort=False)
         wide = wide[[c for c in order if c in wide.columns]]
         body = [[m, i, *(f"{v:.3f}" for v in r)] for (m, i), r in wide.iterrows()]
-        parts += ["", f"## {metric}", "", report.markdown_table(body, ["method", "inspected", *wide.columns])]
+        parts += ["", f"## {metric}", "", tables.markdown_table(body, ["method", "inspected", *wide.columns])]
     return "\n".join(parts) + "\n"
 
 
 def figure(rows: pd.DataFrame):
     """One panel per perturbation kind (grid order): AUC against strength, one line per method (mean over
     inspected models, the range over them shaded); the clean AUC as the dotted line of the same colour."""
-    plt = report._pyplot()
+    plt = tables._pyplot()
     kinds = [k for k in dict.fromkeys(rows["perturbation"]) if k != CLEAN]
     methods = list(dict.fromkeys(rows["method"]))
     fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(3.2 * max(1, len(kinds)), 3.2), sharey=True,
@@ -208,5 +208,5 @@ class Robustness(Study):
             frame, objective=float(frame.loc[frame["perturbation"] != CLEAN, "auc"].mean()), stem=stem,
             markdown=table_markdown(frame, notes(cfg, ctx.protocol(), conditions, frame), conditions),
             tables={"": frame}, log_tables={"robustness": frame},
-            figures=[FigureOut(figure(frame), [Path(cfg.report.figures) / stem.name], list(cfg.formats),
+            figures=[FigureOut(figure(frame), [Path(cfg.outputs.figures) / stem.name], list(cfg.formats),
                                log_key="figures/robustness")])
