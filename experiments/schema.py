@@ -90,6 +90,11 @@ class InversionSchema:
     strategy: str = MISSING
     batch_size: int = MISSING
     seed: int = 0
+    halve_every: int = 50              # schedule=authors: halve after step 0 and every this many steps
+    early_exit: bool = False           # latenttracer.inversion: stop an image once its verdict is known
+    exit_threshold: float | None = None
+    exit_ratios: list[float] | None = None
+    exit_margin: float = 1.0
 
 
 @dataclass
@@ -260,10 +265,19 @@ class GenerateSchema(BaseSchema):
     overwrite: bool = False
 
 
+@dataclass
+class EarlyExitSchema(BaseSchema):
+    inspected: list[str] | None = None
+    timing_images: int = 48
+    timing_seed: int = 0
+    out: str = MISSING
+
+
 ENTRY_POINTS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
                 "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema,
                 "methods": MethodsSchema, "attribution": AttributionSchema,
-                "robustness": RobustnessSchema, "drift": DriftSchema, "complexity": ComplexitySchema}
+                "robustness": RobustnessSchema, "drift": DriftSchema, "complexity": ComplexitySchema,
+                "early_exit": EarlyExitSchema}
 
 
 def register() -> None:
