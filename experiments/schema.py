@@ -273,11 +273,20 @@ class EarlyExitSchema(BaseSchema):
     out: str = MISSING
 
 
+@dataclass
+class ScheduleSweepSchema(BaseSchema):
+    inspected: list[str] | None = None
+    n_per_source: int = 8
+    subset_seed: int = 0
+    eval_steps: list[int] = field(default_factory=list)
+    out: str = MISSING
+
+
 ENTRY_POINTS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
                 "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema,
                 "methods": MethodsSchema, "attribution": AttributionSchema,
                 "robustness": RobustnessSchema, "drift": DriftSchema, "complexity": ComplexitySchema,
-                "early_exit": EarlyExitSchema}
+                "early_exit": EarlyExitSchema, "schedule_sweep": ScheduleSweepSchema}
 
 
 def register() -> None:
