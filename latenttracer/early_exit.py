@@ -40,10 +40,16 @@ def running_min(trajectory: Sequence[float]) -> np.ndarray:
     return np.minimum.accumulate(np.asarray(trajectory, dtype=float))
 
 
-def learn_ratios(trajectories: Sequence[Sequence[float]]) -> tuple[float, ...]:
+def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | None = None) -> tuple[float, ...]:
     """``ratio_k = max_i running_min_i[k] / final_i`` over full-run trajectories of equal length (>= 1 each).
 
-    A trajectory whose final score is 0 makes every ratio infinite (no bound rejects anything); a non-finite
+    With ``threshold`` (tighter, the default of :func:`learn_bounds`): ``ratio_k = max running_min_i[k] /
+    threshold`` over the images a bound at step ``k`` could wrongly reject only: those whose full run is belonging
+    (``final <= threshold``) and that are still above the threshold at step ``k`` (once below it, an image has
+    left by the exact rule); a step with none gets ratio 1 (bound ``margin * threshold``). Either way no
+    calibration image that the full run calls belonging is above ``ratio_k * threshold`` while it is still running.
+
+    A trajectory whose final score is 0 makes its ratios infinite (no bound rejects anything); a non-finite
     value is an error (a failed image has no trajectory to learn from: leave it out).
     """
     mins = [running_min(t) for t in trajectories]
@@ -59,6 +65,9 @@ def learn_ratios(trajectories: Sequence[Sequence[float]]) -> tuple[float, ...]:
     final = stacked[:, -1:]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(final > 0, stacked / np.where(final > 0, final, 1.0), math.inf)
+    if threshold is not None:
+        pending = (final <= threshold) & (stacked > threshold)
+        ratios = np.where(pending, stacked / threshold, 1.0)
     return tuple(float(max(r, 1.0)) for r in ratios.max(0))
 
 
@@ -110,16 +119,17 @@ def _schedule_hash(config: InversionConfig) -> str:
 
 
 def learn_bounds(trajectories: Sequence[Sequence[float]], threshold: float | None = None, target_tpr: float = 0.95,
-                 config: InversionConfig | None = None) -> ExitBounds:
+                 config: InversionConfig | None = None, pending_only: bool = True) -> ExitBounds:
     """Bounds from full-run trajectories of calibration images (one list of losses per image).
 
     The threshold is ``threshold`` if given, else the calibration rule at ``target_tpr`` on the trajectories'
     minima (:func:`~latenttracer.metrics.calibrate_threshold`: the scores a full run gives). ``config``: the
-    settings the trajectories were made with (recorded, checked by :meth:`ExitBounds.apply`).
+    settings the trajectories were made with (recorded, checked by :meth:`ExitBounds.apply`). ``pending_only``:
+    learn each step's ratio only from the images a bound there could wrongly reject (:func:`learn_ratios`).
     """
-    ratios = learn_ratios(trajectories)
     if threshold is None:
         threshold = calibrate_threshold([float(np.min(t)) for t in trajectories], target_tpr)
+    ratios = learn_ratios(trajectories, float(threshold) if pending_only else None)
     return ExitBounds(threshold=float(threshold), ratios=ratios, n_calibration=len(trajectories),
                       config_hash=_schedule_hash(config) if config is not None else "")
 

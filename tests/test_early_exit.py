@@ -147,6 +147,8 @@ def test_learn_ratios_is_the_largest_running_min_over_final():
     # running minima / final: [4, 2, 2, 1], [9, 1, 1, 1], [1, 1, 1, 1]
     assert learn_ratios(trajectories) == (9.0, 2.0, 2.0, 1.0)
     assert learn_ratios([[1.0, 0.0]]) == (math.inf, math.inf)
+    # relative to a threshold, over the images still above it whose full run is belonging (the third is not)
+    assert learn_ratios(trajectories, threshold=1.5) == pytest.approx((6.0, 2 / 1.5, 2 / 1.5, 1.0))
     with pytest.raises(ValueError, match="differ in length"):
         learn_ratios([[1.0, 2.0], [1.0]])
     with pytest.raises(ValueError, match="non-finite"):
