@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -43,8 +44,8 @@ from latenttracer.metrics import calibrate_threshold
 
 log = logging.getLogger(__name__)
 
-KEY = ["inspected", "schedule", "mode", "margin"]
-COLUMNS = [*KEY, "steps", "lr", "halve_every", "agreement", "image_steps_fraction", "speedup", "auc_full",
+KEY = ["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin"]
+COLUMNS = [*KEY, "agreement", "image_steps_fraction", "speedup", "auc_full",
            "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold", "n_evaluation",
            "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds", "live_mismatches",
            "machine_speed"]
@@ -74,8 +75,12 @@ def measure(cfg: DictConfig, name: str, sets: dict, schedule: str, speed: float)
     calibration = grid.loc[(grid["source"] == name) & (grid["split"] == "calibration"), "path"].tolist()
     evaluation = grid[grid["split"] == "evaluation"].reset_index(drop=True)
 
+    # A schedule that is the authors' cut short is read from the authors' cached runs (exact: protocol.truncate).
+    cut = inv.steps <= authors.steps and replace(inv, steps=authors.steps).hash() == authors.hash()
+
     def scored(config: InversionConfig, paths: list) -> pd.DataFrame:
-        return common.score(cfg, ae, paths, config).set_index("path")
+        long = authors.steps if cut and config.steps < authors.steps else None
+        return common.score(cfg, ae, paths, config, trajectory_steps=long).set_index("path")
 
     cal = _ok(scored(inv, calibration))
     cal_authors = _ok(scored(authors, calibration))
@@ -136,7 +141,8 @@ def measure(cfg: DictConfig, name: str, sets: dict, schedule: str, speed: float)
 
 
 def markdown(table: pd.DataFrame, notes: list[str]) -> str:
-    shown = table[["inspected", "schedule", "mode", "margin", "agreement", "agreement_schedule",
+    shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "agreement",
+                   "agreement_schedule",
                    "image_steps_fraction", "speedup", "auc_full", "auc_early_exit", "auc_authors", "seconds_authors",
                    "seconds", "machine_speed"]].rename(columns={"machine_speed": "machine_speed (img-steps/s)"})
     for col in ("agreement", "agreement_schedule", "image_steps_fraction", "auc_full", "auc_early_exit",

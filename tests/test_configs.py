@@ -19,7 +19,7 @@ from latenttracer.tracking import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate", "report", "methods", "attribution",
-                "robustness", "drift", "complexity")
+                "robustness", "drift", "complexity", "early_exit", "schedule_sweep")
 ZOO = ["kl-a", "kl-b", "kl-a-ft", "vq", "tiny", "kl16"]
 PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
 
