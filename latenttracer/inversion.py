@@ -108,7 +108,7 @@ class InversionConfig:
                 object.__setattr__(self, "exit_ratios", tuple(self.exit_ratios))
             bad = [r for r in self.exit_ratios if not isinstance(r, (int, float)) or not r >= 1]
             if bad:
-                raise ValueError(f"inversion.exit_ratios: every ratio must be a number >= 1 (a running minimum over the "
+                raise ValueError(f"inversion.exit_ratios: every ratio must be >= 1 (a running minimum over the "
                                  f"threshold or a final score), got {bad[:3]}")
         if not self.early_exit:
             return
