@@ -245,6 +245,35 @@ class DriftSchema(BaseSchema):
     dir: str = MISSING
     out: str = MISSING
     formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+    finetune: dict[str, Any] = field(default_factory=dict)  # TAESD bases: data_gen.taesd_finetune.FinetuneRecipe
+
+
+@dataclass
+class RealDecoderMethodSchema(MethodEntrySchema):
+    inspected: list[str] | None = None   # null: the base and its sibling
+
+
+@dataclass
+class ResolutionSchema:
+    size: int = MISSING
+    n: int = MISSING
+    n_real: int = MISSING
+    methods: list[str] = field(default_factory=lambda: ["latenttracer"])
+
+
+@dataclass
+class RealDecoderSchema(BaseSchema):
+    base: str = "taef2"
+    sibling_steps: int = 300
+    finetune: dict[str, Any] = field(default_factory=dict)
+    sets: dict[str, Any] = field(default_factory=dict)
+    methods: list[RealDecoderMethodSchema] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    steps_inspected: list[str] = field(default_factory=list)
+    resolutions: list[ResolutionSchema] = field(default_factory=list)
+    dir: str = MISSING
+    out: str = MISSING
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
 
 
 @dataclass
@@ -263,7 +292,8 @@ class GenerateSchema(BaseSchema):
 ENTRY_POINTS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
                 "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema,
                 "methods": MethodsSchema, "attribution": AttributionSchema,
-                "robustness": RobustnessSchema, "drift": DriftSchema, "complexity": ComplexitySchema}
+                "robustness": RobustnessSchema, "drift": DriftSchema, "complexity": ComplexitySchema,
+                "real_decoder": RealDecoderSchema}
 
 
 def register() -> None:
