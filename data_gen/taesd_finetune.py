@@ -105,10 +105,10 @@ def decoder_distance(decoder: torch.nn.Module, reference: torch.nn.Module) -> fl
 
 def build_series(base_dir: str | Path, steps: Sequence[int], out_root: str | Path,
                  recipe: FinetuneRecipe = FinetuneRecipe(), *, progress: bool = True) -> dict[int, Path]:
-    """``{N: out_root/ft-N}`` for every N of ``steps``, building the missing members in one run."""
+    """``{N: out_root/ft-N}`` for every N of ``steps`` (may be empty), building the missing members in one run."""
     base_dir, out_root = Path(base_dir).resolve(), Path(out_root)
     wanted = sorted({int(n) for n in steps})
-    if not wanted or wanted[0] < 1:
+    if wanted and wanted[0] < 1:
         raise ValueError(f"fine-tuning steps: need integers >= 1, got {list(steps)}")
     base = load_autoencoder(str(base_dir), device="cpu")
     if getattr(base, "family", None) != "taesd":

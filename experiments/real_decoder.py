@@ -71,7 +71,7 @@ def scorer(cfg: DictConfig, aes: dict, method, long_steps: int | None = None) ->
 
     def score(name: str, paths) -> pd.DataFrame:
         ae = aes[name]
-        if isinstance(method, LatentTracer) and long_steps:
+        if type(method) is LatentTracer and long_steps:
             config = dataclasses.replace(method.config, steps=int(long_steps))
             return protocol.score_paths(ae, paths, config, store=store, image_options=common.image_options(cfg),
                                         progress=bool(cfg.progress))
@@ -90,7 +90,7 @@ def grid(cfg: DictConfig, aes: dict, sets: dict) -> tuple[pd.DataFrame, pd.DataF
         chosen = study.subset_sets(sets, entry.get("n_belonging"), entry.get("n_per_source"))
         extra = ("seconds", *method.components)
         for name in inspected:
-            long = int(max(cfg.steps)) if isinstance(method, LatentTracer) and name in cfg.steps_inspected else None
+            long = int(max(cfg.steps)) if type(method) is LatentTracer and name in cfg.steps_inspected else None
             _, scores = protocol.evaluate(chosen, [name], scorer(cfg, aes, method, long), tpr,
                                           calibrate=lambda s, m=method: m.calibrate(s, tpr), extra_columns=extra)
             if long:
