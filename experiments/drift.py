@@ -59,7 +59,7 @@ def auc(cfg: DictConfig, ae, method, belonging: list[Path], non_belonging: list[
     return {"auc": m.auc, "n_belonging": m.n_belonging, "n_non_belonging": m.n_non_belonging}
 
 
-def figure(rows: pd.DataFrame):
+def figure(rows: pd.DataFrame, recipe: str = "the kl-a-ft recipe"):
     """AUC against N (log x) and against the relative L2 distance (log x); colour = method, style = direction."""
     plt = report._pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
@@ -80,53 +80,65 @@ def figure(rows: pd.DataFrame):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AUC (own images vs the other decoder's)")
     axes[1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Decoder drift: the base's decoder fine-tuned for N steps (kl-a-ft recipe)", fontsize=9)
+    fig.suptitle(f"Decoder drift: the base's decoder fine-tuned for N steps ({recipe})", fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def run(cfg: DictConfig) -> pd.DataFrame:
-    out = common.setup(cfg)
-    base = common.model_spec(cfg, str(cfg.base))
+def zoo_members(cfg: DictConfig, base: ModelSpec):
+    """The zoo path: (base autoencoder, base evaluation half, [(N, name, ft-N autoencoder, its evaluation half,
+    relative L2)]), each ft-N generating with the base's prior."""
     members = build_series(base.source, list(cfg.steps), Path(cfg.dir) / "members", seed=int(cfg.seed),
                            n_threads=int(cfg.threads) if cfg.get("threads") else None, progress=bool(cfg.progress))
     gen = settings(cfg)
     base_gen = GenerationSettings.from_dict({**common.plain(cfg.suite.generated), "n": int(cfg.n)})
     base_eval = evaluation_half(cfg, base, base_gen)
-    base_ae = common.load_model(cfg, base)
     reference = load_member(base.source).vqvae
+    out = []
+    for n, member_dir in members.items():
+        spec = ModelSpec(name=f"ft-{n}", source=str(member_dir), kind=base.kind, resolution=base.resolution,
+                         dtype=base.dtype, generation=dict(base.generation))
+        out.append((n, spec.name, common.load_model(cfg, spec), evaluation_half(cfg, spec, gen),
+                    decoder_distance(load_member(member_dir).vqvae, reference)))
+    return common.load_model(cfg, base), base_eval, out
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    out = common.setup(cfg)
+    base = common.model_spec(cfg, str(cfg.base))
+    if base.kind == "taesd":  # a real decoder: ft-N decode the base's latents (experiments.real_decoder)
+        from experiments.real_decoder import drift_members
+
+        base_ae, base_eval, members, recipe = drift_members(cfg)
+    else:
+        (base_ae, base_eval, members), recipe = zoo_members(cfg, base), f"the kl-a-ft recipe (seed {cfg.seed})"
     store = ResultStore(cfg.store)
     stem = Path(cfg.out)
     with common.tracker(cfg, "drift") as tracker:
         rows = []
-        for n, member_dir in members.items():
-            spec = ModelSpec(name=f"ft-{n}", source=str(member_dir), kind=base.kind, resolution=base.resolution,
-                             dtype=base.dtype, generation=dict(base.generation))
-            ft_eval = evaluation_half(cfg, spec, gen)
-            ft_ae = common.load_model(cfg, spec)
-            distance = decoder_distance(load_member(member_dir).vqvae, reference)
+        for n, ft_name, ft_ae, ft_eval, distance in members:
             for entry in cfg.methods:
                 for direction, ae, own, other in (("base", base_ae, base_eval, ft_eval),
                                                   ("ft", ft_ae, ft_eval, base_eval)):
                     method = common.listed_method(cfg, entry, dtype=base.dtype)
                     row = {"method": method.label, "steps": n, "relative_l2": distance, "direction": direction,
                            "inspected": ae.name, "belonging": ae.name,
-                           "non_belonging": spec.name if direction == "base" else base.name,
+                           "non_belonging": ft_name if direction == "base" else base.name,
                            **auc(cfg, ae, method, own, other, store)}
                     log.info("%s N=%d %s inspects: AUC %.3f (relative L2 %.4f)", row["method"], n, ae.name,
                              row["auc"], distance)
                     rows.append(row)
         frame = pd.DataFrame(rows, columns=[*COLUMNS[:3], "direction", *COLUMNS[3:]])
-        text = table_markdown(cfg, frame)
+        text = table_markdown(cfg, frame, recipe)
         report.publish(stem, out, text, {"": frame})
-        pngs = report.save_figure(figure(frame), Path(cfg.report.figures) / stem.name, list(cfg.formats))
+        pngs = report.save_figure(figure(frame, recipe), Path(cfg.report.figures) / stem.name, list(cfg.formats))
         print(text, flush=True)
         log.info("published %s.{md,csv} and %s", stem, pngs[0])
         tracker.log_table("drift", frame)
     return frame
 
 
-def table_markdown(cfg: DictConfig, frame: pd.DataFrame) -> str:
+def table_markdown(cfg: DictConfig, frame: pd.DataFrame, recipe: str) -> str:
     base = str(cfg.base)
     wide = frame.pivot_table(index=["steps", "relative_l2"], columns=["method", "direction"], values="auc",
                              sort=False)
@@ -135,10 +147,11 @@ def table_markdown(cfg: DictConfig, frame: pd.DataFrame) -> str:
     n_eval = int(frame["n_belonging"].max()) if len(frame) else 0
     return "\n".join([
         f"# Decoder drift ({base})", "",
-        f"{base}'s decoder fine-tuned for N steps with the kl-a-ft recipe (seed {cfg.seed}); each ft-N generates "
-        f"{cfg.n} images with {base}'s prior, split as the suite splits; AUC of the evaluation halves ({n_eval} "
+        f"{base}'s decoder fine-tuned for N steps with {recipe}; each ft-N makes "
+        f"{cfg.n} images as {base} does, split as the suite splits; AUC of the evaluation halves ({n_eval} "
         f"images each): `{base} inspects` = {base}'s own images (belonging) vs ft-N's, `ft-N inspects` = the "
-        "reverse. Relative L2 = ||W_ft - W_base|| / ||W_base|| over the decoder and post-quant conv weights.", "",
+        "reverse. Relative L2 = ||W_ft - W_base|| / ||W_base|| over the decoder weights (KL members: and the post-quant "
+        "conv).", "",
         report.markdown_table(body, header)]) + "\n"
 
 

@@ -14,6 +14,8 @@ suite's); the resolution rows (``resolutions``) follow with their own ``resoluti
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -56,10 +58,16 @@ def decoders(cfg: DictConfig, steps: list[int], resolution: int | None = None) -
     return out
 
 
+def set_dir(cfg: DictConfig, settings: DecodedSetSettings) -> Path:
+    """``dir/sets/r<px>-<hash of the settings>``: sets of other sizes or draws sit side by side."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()).hexdigest()[:8]
+    return Path(cfg.dir) / "sets" / f"r{settings.resolution}-{digest}"
+
+
 def image_sets(cfg: DictConfig, aes: dict, settings: DecodedSetSettings) -> dict:
     """The protocol's sets: each decoder's set split as the suite splits, the real crops as ``real``."""
     base = aes[str(cfg.base)]
-    paths = build_sets(Path(cfg.dir) / "sets" / f"r{settings.resolution}", base, aes, settings)
+    paths = build_sets(set_dir(cfg, settings), base, aes, settings)
     sets = {name: protocol.split(paths[name], common.split_settings(cfg)) for name in aes}
     sets[protocol.REAL] = {"evaluation": paths[protocol.REAL]}
     return sets
@@ -117,7 +125,7 @@ def resolution_rows(cfg: DictConfig, cells: pd.DataFrame) -> pd.DataFrame:
     for r in cfg.resolutions:
         settings = set_settings(cfg, resolution=int(r.size), n=int(r.n), n_real=int(r.n_real))
         aes = decoders(cfg, [], resolution=int(r.size))
-        paths = build_sets(Path(cfg.dir) / "sets" / f"r{settings.resolution}", aes[base], aes, settings)
+        paths = build_sets(set_dir(cfg, settings), aes[base], aes, settings)
         for label in r.methods:
             if label not in labels:
                 raise ValueError(f"resolutions: method {label!r} is not a label of `methods` ({sorted(labels)})")
@@ -129,6 +137,26 @@ def resolution_rows(cfg: DictConfig, cells: pd.DataFrame) -> pd.DataFrame:
             rows.append(pd.DataFrame([row]))
             log.info("%s at %d px: AUC %.3f, ratio %.3g", method.label, r.size, row["auc"], row["ratio"])
     return pd.concat(rows, ignore_index=True)
+
+
+def drift_members(cfg: DictConfig):
+    """The drift study's TAESD path (``python -m experiments.drift experiment=drift_taef2``): the base's decoder
+    fine-tuned for each N of ``steps`` (``finetune`` recipe), every ft-N decoding the base's latents (``n`` images,
+    as :func:`image_sets` makes them). Returns (base autoencoder, its evaluation half, [(N, name, ft-N autoencoder,
+    its evaluation half, relative L2)], the recipe in words)."""
+    base = str(cfg.base)
+    settings = set_settings(cfg, n=int(cfg.n), n_real=1)
+    aes = decoders(cfg, list(cfg.steps))
+    sets = image_sets(cfg, aes, settings)
+    recipe = FinetuneRecipe.from_dict(common.plain(cfg.finetune))
+    members = []
+    for n in sorted({int(k) for k in cfg.steps}):
+        name = member_name(base, n)
+        card = json.loads((Path(cfg.dir) / "members" / f"ft-{n}" / "card.json").read_text())
+        members.append((n, name, aes[name], sets[name]["evaluation"], float(card["relative_l2"])))
+    words = (f"Adam lr {recipe.lr}, batch {recipe.batch}, MSE on {recipe.resolution} px crops of the training photos, "
+             f"encoder frozen (data_gen.taesd_finetune)")
+    return aes[base], sets[base]["evaluation"], members, words
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
