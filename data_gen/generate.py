@@ -49,7 +49,7 @@ DEFAULT_PROMPTS_FILE = Path(__file__).with_name("prompts.txt")
 KINDS = ("auto", "zoo", "hub")
 
 _IMAGE_NAME = re.compile(r"^(\d{5,})\.png$")
-_WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".ckpt", ".txt", ".model")
+_WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".txt", ".model")  # .pth: taesd
 # model_index.json classes that are decoder halves; AutoPipelineForText2Image loads them with their prior.
 _COMBINED = {"KandinskyPipeline": "KandinskyCombinedPipeline", "KandinskyV22Pipeline": "KandinskyV22CombinedPipeline"}
 # Loading arguments that switch off post-processing which alters images (the safety checker blacks out flagged

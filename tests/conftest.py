@@ -35,24 +35,14 @@ def pytest_configure(config):
     if run_slow_requested() and not explicit_m and config.option.markexpr == "not slow":
         config.option.markexpr = ""
 
-TINY_CONFIGS = {
-    "AutoencoderKL": dict(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, norm_num_groups=4, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, mid_block_add_attention=False,
-    ),
-    "VQModel": dict(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, norm_num_groups=4, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, num_vq_embeddings=32, vq_embed_dim=4,
-        mid_block_add_attention=False,
-    ),
-    "AutoencoderTiny": dict(
-        in_channels=3, out_channels=3, latent_channels=4, encoder_block_out_channels=(8, 8),
-        decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1),
-        upsampling_scaling_factor=2, act_fn="relu",
-    ),
-}
+def _tiny_configs() -> dict[str, dict]:
+    """diffusers class -> constructor arguments of a tiny instance (from each diffusers family's ``tiny_config``)."""
+    from latenttracer.autoencoders._diffusers import diffusers_classes
+
+    return {name: family.tiny_config for name, family in diffusers_classes().items()}
+
+
+TINY_CONFIGS = _tiny_configs()
 
 
 def make_autoencoder(class_name: str, seed: int):
@@ -73,7 +63,7 @@ def decoded_images(ae, n: int, seed: int) -> torch.Tensor:
     """Images the autoencoder's decoder makes from random latents (what a generator built on it outputs)."""
     from latenttracer.autoencoders import Autoencoder
 
-    wrapped = ae if isinstance(ae, Autoencoder) else Autoencoder(ae, _kind(ae), "x", 32)
+    wrapped = ae if isinstance(ae, Autoencoder) else diffusers_family(ae)(ae, name="x", resolution=32)
     probe = wrapped.encode(torch.zeros(1, 3, 32, 32))
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *probe.shape[1:]), generator=g) * 0.5
@@ -81,8 +71,11 @@ def decoded_images(ae, n: int, seed: int) -> torch.Tensor:
         return wrapped.decode(z)
 
 
-def _kind(ae) -> str:
-    return {"AutoencoderKL": "kl", "VQModel": "vq", "AutoencoderTiny": "tiny"}[type(ae).__name__]
+def diffusers_family(module):
+    """The registered family that wraps a diffusers autoencoder module of this class."""
+    from latenttracer.autoencoders._diffusers import diffusers_classes
+
+    return diffusers_classes()[type(module).__name__]
 
 
 def natural_crops(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:

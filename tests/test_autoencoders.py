@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS, make_autoencoder
+from conftest import make_autoencoder
 
 from latenttracer.autoencoders import AutoencoderLoadError, load_autoencoder
 
@@ -10,7 +10,7 @@ from latenttracer.autoencoders import AutoencoderLoadError, load_autoencoder
 @pytest.mark.parametrize("class_name,kind", [("AutoencoderKL", "kl"), ("VQModel", "vq"), ("AutoencoderTiny", "tiny")])
 def test_bare_autoencoder_loads_with_conventions(tiny_dirs, class_name, kind):
     ae = load_autoencoder(tiny_dirs[f"{class_name}-0"], resolution=32)
-    assert ae.kind == kind and ae.name == f"{class_name}-0" and ae.resolution == 32
+    assert ae.family == f"diffusers-{kind}" and ae.name == f"{class_name}-0" and ae.resolution == 32
     assert len(ae.fingerprint) == 16
     x = torch.rand(2, 3, 32, 32)
     z = ae.encode(x)
@@ -47,7 +47,7 @@ def _ldm_pipeline_dir(tmp_path, class_name="AutoencoderKL"):
 def test_pipeline_dir_loads_only_its_autoencoder_and_native_resolution(tmp_path):
     d = _ldm_pipeline_dir(tmp_path)
     ae = load_autoencoder(d)
-    assert ae.kind == "kl" and ae.name == "pipe"
+    assert ae.family == "diffusers-kl" and ae.name == "pipe"
     assert ae.resolution == 16 * 2  # prior sample size x autoencoder downsampling
     assert load_autoencoder(d, resolution=64, name="x").resolution == 64
 
@@ -83,7 +83,13 @@ def test_hub_id_offline_gives_clear_error(monkeypatch):
         load_autoencoder("no-such-owner/no-such-model", local_files_only=True)
 
 
-def test_tiny_config_table_covers_supported_classes():
-    from latenttracer.autoencoders import SUPPORTED_CLASSES
 
-    assert set(TINY_CONFIGS) == set(SUPPORTED_CLASSES)
+def test_any_slot_name_holds_the_autoencoder(tmp_path):
+    d = _ldm_pipeline_dir(tmp_path)
+    index = json.loads((d / "model_index.json").read_text())
+    index["my_autoencoder"] = index.pop("vqvae")
+    (d / "model_index.json").write_text(json.dumps(index))
+    (d / "vqvae").rename(d / "my_autoencoder")
+    before = load_autoencoder(_ldm_pipeline_dir(tmp_path / "orig"))
+    ae = load_autoencoder(d)
+    assert ae.family == "diffusers-kl" and ae.resolution == 32 and ae.fingerprint == before.fingerprint

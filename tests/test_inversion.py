@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import TINY_CONFIGS, decoded_images, make_autoencoder, natural_crops
 
-from latenttracer.autoencoders import Autoencoder, load_autoencoder
+from latenttracer.autoencoders import FAMILIES, load_autoencoder
 from latenttracer.inversion import InversionConfig, authors_lr, invert
 
 FAST = InversionConfig(steps=40, batch_size=64)
@@ -135,6 +135,6 @@ def test_config_validation_names_the_key():
 
 
 def test_images_shape_checked(tiny_dirs):
-    ae = Autoencoder(make_autoencoder("AutoencoderKL", 0), "kl", "a", 32)
+    ae = FAMILIES.get("diffusers-kl")(make_autoencoder("AutoencoderKL", 0), name="a", resolution=32)
     with pytest.raises(ValueError, match="expected shape"):
         invert(ae, torch.rand(3, 32, 32))
