@@ -144,7 +144,8 @@ def build_series(base_dir: str | Path, steps: Sequence[int], out_root: str | Pat
                     "relative_l2": decoder_distance(decoder, reference), "finetune_recipe": recipes[step],
                     "note": "derived here by data_gen.taesd_finetune; never shipped"}
             _save(dirs[step], base_dir, variant.file("encoder"), variant.file("decoder"), decoder, card)
-            log.info("saved %s (relative L2 %.4g, batch MSE %.3g)", dirs[step], card["relative_l2"], card["final_batch_mse"])
+            log.info("saved %s (relative L2 %.4g, batch MSE %.3g)", dirs[step], card["relative_l2"],
+                     card["final_batch_mse"])
     return dirs
 
 

@@ -150,8 +150,8 @@ def table_markdown(cfg: DictConfig, frame: pd.DataFrame, recipe: str) -> str:
         f"{base}'s decoder fine-tuned for N steps with {recipe}; each ft-N makes "
         f"{cfg.n} images as {base} does, split as the suite splits; AUC of the evaluation halves ({n_eval} "
         f"images each): `{base} inspects` = {base}'s own images (belonging) vs ft-N's, `ft-N inspects` = the "
-        "reverse. Relative L2 = ||W_ft - W_base|| / ||W_base|| over the decoder weights (KL members: and the post-quant "
-        "conv).", "",
+        "reverse. Relative L2 = ||W_ft - W_base|| / ||W_base|| over the decoder weights (KL members: and the "
+        "post-quant conv).", "",
         report.markdown_table(body, header)]) + "\n"
 
 

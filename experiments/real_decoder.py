@@ -41,7 +41,8 @@ def set_settings(cfg: DictConfig, **changes) -> DecodedSetSettings:
     """The suite's sizes, seed and the base's resolution, plus the ``sets`` overrides."""
     spec = common.model_spec(cfg, str(cfg.base))
     values = {"resolution": int(spec.resolution or 64), "n": int(cfg.suite.generated.n),
-              "n_real": int(cfg.suite.real.n), "seed": int(cfg.suite.generated.seed), **common.plain(cfg.sets)}
+              "n_real": int(cfg.suite.real.n), "seed": int(cfg.suite.generated.seed),
+              **(common.plain(cfg.get("sets")) or {})}
     return DecodedSetSettings.from_dict({**values, **changes})
 
 

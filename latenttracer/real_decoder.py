@@ -16,7 +16,7 @@ module turns them into
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -186,8 +186,3 @@ def figure(cells: pd.DataFrame, steps: pd.DataFrame | None, base: str):
     fig.suptitle(f"A real decoder ({base}): methods, separation, steps", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def combine(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Method frames concatenated in the given order."""
-    return pd.concat(list(frames.values()), ignore_index=True)
