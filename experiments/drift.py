@@ -106,7 +106,7 @@ def zoo_members(cfg: DictConfig, base: ModelSpec):
 def run(cfg: DictConfig) -> pd.DataFrame:
     out = common.setup(cfg)
     base = common.model_spec(cfg, str(cfg.base))
-    if base.kind == "taesd":  # a real decoder: ft-N decode the base's latents (experiments.real_decoder)
+    if getattr(common.load_model(cfg, base), "family", "") == "taesd":  # a real decoder: experiments.real_decoder
         from experiments.real_decoder import drift_members
 
         base_ae, base_eval, members, recipe = drift_members(cfg)

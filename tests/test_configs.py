@@ -19,7 +19,7 @@ from latenttracer.tracking import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ENTRY_POINTS = ("invert", "table1", "ablations", "figures", "generate", "report", "methods", "attribution",
-                "robustness", "drift", "complexity")
+                "robustness", "drift", "complexity", "real_decoder")
 ZOO = ["kl-a", "kl-b", "kl-a-ft", "vq", "tiny", "kl16"]
 PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
 
@@ -43,7 +43,7 @@ def compose_resolved(name: str, overrides: list[str], tmp_path: Path, conf: Path
 
 def test_every_preset_is_listed_here():
     assert _names("experiment") == sorted(["table1_zoo", "table1_paper", "full", "ablation_init", "ablation_steps",
-                                           "ablation_lr", "robustness_full"])
+                                           "ablation_lr", "robustness_full", "drift_taef2"])
 
 
 @pytest.mark.parametrize("entry", ["invert", "table1", "figures"])
@@ -112,7 +112,7 @@ def test_every_model_composes_for_invert(model, tmp_path):
     cfg, _ = compose_resolved("invert", [f"model={model}"], tmp_path)
     assert cfg.model.name == model
     assert set(cfg.model) == {"name", "source", "kind", "resolution", "dtype", "generation"}
-    assert cfg.model.kind in ("zoo", "hub")
+    assert cfg.model.kind in ("zoo", "hub", "auto")  # auto: a model without a generation pipeline (taef2)
 
 
 @pytest.mark.parametrize("logger", _names("logger"))
