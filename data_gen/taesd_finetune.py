@@ -48,9 +48,9 @@ class FinetuneRecipe:
     """How a sibling is trained (the one definition of these settings; configs override them by key)."""
 
     lr: float = 1e-4          # Adam, constant
-    batch: int = 8
+    batch: int = 4
     resolution: int = 32      # side of the training crops (a multiple of 8)
-    n_crops: int = 2048       # training crops of the training photos (data seed 0, flips and scale jitter)
+    n_crops: int = 512        # training crops of the training photos (data seed 0, flips and scale jitter)
     seed: int = 0             # the batch stream
 
     def __post_init__(self) -> None:
