@@ -146,7 +146,7 @@ def drift_members(cfg: DictConfig):
     as :func:`image_sets` makes them). Returns (base autoencoder, its evaluation half, [(N, name, ft-N autoencoder,
     its evaluation half, relative L2)], the recipe in words)."""
     base = str(cfg.base)
-    settings = set_settings(cfg, n=int(cfg.n), n_real=1)
+    settings = set_settings(cfg, n=int(cfg.n))  # with the suite's n: the suite's very images (scores shared)
     aes = decoders(cfg, list(cfg.steps))
     sets = image_sets(cfg, aes, settings)
     recipe = FinetuneRecipe.from_dict(common.plain(cfg.finetune))
