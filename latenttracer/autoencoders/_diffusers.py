@@ -60,12 +60,19 @@ def find(source: str, local_files_only: bool | None = None) -> Found:
     local = Path(source).expanduser()
     if local.is_dir():
         return _find(source, local_files_only)
-    return _find_remote(source, local_files_only)
+    found = _find_remote(source, local_files_only)
+    if isinstance(found, AutoencoderLoadError):
+        raise found
+    return found
 
 
 @functools.lru_cache(maxsize=32)
-def _find_remote(source: str, local_files_only: bool | None) -> Found:  # hub lookups: once per process
-    return _find(source, local_files_only)
+def _find_remote(source: str, local_files_only: bool | None) -> Found | AutoencoderLoadError:
+    """Hub lookups (and their failures) once per process: every diffusers family asks about the same source."""
+    try:
+        return _find(source, local_files_only)
+    except AutoencoderLoadError as err:
+        return err
 
 
 def _find(src: str, local_files_only: bool | None) -> Found:

@@ -189,14 +189,13 @@ def load_autoencoder(
     part. ``local_files_only`` is passed to families that can fetch from a hub.
     """
     src = str(source)
-    local = Path(src).expanduser()
-    if local.is_file():
-        raise AutoencoderLoadError(f"{src}: is a file; expected a directory holding an autoencoder or a hub id "
-                                   f"({'; '.join(f'{f}: {c.looks_for}' for f, c in FAMILIES.items())})")
     for _, family in FAMILIES.items():
         if family.can_load(src, local_files_only=local_files_only):
             ae = family.load(src, name=name, resolution=resolution, clamp=clamp, local_files_only=local_files_only)
             return ae.to(device, dtype)
+    if Path(src).expanduser().is_file():
+        raise AutoencoderLoadError(f"{src}: is a file, and no autoencoder family loads a single file; expected "
+                                   f"{'; '.join(f'{f}: {c.looks_for}' for f, c in FAMILIES.items())}")
     reasons: dict[str, list[str]] = {}
     for fam, family in FAMILIES.items():
         reasons.setdefault(family.why_not(src, local_files_only=local_files_only), []).append(fam)
