@@ -177,6 +177,9 @@ def figure(cells: pd.DataFrame, steps: pd.DataFrame | None, base: str):
         for k, ((name, source), g) in enumerate(steps.groupby(["inspected", "source"], sort=False)):
             axes[2].plot(g["steps"], g["auc"], "o-", ms=4, color=colours(k), label=f"{name} vs {source}")
         axes[2].set_xscale("log")
+        ticks = sorted(set(int(k) for k in steps["steps"]))
+        axes[2].set_xticks(ticks, [str(k) for k in ticks])
+        axes[2].minorticks_off()
         axes[2].set_xlabel("inversion steps (log)")
         axes[2].set_ylabel("LatentTracer AUC")
         axes[2].set_ylim(0, 1.02)
