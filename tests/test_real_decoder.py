@@ -167,6 +167,7 @@ def _job(name: str, root: Path, base_dir: Path, overrides: list[str]):
     return cfg
 
 
+@pytest.mark.slow  # every method, a fine-tune, two resolutions and a rerun: ~1 min on an idle core
 def test_real_decoder_study_end_to_end(base_dir, tmp_path, monkeypatch):
     from experiments import real_decoder
 
