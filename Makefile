@@ -7,7 +7,8 @@ JOBS    ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
-        report sync-wandb benchmark clean compare-methods attribution robustness drift complexity study
+        report sync-wandb benchmark clean compare-methods attribution robustness drift complexity study \
+        real-decoder
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -71,8 +72,12 @@ ablations: ## init x steps and lr sweeps (Hydra multirun) -> results/ablations.c
 robustness: ## Table 1 under AEROBLADE's perturbations, per method -> results/robustness.{md,csv} (+ figure)
 	$(PYTHON) -m experiments.robustness $(ARGS)
 
-drift: ## kl-a's decoder fine-tuned N steps vs its fingerprint -> results/drift.{md,csv} (+ figure)
-	$(PYTHON) -m experiments.drift $(ARGS)
+drift: ## kl-a's decoder fine-tuned N steps vs its fingerprint -> results/drift.{md,csv} (+ figure); model=taef2: a real decoder
+	$(PYTHON) -m experiments.drift $(if $(model),experiment=drift_$(model)) $(ARGS)
+
+real-decoder: ## taef2 (a real decoder): every method, separation, steps, resolution -> results/real_decoder.{md,csv} + figure
+	$(PYTHON) -m experiments.real_decoder $(ARGS)
+	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
 
 complexity: ## Table 1's scores vs image complexity and brightness (after reproduce-table1) -> results/complexity.*
 	$(PYTHON) -m experiments.complexity $(ARGS)

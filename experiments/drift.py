@@ -2,6 +2,7 @@
 
     python -m experiments.drift                 # `make drift` (conf/drift.yaml)
     python -m experiments.drift steps=[10,100]
+    python -m experiments.drift experiment=drift_taef2   # `make drift model=taef2`: a real decoder (taef2)
 
 The same as ``python -m experiments.study --config-name drift``; config: ``conf/drift.yaml``.
 """

@@ -49,12 +49,12 @@ def test_every_entry_point_has_a_schema_and_every_study_a_config():
     # every study of the package has its config (a plugin study, loaded by another test, brings its own)
     builtin = {name for name, s in STUDIES.items() if s.__module__.startswith("latenttracer.studies.")}
     assert builtin <= set(ENTRY_POINTS)
-    assert {"methods", "attribution", "robustness", "drift", "complexity"} <= builtin
+    assert {"methods", "attribution", "robustness", "drift", "complexity", "real_decoder"} <= builtin
 
 
 def test_every_preset_is_listed_here():
     assert _names("experiment") == sorted(["table1_zoo", "table1_paper", "full", "ablation_init", "ablation_steps",
-                                           "ablation_lr", "robustness_full"])
+                                           "ablation_lr", "robustness_full", "drift_taef2"])
 
 
 @pytest.mark.parametrize("entry", ["invert", "table1", "figures"])
@@ -123,7 +123,7 @@ def test_every_model_composes_for_invert(model, tmp_path):
     cfg, _ = compose_resolved("invert", [f"model={model}"], tmp_path)
     assert cfg.model.name == model
     assert set(cfg.model) == {"name", "weights", "pipeline", "resolution", "dtype", "generation"}
-    assert cfg.model.pipeline in ("zoo", "hub")
+    assert cfg.model.pipeline in ("zoo", "hub", "auto")  # auto: a model without a generation pipeline (taef2)
 
 
 @pytest.mark.parametrize("logger", _names("logger"))
