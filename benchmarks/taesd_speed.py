@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from data_gen import real_images
 from data_gen.zoo.speed import machine_speed
-from latenttracer import atomic, report
+from latenttracer import atomic, tables
 from latenttracer.autoencoders import load_autoencoder
 from latenttracer.inversion import InversionConfig, invert
 
@@ -138,7 +138,7 @@ def main() -> None:
             rows.append([size, variant, batch, f"{rate:.2f}", f"{achieved:.1f}", f"{achieved / gflops:.1%}",
                          f"{change:.1e}"])
             print(rows[-1], flush=True)
-    table = report.markdown_table(rows, ["px", "variant", "batch", "image-steps/s", "GFLOP/s", "of matmul rate",
+    table = tables.markdown_table(rows, ["px", "variant", "batch", "image-steps/s", "GFLOP/s", "of matmul rate",
                                          "max relative score change vs fp32"])
     text = "\n".join([
         f"# Inversion speed through taef2's decoder ({args.model})", "",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from latenttracer import protocol, report
+from latenttracer import protocol, tables
 from latenttracer.metrics import detection_metrics
 
 __all__ = ["COLUMNS", "ROW", "figure", "markdown", "method_cells", "steps_cells", "subset_sets", "two_class_row"]
@@ -108,13 +108,13 @@ def markdown(cells: pd.DataFrame, steps: pd.DataFrame | None, resolutions: pd.Da
     resolution tables."""
     cells = cells.copy()
     cells[ROW] = cells["method"] + " / " + cells["inspected"]
-    lines = [report.tables_markdown(cells, ["auc", "tpr_at_5fpr"], title, notes, rows=ROW).rstrip(), ""]
+    lines = [tables.tables_markdown(cells, ["auc", "tpr_at_5fpr"], title, notes, rows=ROW).rstrip(), ""]
     sep = cells[cells["source"] != protocol.ALL]
     lines += ["## Separation: median scores and their ratio", "",
               "Median score of the inspected model's own evaluation images (belonging) and of one non-belonging "
               "source, and their ratio (non-belonging / belonging; near 1 = the collapse AEDR reports). Seconds "
               "per image: the median time recorded when each image was scored (one thread per job).", "",
-              report.markdown_table([[r.method, r.inspected, r.source, _g(r.median_belonging),
+              tables.markdown_table([[r.method, r.inspected, r.source, _g(r.median_belonging),
                                       _g(r.median_non_belonging), _g(r.ratio), _f3(r.auc), _g(r.seconds_per_image)]
                                      for r in sep.itertuples()],
                                     ["method", "inspected", "source", "median belonging", "median non-belonging",
@@ -123,7 +123,7 @@ def markdown(cells: pd.DataFrame, steps: pd.DataFrame | None, resolutions: pd.Da
         lines += ["## LatentTracer against its number of steps", "",
                   "One run of the longest step count per image, cut exactly to each shorter one "
                   "(latenttracer.protocol.truncate); the authors' schedule halves the learning rate every 50 steps.",
-                  "", report.markdown_table([[int(r.steps), r.inspected, r.source, _f3(r.auc), _f3(r.auc_step0),
+                  "", tables.markdown_table([[int(r.steps), r.inspected, r.source, _f3(r.auc), _f3(r.auc_step0),
                                               _g(r.median_belonging), _g(r.median_non_belonging), _g(r.ratio)]
                                              for r in steps.itertuples()],
                                             ["steps", "inspected", "source", "AUC", "AUC step 0", "median belonging",
@@ -132,7 +132,7 @@ def markdown(cells: pd.DataFrame, steps: pd.DataFrame | None, resolutions: pd.Da
         lines += ["## Against resolution", "",
                   "The inspected decoder's own decodes (belonging) against real crops of the evaluation photos at "
                   "each size (no calibration half: AUC, medians and ratio only).", "",
-                  report.markdown_table([[int(r.resolution), r.method, r.source, f"{int(r.n_belonging)} / "
+                  tables.markdown_table([[int(r.resolution), r.method, r.source, f"{int(r.n_belonging)} / "
                                           f"{int(r.n_non_belonging)}", _f3(r.auc), _f3(r.auc_step0),
                                           _g(r.median_belonging), _g(r.median_non_belonging), _g(r.ratio),
                                           _g(r.seconds_per_image)]
@@ -145,7 +145,7 @@ def markdown(cells: pd.DataFrame, steps: pd.DataFrame | None, resolutions: pd.Da
 def figure(cells: pd.DataFrame, steps: pd.DataFrame | None, base: str):
     """Three panels: pooled AUC against seconds per image (log x) per method and inspected model; median belonging
     and non-belonging score per method for ``base`` inspected (log y); LatentTracer's AUC against steps."""
-    plt = report._pyplot()
+    plt = tables._pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     colours = plt.get_cmap("tab10")
     methods = list(dict.fromkeys(cells["method"]))

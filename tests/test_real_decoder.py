@@ -158,7 +158,7 @@ def _job(name: str, root: Path, base_dir: Path, overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(name, overrides=[f"paths.root_dir={root}", f"paths.output_dir={root / 'out'}",
                                        "logger=none", "progress=false", "threads=1",
-                                       f"suite.models.taef2.source={base_dir}", "suite.models.taef2.resolution=16",
+                                       f"suite.models.taef2.weights={base_dir}", "suite.models.taef2.resolution=16",
                                        "+finetune.n_crops=16", "+finetune.batch=2", "+finetune.resolution=16",
                                        *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
