@@ -257,7 +257,7 @@ def _study_sections(results_dir: Path, figures_dir: Path, out: Path) -> list[Sec
             for png in sorted(figures_dir.glob(pattern)):
                 sec.figures.append(Figure(_copy(png, out, f"figures/{png.name}"), png.stem, png.stem))
         if not sec.tables and not sec.figures:
-            sec.missing = (f"Not produced yet (no {', '.join(tables)} in {results_dir.name}/): run `{command}`.")
+            sec.missing = (f"Not produced yet (no {', '.join(csvs)} in {results_dir.name}/): run `{command}`.")
         sections.append(sec)
     return sections
 

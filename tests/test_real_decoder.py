@@ -219,3 +219,23 @@ def test_drift_on_a_taesd_base(base_dir, tmp_path):
     assert set(rows.loc[rows["direction"] == "base", "non_belonging"]) == {"taef2-ft1", "taef2-ft2"}
     assert (tmp_path / "results" / "drift_taef2.md").is_file()
     assert protocol.REAL not in set(rows["inspected"])
+
+
+# -- the HTML report ------------------------------------------------------------------------------------------------
+def test_html_report_shows_the_suite_when_its_results_exist(tmp_path):
+    from latenttracer import html_report, tables
+
+    results = tmp_path / "results"
+    (results / "figures").mkdir(parents=True)
+    html = html_report.build_run_report(results, tmp_path / "empty").read_text()
+    section = html.split('id="real_decoder"')[1].split("<section")[0]
+    assert "make real-decoder" in section and "real_decoder.csv" in section  # missing: says the command
+    pd.DataFrame({"resolution": [64], "method": ["aedr"], "inspected": ["taef2"], "source": ["real"],
+                  "auc": [0.625], "median_belonging": [1e-5], "median_non_belonging": [2e-4], "ratio": [20.0],
+                  "seconds_per_image": [0.5]}).to_csv(results / "real_decoder.csv", index=False)
+    tables.save_figure(tables.score_histogram([1e-4, 2e-4, 1e-3], 3e-4), results / "figures" / "real_decoder",
+                       ("png",))
+    html = html_report.build_run_report(results, tmp_path / "report").read_text()
+    section = html.split('id="real_decoder"')[1].split("<section")[0]
+    assert "0.625" in section and "taef2" in section and "make real-decoder" not in section
+    assert "figures/real_decoder.png" in section and (tmp_path / "report/figures/real_decoder.png").is_file()

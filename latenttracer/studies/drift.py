@@ -121,7 +121,8 @@ def table_markdown(cfg: Any, frame: pd.DataFrame, recipe: str, how: str, distanc
 class Drift(Study):
     name = "drift"
     config = DriftConfig
-    section = ReportSection("Decoder drift", ("drift.csv",), ("drift*.png",), "make drift", order=40)
+    section = ReportSection("Decoder drift", ("drift.csv", "drift_taef2.csv"), ("drift*.png",),
+                            "make drift; make drift model=taef2", order=40)
 
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """Returns the rows; the objective is their mean AUC."""
