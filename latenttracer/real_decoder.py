@@ -154,6 +154,8 @@ def figure(cells: pd.DataFrame, steps: pd.DataFrame | None, base: str):
     for i, m in enumerate(methods):
         for j, name in enumerate(dict.fromkeys(pooled["inspected"])):
             r = pooled[(pooled["method"] == m) & (pooled["inspected"] == name)]
+            if r.empty:  # a method that did not inspect this model (RONAN inspects the base only)
+                continue
             axes[0].scatter(r["seconds_per_image"], r["auc"], color=colours(i), marker=markers[j % 5], s=46,
                             edgecolor="black", linewidth=0.4, label=f"{m} / {name}", zorder=3)
     axes[0].set_xscale("log")
