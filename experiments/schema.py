@@ -55,6 +55,9 @@ def _config_type(tp: Any) -> Any:
             return Any
         inner = parts[0] if len(parts) == 1 else Union[tuple(parts)]  # noqa: UP007
         return inner | None if optional else inner
+    if origin is tuple:
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return list[_config_type(args[0])] if len(set(args)) == 1 else list[Any]
     if origin in (Mapping, dict) or tp in (Mapping, dict):
         return dict[str, Any]
     if tp is Path:
@@ -223,9 +226,27 @@ class GenerateSchema(BaseSchema):
     overwrite: bool = False
 
 
+@dataclass
+class EarlyExitSchema(BaseSchema):
+    inspected: list[str] | None = None
+    timing_images: int = 48
+    timing_seed: int = 0
+    out: str = MISSING
+
+
+@dataclass
+class ScheduleSweepSchema(BaseSchema):
+    inspected: list[str] | None = None
+    n_per_source: int = 8
+    subset_seed: int = 0
+    eval_steps: list[int] = field(default_factory=list)
+    out: str = MISSING
+
+
 #: The entry points that are not studies (a study's schema comes from its registration, see :func:`schemas`).
 CORE_SCHEMAS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
-                "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema}
+                "figures": FiguresSchema, "generate": GenerateSchema, "report": HtmlReportSchema,
+                "early_exit": EarlyExitSchema, "schedule_sweep": ScheduleSweepSchema}
 
 
 def study_schema(study: type) -> type:

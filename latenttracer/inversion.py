@@ -15,6 +15,18 @@ The defaults are the authors' settings (``docs/method.md``, "Authors' settings" 
 Per-image losses are **summed** over the batch, so with Adam (an element-wise optimiser) every image's
 trajectory is independent of its batch mates: an image scores the same alone or in a batch. A loss that turns
 NaN or Inf marks that image failed (with the step and reason); its gradient is zeroed and the rest carry on.
+
+Deployment options (off by default; ``docs/deployment.md``):
+
+* ``halve_every``: the authors' schedule halves the rate after step 0 and after every 50th step; a shorter run may
+  halve more often (``halve_every=h``: after step 0 and after every ``h``-th step).
+* ``early_exit`` with a threshold ``exit_threshold`` (belonging iff score <= t): an image leaves the loop as soon
+  as its running minimum is ``<= t`` (its verdict is then final and equal to the full run's: the minimum only
+  falls; its score is the minimum reached, an upper bound of the full run's), or, with ``exit_ratios`` (learnt
+  from calibration trajectories by :mod:`latenttracer.early_exit`), when its running minimum at step ``k`` is
+  above ``exit_margin * exit_ratios[k] * t``. Images that leave are removed from the batch (the latent and Adam's
+  per-element state are compacted), so they stop costing; every other image's trajectory is unchanged, because
+  the rows are independent. An exited image's result says so (``exit``, ``exit_step``, ``steps_run``).
 """
 
 from __future__ import annotations
@@ -36,11 +48,15 @@ Init = Literal["encoder", "random", "zeros"]
 Schedule = Literal["authors", "constant"]
 Distance = Literal["l2", "l1"]
 Strategy = Literal["min", "last"]
+Exit = Literal["", "threshold", "bound"]
 
 _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "constant"),
             "distance": ("l2", "l1"), "strategy": ("min", "last")}
 # Fields that change how fast results come, not what they are (batch independence is tested).
 _NOT_IN_HASH = ("batch_size", "device", "record_trajectory", "record_latent")
+# Early-exit settings decide the scores only when early exit is on (an early-exited score is not a full-run score).
+_EXIT_FIELDS = ("early_exit", "exit_threshold", "exit_ratios", "exit_margin")
+AUTHORS_HALVE_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,11 @@ class InversionConfig:
     seed: int = 0  # only used by init="random"
     record_trajectory: bool = False
     record_latent: bool = False  # keep each image's best latent (InversionResult.best_latent), e.g. for reports
+    halve_every: int = AUTHORS_HALVE_EVERY  # schedule="authors": halve after step 0 and every this many steps
+    early_exit: bool = False  # stop an image once its verdict is known (module docstring); needs exit_threshold
+    exit_threshold: float | None = None  # t: belonging iff score <= t (e.g. calibrated at 95% TPR)
+    exit_ratios: tuple[float, ...] | None = None  # per scored step; None: only the exact (below-t) exit
+    exit_margin: float = 1.0  # the bound at step k is exit_margin * exit_ratios[k] * exit_threshold
 
     def __post_init__(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -72,6 +93,36 @@ class InversionConfig:
                                           or self.batch_size < 1):
             raise ValueError(f"inversion.batch_size: must be an integer >= 1 or 'auto', got {self.batch_size!r}")
         resolve_dtype(self.dtype)
+        if isinstance(self.halve_every, bool) or not isinstance(self.halve_every, int) or self.halve_every < 1:
+            raise ValueError(f"inversion.halve_every: must be an integer >= 1, got {self.halve_every!r}")
+        self._check_early_exit()
+
+    def _check_early_exit(self) -> None:
+        if not isinstance(self.early_exit, bool):
+            raise ValueError(f"inversion.early_exit: must be true or false, got {self.early_exit!r}")
+        if not (isinstance(self.exit_margin, (int, float)) and not isinstance(self.exit_margin, bool)
+                and self.exit_margin >= 1):
+            raise ValueError(f"inversion.exit_margin: must be a number >= 1, got {self.exit_margin!r}")
+        if self.exit_ratios is not None:
+            if not isinstance(self.exit_ratios, tuple):  # lists (YAML, JSON) become tuples: hashable, frozen
+                object.__setattr__(self, "exit_ratios", tuple(self.exit_ratios))
+            bad = [r for r in self.exit_ratios if not isinstance(r, (int, float)) or not r >= 1]
+            if bad:
+                raise ValueError(f"inversion.exit_ratios: every ratio must be a number >= 1 (a running minimum over "
+                                 f"a final score), got {bad[:3]}")
+        if not self.early_exit:
+            return
+        if self.exit_threshold is None:
+            raise ValueError("inversion.early_exit: needs inversion.exit_threshold (calibrate one, e.g. "
+                             "latenttracer.early_exit.learn_bounds)")
+        if not (isinstance(self.exit_threshold, (int, float)) and math.isfinite(self.exit_threshold)):
+            raise ValueError(f"inversion.exit_threshold: must be a finite number, got {self.exit_threshold!r}")
+        if self.strategy != "min":
+            raise ValueError(f"inversion.early_exit: needs strategy 'min' (the running minimum), got "
+                             f"{self.strategy!r}")
+        if self.exit_ratios is not None and len(self.exit_ratios) != self.scored_steps:
+            raise ValueError(f"inversion.exit_ratios: {len(self.exit_ratios)} ratios for {self.scored_steps} scored "
+                             "steps; learn them from trajectories of this very schedule (lr, steps, halve_every)")
 
     @classmethod
     def from_dict(cls, values: dict) -> InversionConfig:
@@ -85,6 +136,10 @@ class InversionConfig:
     def identity(self) -> dict:
         """The fields that decide the scores (used in cache keys)."""
         skip = set(_NOT_IN_HASH) | ({"seed"} if self.init != "random" else set())
+        if not self.early_exit:
+            skip |= set(_EXIT_FIELDS)
+        if self.schedule != "authors" or self.halve_every == AUTHORS_HALVE_EVERY:
+            skip.add("halve_every")  # the authors' rule: keys made before the option existed stay valid
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def hash(self, *extra: object) -> str:
@@ -108,6 +163,11 @@ class InversionResult:
     # The latent of the scored iteration (``best_step``; iteration 0 is the initial latent), float32 on the CPU;
     # ``decode(best_latent)`` reproduces the score. Only with ``record_latent``.
     best_latent: torch.Tensor | None = field(default=None, repr=False)
+    # Early exit (InversionConfig.early_exit): "threshold" (running minimum <= t: belonging, exact), "bound" (above
+    # the learnt bound: non-belonging) or "" (ran every step); exit_step is the last scored iteration.
+    exit: Exit = ""
+    exit_step: int | None = None
+    steps_run: int = 0  # scored iterations this image ran (forward passes)
 
 
 def ronan_config(**overrides) -> InversionConfig:
@@ -135,11 +195,48 @@ def latent_from_bytes(value: bytes) -> torch.Tensor:
     return torch.from_numpy(np.load(io.BytesIO(bytes(value)), allow_pickle=False))
 
 
-def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors") -> float:
+def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors",
+               halve_every: int = AUTHORS_HALVE_EVERY) -> float:
     """The learning rate the update of iteration ``step`` uses (halved after step 0 and every 50th step)."""
     if schedule == "constant":
         return base_lr
-    return base_lr * 0.5 ** (0 if step == 0 else 1 + (step - 1) // 50)
+    return base_lr * 0.5 ** (0 if step == 0 else 1 + (step - 1) // halve_every)
+
+
+EXIT_CODES = ("", "threshold", "bound")
+
+
+def exit_codes(running_min: torch.Tensor, step: int, threshold: float,
+               bounds: torch.Tensor | None) -> torch.Tensor:
+    """The early-exit rule at scored iteration ``step``, per image: 0 stay, 1 exit belonging (running minimum
+    ``<= threshold``: exact), 2 exit non-belonging (running minimum above ``bounds[step]``). The one place the
+    rule is written: the loop applies it, :mod:`latenttracer.early_exit` replays it on recorded trajectories."""
+    codes = torch.zeros(running_min.shape, dtype=torch.int8, device=running_min.device)
+    if bounds is not None:
+        codes[running_min > bounds[step]] = 2
+    codes[running_min <= threshold] = 1
+    return codes
+
+
+def exit_bounds(cfg: InversionConfig, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``exit_margin * exit_ratios[k] * exit_threshold`` per scored step (None without ratios)."""
+    if not cfg.early_exit or cfg.exit_ratios is None:
+        return None
+    ratios = torch.tensor(cfg.exit_ratios, dtype=torch.float64)
+    return (ratios * float(cfg.exit_margin) * float(cfg.exit_threshold)).to(device, torch.float32)
+
+
+def _compact(optimiser: torch.optim.Optimizer, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A new leaf latent holding the rows ``keep`` of ``z`` (with their gradient), and Adam's per-element state
+    (``exp_avg``, ``exp_avg_sq``) cut to the same rows; shared scalars (``step``) are kept as they are."""
+    new = z.detach()[keep].clone().requires_grad_(True)
+    if z.grad is not None:
+        new.grad = z.grad[keep].clone()
+    state = optimiser.state.pop(z, {})
+    optimiser.state[new] = {k: (v[keep].clone() if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == z.shape[0]
+                                else v) for k, v in state.items()}
+    optimiser.param_groups[0]["params"] = [new]
+    return new
 
 
 def _distance(kind: str, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -166,59 +263,87 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig,
     z = _initial_latents(ae, x, cfg, seeds).detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([z], lr=cfg.lr)
     dev = z.device
+    # Per-image state is indexed by the image's position in the batch; ``rows`` maps the rows of ``z`` (and of the
+    # compacted ``x``) to those positions. Without early exit nothing leaves and ``rows`` is every position.
+    rows = torch.arange(n, device=dev)
     best = torch.full((n,), math.inf, device=dev)
     best_step = torch.zeros(n, dtype=torch.long, device=dev)
     failed = torch.zeros(n, dtype=torch.bool, device=dev)
     reasons = [""] * n
-    trajectory: list[torch.Tensor] = []
-    init_loss = last = best
     n_scored = cfg.scored_steps
+    init_loss = torch.full((n,), math.nan, device=dev)
+    last = torch.full((n,), math.nan, device=dev)
+    trajectory = torch.full((n, n_scored), math.nan) if cfg.record_trajectory else None
     best_z = z.detach().clone() if cfg.record_latent else None
+    exits = torch.zeros(n, dtype=torch.int8, device=dev)
+    steps_run = torch.full((n,), n_scored, dtype=torch.long, device=dev)
+    bounds = exit_bounds(cfg, dev)
 
     for i in range(n_scored):
         per_image = _distance(cfg.distance, ae.decode(z), x)
         with torch.no_grad():
             values = per_image.detach()
-            bad = ~torch.isfinite(values) & ~failed
+            was_failed = failed[rows]
+            bad = ~torch.isfinite(values) & ~was_failed
             if bad.any():
-                for j in bad.nonzero().flatten().tolist():
-                    reasons[j] = f"non-finite loss ({values[j].item()}) at step {i}"
-                failed |= bad
+                for j in rows[bad].tolist():
+                    reasons[j] = f"non-finite loss ({values[rows == j].item()}) at step {i}"
+            row_failed = was_failed | bad
+            failed[rows] = row_failed
             if i == 0:
-                init_loss = values.clone()
-            improved = (values < best) & ~failed
-            best = torch.where(improved, values, best)
-            best_step = torch.where(improved, torch.full_like(best_step, i), best_step)
-            last = values
+                init_loss[rows] = values
+            improved = (values < best[rows]) & ~row_failed
+            best[rows] = torch.where(improved, values, best[rows])
+            best_step[rows] = torch.where(improved, torch.full_like(rows, i), best_step[rows])
+            last[rows] = values
             if best_z is not None:
-                keep = improved if cfg.strategy == "min" else ~failed
-                best_z[keep] = z.detach()[keep]
-            if cfg.record_trajectory:
-                trajectory.append(values.float().cpu())
+                keep = improved if cfg.strategy == "min" else ~row_failed
+                best_z[rows[keep]] = z.detach()[keep]
+            if trajectory is not None:
+                trajectory[rows.cpu(), i] = values.float().cpu()
         if i == n_scored - 1:
             break  # the authors' last update is never scored: skip it
-        torch.where(failed, torch.zeros_like(per_image), per_image).sum().backward()
-        if failed.any():
-            z.grad[failed] = 0
+        stay = None
+        if cfg.early_exit:
+            with torch.no_grad():
+                codes = exit_codes(best[rows], i, float(cfg.exit_threshold), bounds)
+                leave = (codes > 0) | row_failed  # a failed image's result is final too
+                if leave.any():
+                    gone = rows[leave]
+                    exits[gone] = torch.where(row_failed[leave], torch.zeros_like(codes[leave]), codes[leave])
+                    steps_run[gone] = i + 1
+                    stay = ~leave
+                    if not stay.any():
+                        break
+        torch.where(row_failed, torch.zeros_like(per_image), per_image).sum().backward()
+        if row_failed.any():
+            z.grad[row_failed] = 0
+        if stay is not None:  # images that left stop costing: compact the batch before the update
+            z = _compact(optimiser, z, stay)
+            x, rows = x[stay], rows[stay]
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
-        if cfg.schedule == "authors" and i % 50 == 0:
+        if cfg.schedule == "authors" and i % cfg.halve_every == 0:
             for group in optimiser.param_groups:
                 group["lr"] *= 0.5
 
     score = best if cfg.strategy == "min" else last
-    traj = torch.stack(trajectory, 1).tolist() if cfg.record_trajectory else None
     out = []
     for j in range(n):
         ok = not failed[j].item()
+        ran = int(steps_run[j])
+        code = EXIT_CODES[int(exits[j])]
         out.append(InversionResult(
             score=float(score[j]) if ok else math.nan,
             init_loss=float(init_loss[j]),
             best_step=int(best_step[j]) if cfg.strategy == "min" else n_scored - 1,
             status="ok" if ok else "failed",
             reason=reasons[j],
-            trajectory=traj[j] if traj is not None else None,
+            trajectory=trajectory[j, :ran].tolist() if trajectory is not None else None,
             best_latent=best_z[j].float().cpu() if best_z is not None else None,
+            exit=code,
+            exit_step=ran - 1 if code else None,
+            steps_run=ran,
         ))
     return out
 

@@ -1,0 +1,165 @@
+"""Early-exit bounds: learnt from calibration trajectories, saved, applied to an :class:`InversionConfig`, replayed.
+
+The loop (:mod:`latenttracer.inversion`) stops an image at scored iteration ``k`` when its running minimum is
+``<= t`` (belonging; exact) or above ``b_k = margin * ratio_k * t`` (non-belonging). This module learns the
+ratios from full-run trajectories of calibration images (images known to belong):
+
+    ratio_k = max over calibration images of  running_min_k / final score      (>= 1; the last one is 1)
+
+A calibration image whose full-run verdict is belonging (score ``s <= t``) has ``running_min_k <= ratio_k * s
+<= ratio_k * t <= b_k`` at every step, so the bound never rejects it early (:func:`rejected_early` checks it).
+Images not seen in calibration have no such guarantee: ``margin`` (>= 1) buys room for them.
+
+    bounds = learn_bounds(calibration_trajectories, target_tpr=0.95)   # threshold at 95% TPR, ratios
+    bounds.save("bounds.json"); bounds = ExitBounds.load("bounds.json")
+    cfg = bounds.apply(InversionConfig(), margin=1.5)                   # early_exit on, t and ratios set
+    score, exit_step, exit = replay(trajectory, cfg)                    # what the loop does, from a full trajectory
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latenttracer import atomic
+from latenttracer.inversion import EXIT_CODES, InversionConfig, exit_bounds, exit_codes
+from latenttracer.metrics import calibrate_threshold
+
+__all__ = ["ExitBounds", "learn_bounds", "learn_ratios", "rejected_early", "replay", "replay_frame", "running_min"]
+
+
+def running_min(trajectory: Sequence[float]) -> np.ndarray:
+    """The running minimum of a loss trajectory (what the ``min`` strategy scores after each iteration)."""
+    return np.minimum.accumulate(np.asarray(trajectory, dtype=float))
+
+
+def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | None = None) -> tuple[float, ...]:
+    """``ratio_k = max_i running_min_i[k] / final_i`` over full-run trajectories of equal length (>= 1 each).
+
+    With ``threshold`` (tighter, the default of :func:`learn_bounds`): ``ratio_k = max running_min_i[k] /
+    threshold`` over the images a bound at step ``k`` could wrongly reject only: those whose full run is belonging
+    (``final <= threshold``) and that are still above the threshold at step ``k`` (once below it, an image has
+    left by the exact rule); a step with none gets ratio 1 (bound ``margin * threshold``). Either way no
+    calibration image that the full run calls belonging is above ``ratio_k * threshold`` while it is still running.
+
+    A trajectory whose final score is 0 makes its ratios infinite (no bound rejects anything); a non-finite
+    value is an error (a failed image has no trajectory to learn from: leave it out).
+    """
+    mins = [running_min(t) for t in trajectories]
+    if not mins:
+        raise ValueError("early exit: no calibration trajectories to learn bounds from")
+    lengths = {m.size for m in mins}
+    if len(lengths) != 1:
+        raise ValueError(f"early exit: calibration trajectories differ in length ({sorted(lengths)}): learn from "
+                         "full runs of one schedule")
+    stacked = np.stack(mins)
+    if not np.isfinite(stacked).all():
+        raise ValueError("early exit: a calibration trajectory has a non-finite loss (leave failed images out)")
+    final = stacked[:, -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(final > 0, stacked / np.where(final > 0, final, 1.0), math.inf)
+    if threshold is not None:
+        pending = (final <= threshold) & (stacked > threshold)
+        ratios = np.where(pending, stacked / threshold, 1.0)
+    return tuple(float(max(r, 1.0)) for r in ratios.max(0))
+
+
+@dataclass(frozen=True)
+class ExitBounds:
+    """A threshold and per-step ratios learnt from calibration; ``apply`` turns them into loop settings."""
+
+    threshold: float
+    ratios: tuple[float, ...]
+    n_calibration: int = 0
+    config_hash: str = ""  # the inversion settings the trajectories came from (a check on load/apply)
+
+    def bounds(self, margin: float = 1.0) -> np.ndarray:
+        """``b_k = margin * ratio_k * threshold``."""
+        return np.asarray(self.ratios, dtype=float) * float(margin) * float(self.threshold)
+
+    def apply(self, config: InversionConfig, margin: float | None = None, exact_only: bool = False) -> InversionConfig:
+        """``config`` with early exit on: this threshold, these ratios (none with ``exact_only``), ``margin``.
+
+        Raises ValueError when the ratios were learnt under other inversion settings than ``config``'s.
+        """
+        if self.config_hash and self.config_hash != _schedule_hash(config):
+            raise ValueError("early exit: these bounds were learnt from trajectories of other inversion settings "
+                             f"(hash {self.config_hash}, this config {_schedule_hash(config)}); learn them again")
+        return dataclasses.replace(config, early_exit=True, exit_threshold=float(self.threshold),
+                                   exit_ratios=None if exact_only else tuple(self.ratios),
+                                   exit_margin=config.exit_margin if margin is None else float(margin))
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "ratios": list(self.ratios), "n_calibration": self.n_calibration,
+                "config_hash": self.config_hash}
+
+    def save(self, path: str | Path) -> Path:
+        return atomic.write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExitBounds:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(threshold=float(data["threshold"]), ratios=tuple(float(r) for r in data["ratios"]),
+                       n_calibration=int(data.get("n_calibration", 0)), config_hash=str(data.get("config_hash", "")))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"early-exit bounds file {path}: cannot read it ({type(err).__name__}: {err})") from err
+
+
+def _schedule_hash(config: InversionConfig) -> str:
+    """The settings a trajectory depends on (early exit off, so the hash is the full run's)."""
+    return dataclasses.replace(config, early_exit=False, exit_threshold=None, exit_ratios=None).hash()
+
+
+def learn_bounds(trajectories: Sequence[Sequence[float]], threshold: float | None = None, target_tpr: float = 0.95,
+                 config: InversionConfig | None = None, pending_only: bool = True) -> ExitBounds:
+    """Bounds from full-run trajectories of calibration images (one list of losses per image).
+
+    The threshold is ``threshold`` if given, else the calibration rule at ``target_tpr`` on the trajectories'
+    minima (:func:`~latenttracer.metrics.calibrate_threshold`: the scores a full run gives). ``config``: the
+    settings the trajectories were made with (recorded, checked by :meth:`ExitBounds.apply`). ``pending_only``:
+    learn each step's ratio only from the images a bound there could wrongly reject (:func:`learn_ratios`).
+    """
+    if threshold is None:
+        threshold = calibrate_threshold([float(np.min(t)) for t in trajectories], target_tpr)
+    ratios = learn_ratios(trajectories, float(threshold) if pending_only else None)
+    return ExitBounds(threshold=float(threshold), ratios=ratios, n_calibration=len(trajectories),
+                      config_hash=_schedule_hash(config) if config is not None else "")
+
+
+def replay(trajectory: Sequence[float], config: InversionConfig) -> tuple[float, int | None, str]:
+    """What the loop with ``config`` (early exit on) gives an image whose full-run trajectory is ``trajectory``:
+    (score, exit step or None, exit kind ``""``/``"threshold"``/``"bound"``). Same rule as the loop
+    (:func:`~latenttracer.inversion.exit_codes`); exact because an image's trajectory does not depend on its
+    batch mates."""
+    if not config.early_exit:
+        raise ValueError("replay: the config has early_exit off")
+    mins = torch.tensor(running_min(trajectory), dtype=torch.float32)
+    bounds = exit_bounds(config)
+    for k in range(mins.numel() - 1):  # the last scored iteration ends the run anyway
+        code = int(exit_codes(mins[k:k + 1], k, float(config.exit_threshold), bounds)[0])
+        if code:
+            return float(mins[k]), k, EXIT_CODES[code]
+    return float(mins[-1]), None, ""
+
+
+def replay_frame(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> dict[str, np.ndarray]:
+    """:func:`replay` for many trajectories: arrays ``score``, ``steps_run``, ``exit``."""
+    out = [replay(t, config) for t in trajectories]
+    n = [len(t) for t in trajectories]
+    return {"score": np.array([o[0] for o in out]),
+            "steps_run": np.array([k + 1 if k is not None else m for (_, k, _), m in zip(out, n)]),
+            "exit": np.array([o[2] for o in out], dtype=object)}
+
+
+def rejected_early(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> list[int]:
+    """Indices of trajectories whose full run is belonging (min <= t) but which a bound would reject early."""
+    return [i for i, t in enumerate(trajectories)
+            if float(np.min(t)) <= float(config.exit_threshold) and replay(t, config)[2] == "bound"]
