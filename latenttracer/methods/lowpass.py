@@ -33,7 +33,7 @@ __all__ = ["LowPass", "LowPassSettings", "lowpass_distance"]
 class LowPassSettings(InversionConfig):
     """The inversion settings plus the filter (both decide the scores: both are in the cache key)."""
 
-    lowpass_factor: int = field(default=4, metadata={"help": "lowpass: side of the averaged pixel blocks (>= 1; "
+    lowpass_factor: int = field(default=2, metadata={"help": "lowpass: side of the averaged pixel blocks (>= 1; "
                                                              "1 is LatentTracer's plain distance)"})
     lowpass_on: Literal["both", "decoder"] = field(default="both", metadata={
         "help": "lowpass: filter decoder output and image (both) or the decoder output only (decoder)"})
