@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli import FAST, _run, folders  # noqa: F401  (fixture)
+from test_cli import FAST, _run, folders  # noqa: F401, F811  (fixture)
 from test_experiments import job, micro_zoo, workspace  # noqa: F401  (fixtures)
 
 from experiments import common, study
@@ -33,8 +33,8 @@ def test_bad_families_are_named(spec, words):
         parse_family(spec)
 
 
-def test_trace_calibrate_perturb_sets_the_threshold_on_clean_and_perturbed_copies(tmp_path, tiny_dirs, folders,
-                                                                                  capsys):  # noqa: F811
+def test_trace_calibrate_perturb_sets_the_threshold_on_clean_and_perturbed_copies(  # noqa: F811
+        tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
     model, cache = tiny_dirs["AutoencoderTiny-0"], tmp_path / "store" / "scores"
     args = ["--model", model, "--calibrate", folders["cal"], "--cache", cache, "--resolution", 32, *FAST]
     clean_out, pert_out = tmp_path / "clean.csv", tmp_path / "pert.csv"

@@ -34,7 +34,8 @@ def test_lowpass_distance_ignores_what_averages_out_within_a_block():
     pattern = _block_pattern(target.shape, 2, 0.2)
     d = lowpass_distance(2)
     assert torch.allclose(d(recon, target + pattern), d(recon, target), atol=1e-7)
-    assert not torch.allclose(((recon - target - pattern) ** 2).mean((1, 2, 3)), ((recon - target) ** 2).mean((1, 2, 3)))
+    plain_mse = ((recon - target) ** 2).mean((1, 2, 3))
+    assert not torch.allclose(((recon - target - pattern) ** 2).mean((1, 2, 3)), plain_mse)
     assert d(target, target).abs().max() == 0
     # the decoder-only form compares the filtered output with the pixels as they are: the pattern counts there
     assert not torch.allclose(lowpass_distance(2, "decoder")(recon, target + pattern),
@@ -57,7 +58,7 @@ def test_lowpass_score_is_unchanged_by_a_within_block_pattern_latenttracers_is_n
         scores[method] = {k: score_images(ae, v, method=m, progress=False)[0]["score"].to_numpy()
                           for k, v in paths.items()}
     np.testing.assert_allclose(scores["lowpass"]["pattern"], scores["lowpass"]["plain"], rtol=1e-5)
-    assert (scores["latenttracer"]["pattern"] > 1.5 * scores["latenttracer"]["plain"]).all()
+    assert (scores["latenttracer"]["pattern"] > 1.1 * scores["latenttracer"]["plain"]).all()
 
 
 @pytest.mark.parametrize("factor", [0.5, 3.0, 40.0])
