@@ -109,8 +109,8 @@ class InversionConfig:
                 object.__setattr__(self, "exit_ratios", tuple(self.exit_ratios))
             bad = [r for r in self.exit_ratios if not isinstance(r, (int, float)) or not r >= 1]
             if bad:
-                raise ValueError(f"inversion.exit_ratios: every ratio must be a number >= 1 (a running minimum over "
-                                 f"a final score), got {bad[:3]}")
+                raise ValueError(f"inversion.exit_ratios: every ratio must be >= 1 (a running minimum over the "
+                                 f"threshold or a final score), got {bad[:3]}")
         if not self.early_exit:
             return
         if self.exit_threshold is None:
@@ -198,7 +198,7 @@ def latent_from_bytes(value: bytes) -> torch.Tensor:
 
 def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors",
                halve_every: int = AUTHORS_HALVE_EVERY) -> float:
-    """The learning rate the update of iteration ``step`` uses (halved after step 0 and every 50th step)."""
+    """The learning rate the update of iteration ``step`` uses (halved after step 0 and every ``halve_every``-th)."""
     if schedule == "constant":
         return base_lr
     return base_lr * 0.5 ** (0 if step == 0 else 1 + (step - 1) // halve_every)
