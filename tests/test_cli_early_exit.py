@@ -84,3 +84,16 @@ def test_calibrate_perturb_bad_family_fails_before_any_work(tmp_path, folders, c
                 "--calibrate", folders["cal"], "--calibrate-perturb", "jpeg:95..99", "--no-cache")
     assert code == 2
     assert "no point of AEROBLADE's jpeg grid" in capsys.readouterr().err
+
+
+def test_hydra_key_early_exit_needs_a_threshold(tmp_path):
+    from test_configs import compose_resolved
+
+    from experiments import common
+
+    cfg, _ = compose_resolved("table1", ["inversion.early_exit=true"], tmp_path)
+    with pytest.raises(ValueError, match="inversion.early_exit: needs inversion.exit_threshold"):
+        common.inversion_config(cfg)
+    cfg, _ = compose_resolved("table1", ["inversion.early_exit=true", "inversion.exit_threshold=0.0012"], tmp_path)
+    built = common.method(cfg)
+    assert built.config.early_exit and built.config.exit_threshold == 0.0012 and built.config.exit_ratios is None
