@@ -53,7 +53,8 @@ reproduce-table1: ## Table 1 on the shipped zoo -> results/table1.{md,csv,tex} (
 # Peer methods (conf/method/): RONAN (the long one; its preset scores smaller sets, see conf/method/ronan.yaml;
 # method=ronan_full for the full sets) as one job per inspected model, then one job per other preset, 2 at a time,
 # then the aggregation. Every job reads and writes the shared results store; LatentTracer's rows are Table 1's.
-METHODS     ?= latenttracer,aedr,aeroblade_l2,aeroblade_ssim
+# The presets run by one job each: every conf/method/*.yaml that says `compare: true` (a new method needs no edit here).
+METHODS     ?= $(shell grep -l '^compare: true' conf/method/*.yaml | xargs -n1 basename | sed 's/\.yaml$$//' | paste -sd, -)
 RONAN_PARTS := $(shell echo $(MODELS) | sed 's/\([^,]*\)/[\1]/g')
 compare-methods: ## peer methods in the Table 1 protocol -> results/methods.{md,csv,tex} + figures/methods_auc_vs_seconds.*
 	$(PYTHON) -m experiments.generate $(ARGS)

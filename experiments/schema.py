@@ -163,6 +163,7 @@ class MethodSchema:
     name: str = MISSING
     options: dict[str, Any] = field(default_factory=dict)
     probe: int = 16   # images per inspected model timed by experiments.methods (uncached, after a warm-up)
+    compare: bool = False  # part of `make compare-methods` (the Makefile lists the presets that say true)
 
 
 @dataclass

@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="belonging iff score <= threshold")
     g.add_argument("--calibrate", type=Path, metavar="DIR", help="images known to come from the model")
+    t.add_argument("--calibrate-perturb", metavar="FAMILY",
+                   help="with --calibrate: also score perturbed copies of the calibration images and set the "
+                        "threshold on clean and perturbed pooled, e.g. jpeg:90..70,downscale:0.5 (a range a..b: "
+                        "the strengths of AEROBLADE's grid between a and b; docs/deployment.md)")
     _add_common_args(t)
     t.add_argument("--html", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
 
@@ -210,34 +214,118 @@ def _setup(args: argparse.Namespace):
     return method, options, store
 
 
-def _threshold(ae, method, cal_dir: Path, args, options, store) -> tuple[float, object]:
-    """Score ``cal_dir`` (images known to come from ``ae``'s model) and calibrate the method's threshold."""
+def _threshold(ae, method, cal_dir: Path, args, options, store, family=()) -> tuple[float, object]:
+    """Score ``cal_dir`` (images known to come from ``ae``'s model; with a perturbation ``family``, their perturbed
+    copies too, :mod:`latenttracer.calibration`) and calibrate the method's threshold on them. Returns the
+    threshold and the calibration rows (every set, ``status == "ok"``)."""
+    import pandas as pd
+
+    from latenttracer.calibration import calibration_sets, pooled_threshold
     from latenttracer.images import list_images
     from latenttracer.tracing import score_images
 
-    cal, cal_bad = score_images(ae, list_images(cal_dir, recursive=args.recursive), method=method,
-                                batch_size=args.batch_size, store=store, image_options=options,
-                                on_bad_image=args.on_bad_image, progress=not args.quiet,
-                                desc=f"calibrate {ae.name}")
-    ok = cal[cal["status"] == "ok"]["score"].to_numpy()
+    clean = list_images(cal_dir, recursive=args.recursive)
+    sets = calibration_sets(clean, family, _perturbed_root(args)) if family else {"clean": clean}
+    frames, n_bad = [], 0
+    for name, paths in sets.items():
+        cal, cal_bad = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
+                                    image_options=options, on_bad_image=args.on_bad_image, progress=not args.quiet,
+                                    desc=f"calibrate {ae.name}" + ("" if name == "clean" else f" {name}"))
+        frames.append(cal[cal["status"] == "ok"].assign(calibration_set=name))
+        n_bad += len(cal_bad)
+    ok = pd.concat(frames, ignore_index=True)
     if len(ok) == 0:
         raise ValueError(f"--calibrate {cal_dir}: no image could be scored")
-    threshold = method.calibrate(ok, args.target_tpr)
+    threshold = pooled_threshold(method, {k: g["score"] for k, g in ok.groupby("calibration_set")}, args.target_tpr)
+    what = f"{len(ok)} images from {cal_dir}"
+    if family:
+        what = (f"{len(ok)} images: {cal_dir} and its perturbed copies ({', '.join(p.name for p in family)}), "
+                "pooled")
     print(f"{ae.name}: threshold {threshold:.4g}: calibrated at {_calibration_text(method, args.target_tpr)} on "
-          f"{len(ok)} images from {cal_dir}" + (f" ({len(cal_bad)} skipped)" if cal_bad else ""), file=sys.stderr)
+          f"{what}" + (f" ({n_bad} skipped)" if n_bad else ""), file=sys.stderr)
     return threshold, ok
+
+
+def _exit_method(method, threshold: float, calibration, args):
+    """The method with early exit on; says on stderr where its threshold (and bounds) came from."""
+    from latenttracer.early_exit import learn_bounds
+
+    if calibration is None:
+        print(f"early exit: exact part only: an image stops once its running minimum is <= {threshold:.4g} "
+              "(--threshold); every other image runs to the end", file=sys.stderr)
+        return _with_early_exit(method, threshold)
+    trajectories = [list(t) for t in calibration["trajectory"] if t is not None and len(t)]
+    n_steps = method.config.scored_steps
+    trajectories = [t for t in trajectories if len(t) == n_steps]
+    if not trajectories:
+        raise ValueError(f"--early-exit: no full-run trajectory among the --calibrate {args.calibrate} scores")
+    bounds = learn_bounds(trajectories, threshold=threshold, config=method.config)
+    print(f"early exit: threshold {threshold:.4g} and per-step bounds (margin {method.config.exit_margin:g}) learnt "
+          f"from the full runs of {len(trajectories)} calibration images (--calibrate {args.calibrate})",
+          file=sys.stderr)
+    return _with_early_exit(method, threshold, bounds.ratios)
+
+
+EARLY_EXIT_FLAG = "method_option_early_exit"  # the dest of --early-exit (an InversionConfig field's flag)
+EXIT_COLUMNS = ["exit_step", "exit_reason", "steps_run"]
+
+
+def _early_exit_request(args: argparse.Namespace) -> bool:
+    """Whether ``trace --early-exit`` was asked for; checks its companions (one-line errors, before any work) and
+    clears the flag so that the method is built for full runs (the calibration images run to the end)."""
+    from latenttracer.methods.flags import method_flags
+
+    if not getattr(args, EARLY_EXIT_FLAG, None):
+        return False
+    flag = method_flags()["early_exit"]
+    if args.method not in flag.defaults:
+        raise ValueError(f"--method {args.method} does not take --early-exit (methods that take it: "
+                         f"{', '.join(flag.methods)})")
+    if args.threshold is None and args.calibrate is None:
+        raise ValueError("--early-exit needs --calibrate DIR (threshold and per-step bounds from the calibration "
+                         "images' full runs) or --threshold T (the exact part only: an image stops once its score "
+                         "is <= T)")
+    setattr(args, EARLY_EXIT_FLAG, None)
+    return True
+
+
+def _with_early_exit(method, threshold: float, ratios: tuple[float, ...] | None = None):
+    """``method`` (an inversion method) with early exit on at ``threshold`` (and the per-step bound ratios)."""
+    from dataclasses import replace
+
+    return type(method).from_settings(replace(method.config, early_exit=True, exit_threshold=float(threshold),
+                                              exit_ratios=ratios))
+
+
+def _perturbed_root(args: argparse.Namespace) -> Path:
+    """Where ``--calibrate-perturb`` writes the perturbed copies: beside the results store, or a temporary folder."""
+    if args.no_cache:
+        return Path(tempfile.mkdtemp(prefix="latenttracer-perturbed-"))
+    return args.cache.parent / "perturbed"
 
 
 def trace(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from latenttracer.autoencoders import load_autoencoder
+    from latenttracer.calibration import parse_family
     from latenttracer.images import list_images
     from latenttracer.methods import LatentTracer
     from latenttracer.tracing import score_images, steps_per_second
 
+    early_exit = _early_exit_request(args)
+    family = ()
+    if args.calibrate_perturb is not None:
+        if args.calibrate is None:
+            raise ValueError("--calibrate-perturb needs --calibrate DIR (the images whose perturbed copies set the "
+                             "threshold)")
+        family = parse_family(args.calibrate_perturb)
     _check_outputs(args)
+    if family and not args.no_cache:
+        check_writable(_perturbed_root(args), "--calibrate-perturb (perturbed copies)", folder=True)
     method, options, store = _setup(args)
+    if early_exit:  # a bad combination (e.g. a method whose score is not the loop's) fails here, before any work
+        _with_early_exit(method, 1.0)
     paths = list_images(args.images, recursive=args.recursive)
     if args.calibrate:
         list_images(args.calibrate, recursive=args.recursive)  # fail early on an empty or missing folder
@@ -247,8 +335,11 @@ def trace(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     threshold = args.threshold
+    calibration = None
     if args.calibrate:
-        threshold, _ = _threshold(ae, method, args.calibrate, args, options, store)
+        threshold, calibration = _threshold(ae, method, args.calibrate, args, options, store, family=family)
+    if early_exit:
+        method = _exit_method(method, threshold, calibration, args)
 
     frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
                                   image_options=options, on_bad_image=args.on_bad_image, progress=not args.quiet,
@@ -264,7 +355,11 @@ def trace(args: argparse.Namespace) -> int:
                           ignore_index=True)
     order = {str(p): i for i, p in enumerate(paths)}
     frame = frame.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order))), kind="stable")
-    atomic.write_frame(frame.reindex(columns=CSV_COLUMNS + list(method.components)), args.out)
+    columns = CSV_COLUMNS + list(method.components)
+    if early_exit:
+        frame["exit_reason"] = frame["exit"].fillna("") if "exit" in frame else ""
+        columns += EXIT_COLUMNS
+    atomic.write_frame(frame.reindex(columns=columns), args.out)
 
     n_ok = int((frame["status"] == "ok").sum())
     n_failed = int((frame["status"] == "failed").sum())
@@ -274,6 +369,12 @@ def trace(args: argparse.Namespace) -> int:
         rate = steps_per_second(frame[frame["status"] != "skipped"], method.config)
         if rate == rate:
             lines.append(f"speed: {rate:.0f} image-steps/s on {args.device}")
+    if early_exit and n_ok:
+        ok = frame[frame["status"] == "ok"]
+        counts = ok["exit_reason"].value_counts()
+        lines.append(f"early exit: {float(ok['steps_run'].mean()):.1f} of {method.config.scored_steps} steps per "
+                     f"image on average; {int(counts.get('threshold', 0))} stopped below the threshold, "
+                     f"{int(counts.get('bound', 0))} above the bound, {int(counts.get('', 0))} ran to the end")
     if n_ok:
         s = frame.loc[frame["status"] == "ok", "score"]
         lines.append(f"score ({method.label}): median {s.median():.3g}, min {s.min():.3g}, max {s.max():.3g}")
@@ -318,7 +419,8 @@ def attribute(args: argparse.Namespace) -> int:
         if ae.name == NONE:
             raise ValueError(f"attribute: a model may not be called {NONE!r}")
         print(f"inspected model: {ae.name} ({ae.family}, {ae.resolution}px); {_describe(method)}", file=sys.stderr)
-        thresholds[ae.name], calibration[ae.name] = _threshold(ae, method, cal_dir, args, options, store)
+        thresholds[ae.name], cal = _threshold(ae, method, cal_dir, args, options, store)
+        calibration[ae.name] = cal["score"].to_numpy()
         frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
                                       image_options=options, on_bad_image=args.on_bad_image,
                                       progress=not args.quiet, desc=f"attribute {ae.name}")

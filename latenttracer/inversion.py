@@ -49,6 +49,7 @@ Schedule = Literal["authors", "constant"]
 Distance = Literal["l2", "l1"]
 Strategy = Literal["min", "last"]
 Exit = Literal["", "threshold", "bound"]
+DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (decoded, target) -> one loss per image
 
 _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "constant"),
             "distance": ("l2", "l1"), "strategy": ("min", "last")}
@@ -257,8 +258,8 @@ def _initial_latents(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, see
     return torch.stack(noise).to(z0.device, z0.dtype)
 
 
-def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig,
-                  seeds: Sequence[int]) -> list[InversionResult]:
+def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds: Sequence[int],
+                  distance: DistanceFn | None = None) -> list[InversionResult]:
     n = x.shape[0]
     z = _initial_latents(ae, x, cfg, seeds).detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([z], lr=cfg.lr)
@@ -280,7 +281,8 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig,
     bounds = exit_bounds(cfg, dev)
 
     for i in range(n_scored):
-        per_image = _distance(cfg.distance, ae.decode(z), x)
+        recon = ae.decode(z)
+        per_image = _distance(cfg.distance, recon, x) if distance is None else distance(recon, x)
         with torch.no_grad():
             values = per_image.detach()
             was_failed = failed[rows]
@@ -354,11 +356,15 @@ def invert(
     *,
     seeds: Sequence[int] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    distance: DistanceFn | None = None,
 ) -> list[InversionResult]:
     """Invert each image in ``images`` ((N, 3, H, W) in [0, 1]) through ``ae``'s decoder.
 
     ``seeds`` (one per image) seed ``init="random"``; by default ``config.seed + index``. ``on_batch`` is
-    called with the number of images finished after every batch (for progress bars).
+    called with the number of images finished after every batch (for progress bars). ``distance`` replaces
+    ``config.distance``: a function of (decoded batch, target batch), both (n, 3, H, W) in [0, 1], returning one
+    differentiable loss per image with no arithmetic across images (e.g. a low-pass distance,
+    :mod:`latenttracer.methods.lowpass`); the caller puts what it computes into its cache key.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images: expected shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -378,7 +384,7 @@ def invert(
         stop = start + batch_size
         x = images[start:stop].to(device, resolve_dtype(config.dtype))
         with torch.enable_grad():
-            results.extend(_invert_batch(ae, x, config, seeds[start:stop]))
+            results.extend(_invert_batch(ae, x, config, seeds[start:stop], distance))
         if on_batch is not None:
             on_batch(len(results))
     return results

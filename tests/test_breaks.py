@@ -28,7 +28,7 @@ def _pairwise_auc(belonging: np.ndarray, non_belonging: np.ndarray) -> float:
     return float(np.mean(pairs))
 
 
-ROBUSTNESS = ["inspected=[kl-a]", "perturbation.conditions=[jpeg:50,noise:0.1]", "logger=none",
+ROBUSTNESS = ["inspected=[kl-a]", "perturbation.conditions=[jpeg:50,noise:0.1]", "logger=none", "calibration=[clean]",
               "methods=[{name: latenttracer, n_belonging: 2, n_per_source: 1}, "
               "{name: aeroblade, options: {distance: l2}}]"]
 

@@ -221,21 +221,33 @@ def test_a_typo_in_any_yaml_names_the_key_and_the_file(yaml, entry, overrides, t
     compose_resolved(entry, overrides, tmp_path, conf=conf)
 
 
-METHOD_LABELS = {"latenttracer": "latenttracer", "aedr": "aedr", "aeroblade_l2": "aeroblade[l2]",
-                 "aeroblade_ssim": "aeroblade[ssim]", "ronan": "ronan", "ronan_full": "ronan"}
+def _preset(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF / "method" / f"{name}.yaml"))
 
 
-def test_every_method_preset_is_listed_here():
-    assert _names("method") == sorted([*METHOD_LABELS, "aeroblade_lpips"])
+# Every conf/method/ preset, read from the folder (a new method's YAML is covered without editing a list), except
+# the ones that need local weight files (a `*_weights: null` option; test_lpips_preset_fails_clearly_... below).
+METHOD_PRESETS = [n for n in _names("method")
+                  if not any(k.endswith("_weights") and v is None
+                             for k, v in (_preset(n).get("method", _preset(n)).get("options") or {}).items())]
 
 
-@pytest.mark.parametrize("preset", sorted(METHOD_LABELS))
+def test_every_method_preset_names_a_registered_method():
+    from latenttracer.methods import METHODS
+
+    assert "aeroblade_lpips" not in METHOD_PRESETS and {"latenttracer", "aedr", "ronan"} <= set(METHOD_PRESETS)
+    for name in _names("method"):
+        assert _preset(name).get("method", _preset(name))["name"] in METHODS.names(), name
+
+
+@pytest.mark.parametrize("preset", METHOD_PRESETS)
 def test_method_presets_compose_and_build(preset, tmp_path):
     from experiments import common
+    from latenttracer.methods import METHODS
 
     cfg, hydra_cfg = compose_resolved("methods", [f"method={preset}"], tmp_path)
     built = common.method(cfg)
-    assert built.label == METHOD_LABELS[preset]
+    assert type(built) is METHODS.get(cfg.method.name) and built.label.startswith(cfg.method.name)
     assert hydra_cfg.runtime.choices.method == preset == common.method_preset(cfg)
     table, _ = compose_resolved("table1", [], tmp_path)
     # only the sized RONAN preset changes the sets (to prefixes of the suite's); every other keeps Table 1's
@@ -325,3 +337,13 @@ def test_robustness_full_is_the_whole_study(tmp_path):
     assert len(cfg.perturbation.conditions) == 21 and cfg.inspected is None
     assert [m.name for m in cfg.methods] == ["latenttracer", "aedr", "aeroblade", "ronan"]
     assert all(m.n_belonging is None and m.n_per_source is None for m in cfg.methods)
+
+
+def test_compare_methods_runs_every_preset_that_says_compare():
+    import subprocess
+
+    flagged = sorted(n for n in _names("method") if _preset(n).get("compare") is True)
+    assert {"latenttracer", "lowpass", "relative"} <= set(flagged)
+    plan = subprocess.run(["make", "-n", "compare-methods"], cwd=CONF.parent, capture_output=True, text=True,
+                          check=True).stdout
+    assert f"method={','.join(flagged)} " in plan

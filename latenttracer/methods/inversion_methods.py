@@ -19,7 +19,15 @@ import torch
 
 from latenttracer.autoencoders import Autoencoder
 from latenttracer.images import ImageOptions, ImageRecord
-from latenttracer.inversion import InversionConfig, image_seed, invert, latent_to_bytes, ronan_config
+from latenttracer.inversion import (
+    DistanceFn,
+    InversionConfig,
+    InversionResult,
+    image_seed,
+    invert,
+    latent_to_bytes,
+    ronan_config,
+)
 from latenttracer.methods.base import METHODS, Method, image_prep, model_identity
 
 __all__ = ["LatentTracer", "Ronan"]
@@ -34,7 +42,9 @@ class LatentTracer(Method):
 
     name = "latenttracer"
     needs_grad = True
-    hidden_options = ("record_trajectory", "record_latent")  # always on: the rows carry both
+    # record_*: always on (the rows carry both); exit_threshold / exit_ratios: set by the caller from a threshold
+    # or calibration trajectories (trace --early-exit with --threshold or --calibrate), never typed by hand
+    hidden_options = ("record_trajectory", "record_latent", "exit_threshold", "exit_ratios")
 
     @classmethod
     def settings_type(cls) -> type:
@@ -66,12 +76,24 @@ class LatentTracer(Method):
     def run_hash(self, ae: Autoencoder, image_options: ImageOptions) -> str:
         return self.config.hash(model_identity(ae), image_prep(image_options))
 
+    def distance(self) -> DistanceFn | None:
+        """The per-image loss the loop minimises (None: ``config.distance``); a subclass may give its own."""
+        return None
+
+    def final_score(self, result: InversionResult) -> float:
+        """The score of one inverted image (LatentTracer: the loop's score); a subclass may transform it."""
+        return result.score
+
     def compute(self, ae: Autoencoder, images: torch.Tensor, records: Sequence[ImageRecord]) -> list[dict]:
         cfg = replace(self.config, batch_size=max(1, len(records)), record_trajectory=True, record_latent=True)
-        results = invert(ae, images, cfg, seeds=[image_seed(r.sha256, self.config.seed) for r in records])
-        return [{"score": res.score, "init_loss": res.init_loss, "best_step": res.best_step, "status": res.status,
-                 "reason": res.reason, "trajectory": res.trajectory,
-                 "best_latent": latent_to_bytes(res.best_latent) if res.status == "ok" else None} for res in results]
+        results = invert(ae, images, cfg, seeds=[image_seed(r.sha256, self.config.seed) for r in records],
+                         distance=self.distance())
+        exits = ({} if not cfg.early_exit else  # early exit: how each image left the loop (trace --early-exit)
+                 [{"exit": res.exit, "exit_step": res.exit_step, "steps_run": res.steps_run} for res in results])
+        return [{"score": self.final_score(res), "init_loss": res.init_loss, "best_step": res.best_step,
+                 "status": res.status, "reason": res.reason, "trajectory": res.trajectory,
+                 "best_latent": latent_to_bytes(res.best_latent) if res.status == "ok" else None,
+                 **(exits[k] if exits else {})} for k, res in enumerate(results)]
 
 
 @METHODS.register

@@ -26,15 +26,15 @@ import pandas as pd
 from omegaconf import MISSING
 
 from latenttracer import protocol, tables
+from latenttracer.calibration import CLEAN, calibration_sets, family_name, parse_family, pooled_threshold
 from latenttracer.metrics import detection_metrics
 from latenttracer.perturbations import Perturbation, kind_of, parse_grid, perturbed_set
 from latenttracer.studies.base import STUDIES, Context, FigureOut, MethodEntry, ReportSection, Study, StudyResult
 
 log = logging.getLogger(__name__)
 
-CLEAN = "clean"
-COLUMNS = ["method", "inspected", "perturbation", "strength", "condition", "auc", "accuracy", "tpr", "fpr",
-           "threshold", "n_belonging", "n_non_belonging", "n_failed"]
+COLUMNS = ["method", "calibration", "inspected", "perturbation", "strength", "condition", "auc", "accuracy", "tpr",
+           "fpr", "threshold", "n_belonging", "n_non_belonging", "n_failed"]
 
 
 @dataclass
@@ -54,6 +54,10 @@ class RobustnessConfig:
     methods: list[MethodEntry] = field(default_factory=list)
     subset_seed: int = 0
     perturbed_dir: str = MISSING
+    # thresholds: "clean" (the calibration half as it is) and/or perturbation families (latenttracer.calibration:
+    # the calibration half and its perturbed copies pooled), one set of accuracy/TPR/FPR rows each
+    calibration: list[str] = field(default_factory=lambda: [CLEAN])
+    calibration_n: int | None = None  # perturbed copies of this many calibration images (seeded subset; null: all)
     out: str = MISSING
     formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
 
@@ -92,18 +96,51 @@ def condition_row(scores: pd.DataFrame, images: dict[str, list[Path]], threshold
             "n_belonging": m.n_belonging, "n_non_belonging": m.n_non_belonging, "n_failed": failed}
 
 
+def calibrations(cfg: Any) -> dict[str, tuple[Perturbation, ...]]:
+    """``cfg.calibration`` as {name: family conditions} (``clean``: none); errors name the key."""
+    out = {}
+    for spec in cfg.calibration:
+        try:
+            name = family_name(str(spec))
+            out[name] = () if name == CLEAN else parse_family(name)
+        except ValueError as err:
+            raise ValueError(f"robustness, key calibration: {err}") from err
+    if not out:
+        raise ValueError("robustness, key calibration: give at least one ('clean' or a family such as "
+                         "'jpeg:90..70,downscale:0.5')")
+    return out
+
+
+def thresholds(cfg: Any, ctx: Context, ae, method, calibration_paths: list[Path], store,
+               families: dict[str, tuple[Perturbation, ...]]) -> dict[str, float]:
+    """The method's threshold under each calibration setting (clean, or clean + perturbed copies pooled)."""
+    target = ctx.split_settings().target_tpr
+    clean = ctx.score_paths(ae, calibration_paths, method, store=store)
+    clean_ok = clean.loc[clean["status"] == "ok", "score"]
+    n = cfg.calibration_n
+    some = protocol.subset(calibration_paths, int(n), int(cfg.subset_seed)) if n is not None else calibration_paths
+    out = {}
+    for name, family in families.items():
+        scores = {CLEAN: clean_ok}
+        for cond, paths in calibration_sets(some, family, cfg.perturbed_dir).items():
+            if cond != CLEAN:
+                frame = ctx.score_paths(ae, [str(p) for p in paths], method, store=store)
+                scores[cond] = frame.loc[frame["status"] == "ok", "score"]
+        out[name] = pooled_threshold(method, scores, target)
+    return out
+
+
 def run_model(cfg: Any, ctx: Context, sets: protocol.ImageSets, inspected: str,
               conditions: tuple[Perturbation, ...]) -> list[dict]:
-    """Every (method, condition) row of one inspected model."""
+    """Every (method, calibration, condition) row of one inspected model."""
     spec = ctx.model_spec(inspected)
     ae = ctx.load_model(spec)
     store = ctx.store()
+    families = calibrations(cfg)
     rows = []
     for entry in cfg.methods:
         method = ctx.method(entry, dtype=spec.dtype)
-        calibration = ctx.score_paths(ae, sets[inspected]["calibration"], method, store=store)
-        threshold = float(method.calibrate(calibration.loc[calibration["status"] == "ok", "score"],
-                                           ctx.split_settings().target_tpr))
+        limits = thresholds(cfg, ctx, ae, method, list(sets[inspected]["calibration"]), store, families)
         images = cell_images(sets, inspected, entry, int(cfg.subset_seed))
         for condition in (None, *conditions):
             if condition is None:
@@ -112,14 +149,15 @@ def run_model(cfg: Any, ctx: Context, sets: protocol.ImageSets, inspected: str,
                 chosen = {k: perturbed_set(v, condition, cfg.perturbed_dir) for k, v in images.items()}
             paths = list(dict.fromkeys(str(p) for v in chosen.values() for p in v))
             scores = ctx.score_paths(ae, paths, method, store=store)
-            row = {"method": method.label, "inspected": inspected,
-                   "perturbation": CLEAN if condition is None else condition.kind,
-                   "strength": np.nan if condition is None else float(condition.strength),
-                   "condition": CLEAN if condition is None else condition.name,
-                   **condition_row(scores, chosen, threshold)}
-            log.info("%s %s %s: AUC %.3f, accuracy %.3f", row["method"], inspected, row["condition"], row["auc"],
-                     row["accuracy"])
-            rows.append(row)
+            for calibration, threshold in limits.items():
+                row = {"method": method.label, "calibration": calibration, "inspected": inspected,
+                       "perturbation": CLEAN if condition is None else condition.kind,
+                       "strength": np.nan if condition is None else float(condition.strength),
+                       "condition": CLEAN if condition is None else condition.name,
+                       **condition_row(scores, chosen, threshold)}
+                log.info("%s (%s) %s %s: AUC %.3f, accuracy %.3f", row["method"], calibration, inspected,
+                         row["condition"], row["auc"], row["accuracy"])
+                rows.append(row)
     return rows
 
 
@@ -136,9 +174,14 @@ def notes(cfg: Any, p: dict, conditions: tuple[Perturbation, ...], rows: pd.Data
     return [
         f"Suite `{p['suite']}` ({p['n_generated']} images per model, split {p['calibration_fraction']:g}, seed "
         f"{p['split_seed']}); perturbation grid `{cfg.perturbation.name}` ({len(conditions)} conditions).",
-        "Threshold per (method, inspected model): calibrated on the model's CLEAN calibration half at "
-        f"{p['target_tpr']:.0%} TPR (the method's own rule); every evaluation image, belonging and non-belonging, "
-        "is perturbed. AUC pools every non-belonging source; accuracy, TPR and FPR are at the clean threshold.",
+        "Threshold per (method, calibration, inspected model) at "
+        f"{p['target_tpr']:.0%} TPR (the method's own rule): `clean` on the model's calibration half as it is; a "
+        "perturbation family (e.g. `jpeg:90..70,downscale:0.5`, latenttracer.calibration) on the calibration half "
+        "and its perturbed copies pooled"
+        + (f" (copies of a seeded subset of {cfg.calibration_n} calibration images per model)"
+           if cfg.calibration_n is not None else "")
+        + ". Every evaluation image, belonging and non-belonging, is perturbed. AUC pools every non-belonging "
+        "source and needs no threshold (one table); accuracy, TPR and FPR are at each calibration's threshold.",
         "Images per cell: " + "; ".join(sizes) + ".",
     ]
 
@@ -147,11 +190,14 @@ def table_markdown(rows: pd.DataFrame, notes: list[str], conditions: tuple[Pertu
     """One table per metric: rows (method, inspected), columns the conditions in grid order (clean first)."""
     order = [CLEAN, *[c.name for c in conditions]]
     parts = ["# Robustness", "", *notes]
+    first = rows["calibration"].iloc[0] if len(rows) else CLEAN
     for metric in ("auc", "accuracy", "tpr", "fpr"):
-        wide = rows.pivot_table(index=["method", "inspected"], columns="condition", values=metric, sort=False)
+        index = ["method", "inspected"] if metric == "auc" else ["method", "calibration", "inspected"]
+        mine = rows[rows["calibration"] == first] if metric == "auc" else rows
+        wide = mine.pivot_table(index=index, columns="condition", values=metric, sort=False)
         wide = wide[[c for c in order if c in wide.columns]]
-        body = [[m, i, *(f"{v:.3f}" for v in r)] for (m, i), r in wide.iterrows()]
-        parts += ["", f"## {metric}", "", tables.markdown_table(body, ["method", "inspected", *wide.columns])]
+        body = [[*key, *(f"{v:.3f}" for v in r)] for key, r in wide.iterrows()]
+        parts += ["", f"## {metric}", "", tables.markdown_table(body, [*index, *wide.columns])]
     return "\n".join(parts) + "\n"
 
 
@@ -159,6 +205,7 @@ def figure(rows: pd.DataFrame):
     """One panel per perturbation kind (grid order): AUC against strength, one line per method (mean over
     inspected models, the range over them shaded); the clean AUC as the dotted line of the same colour."""
     plt = tables._pyplot()
+    rows = rows[rows["calibration"] == rows["calibration"].iloc[0]]  # AUC needs no threshold: one calibration
     kinds = [k for k in dict.fromkeys(rows["perturbation"]) if k != CLEAN]
     methods = list(dict.fromkeys(rows["method"]))
     fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(3.2 * max(1, len(kinds)), 3.2), sharey=True,
@@ -205,7 +252,9 @@ class Robustness(Study):
         frame = pd.DataFrame(rows, columns=COLUMNS)
         stem = Path(cfg.out)
         return StudyResult(
-            frame, objective=float(frame.loc[frame["perturbation"] != CLEAN, "auc"].mean()), stem=stem,
+            frame, objective=float(frame.loc[(frame["perturbation"] != CLEAN)
+                                             & (frame["calibration"] == frame["calibration"].iloc[0]), "auc"].mean()),
+            stem=stem,
             markdown=table_markdown(frame, notes(cfg, ctx.protocol(), conditions, frame), conditions),
             tables={"": frame}, log_tables={"robustness": frame},
             figures=[FigureOut(figure(frame), [Path(cfg.outputs.figures) / stem.name], list(cfg.formats),
