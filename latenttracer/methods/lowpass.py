@@ -8,7 +8,7 @@ is filtered and compared with the image's pixels brought back to full size (``P(
 that were themselves blurred or downscaled). The score is the running minimum over the steps, as LatentTracer's;
 every other setting is an :class:`~latenttracer.inversion.InversionConfig` field (the authors' defaults).
 
-Defining property (``tests/test_new_scores.py``): a perturbation that only changes what averages out within each
+Defining property (``tests/test_methods_normalised.py``): a perturbation that only changes what averages out within each
 block (e.g. a zero-mean pattern inside every block) leaves the score unchanged, while LatentTracer's moves.
 """
 

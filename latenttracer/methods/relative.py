@@ -8,7 +8,7 @@ of the same image (``init_loss``, which the rows keep). It lies in (0, 1]. An im
 inverted far below what one encode-decode pass gives (its latent exists); for any other image the optimisation
 gains little over the encoder's guess. Costs exactly what LatentTracer costs.
 
-Defining property (``tests/test_new_scores.py``): the score does not change when every loss of the trajectory is
+Defining property (``tests/test_methods_normalised.py``): the score does not change when every loss of the trajectory is
 multiplied by the same factor (a uniformly harder image), where LatentTracer's score scales with it.
 """
 
