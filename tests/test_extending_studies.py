@@ -60,7 +60,7 @@ def test_the_toy_perturbation_runs_through_robustness(examples, micro_zoo, works
     cfg = job("robustness", workspace, micro_zoo, tmp_path / "out",
               [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "perturbation=gamma", "inspected=[kl-a]",
                "logger=none", "out=${paths.results_dir}/robustness_gamma",
-               "methods=[{name: aeroblade, options: {distance: l2}}]"])
+               "methods=[{name: aeroblade, options: {distance: l2}}]", "calibration=[clean]"])
     rows = study.run(cfg, "robustness").frame
     assert list(rows["condition"]) == ["clean", "gamma0.5", "gamma2"]
     assert (rows["n_belonging"] == 3).all() and (rows["n_non_belonging"] == 5 * 3 + 4).all()
