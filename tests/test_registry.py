@@ -1,5 +1,8 @@
 """The one registry mechanism: registration, unknown names, plugins from files."""
 
+import sys
+import types
+
 import pytest
 
 from latenttracer.registry import Registry, RegistryError, load_plugins
@@ -29,14 +32,14 @@ def test_register_get_and_unknown_name_lists_known():
 
 
 def test_plugin_file_registers_into_a_registry(tmp_path, monkeypatch):
-    import tests.test_registry as here
-
-    here.PLUGIN_REG = Registry("gadget", "latenttracer.templates_does_not_exist")
-    here.PLUGIN_REG._discovered = True
+    target = types.ModuleType("registry_test_target")
+    target.REG = Registry("gadget", "latenttracer.templates_does_not_exist")
+    target.REG._discovered = True
+    monkeypatch.setitem(sys.modules, "registry_test_target", target)
     plugin = tmp_path / "my_plugin.py"
-    plugin.write_text("import tests.test_registry as t\n\n@t.PLUGIN_REG.register\nclass G:\n    name = 'g'\n")
+    plugin.write_text("import registry_test_target as t\n\n@t.REG.register\nclass G:\n    name = 'g'\n")
     (mod,) = load_plugins([plugin])
-    assert here.PLUGIN_REG.get("g") is mod.G
+    assert target.REG.get("g") is mod.G
     assert load_plugins([plugin]) == [mod]  # loads once
     with pytest.raises(RegistryError, match="missing.py"):
         load_plugins([tmp_path / "missing.py"])
