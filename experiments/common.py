@@ -28,8 +28,8 @@ from experiments import schema  # noqa: F401  (registers the config schemas)
 from latenttracer import protocol as proto
 from latenttracer import provenance
 from latenttracer.autoencoders import Autoencoder, load_autoencoder
-from latenttracer.images import ImageOptions, list_images
-from latenttracer.inversion import InversionConfig
+from latenttracer.images import ImageOptions, list_images, load_images
+from latenttracer.inversion import InversionConfig, resolve_lr_scale
 from latenttracer.locks import locked
 from latenttracer.methods import LatentTracer, Method, get_method
 from latenttracer.store import ResultStore
@@ -166,9 +166,26 @@ def load_model(cfg: DictConfig, model: DictConfig | ModelSpec) -> Autoencoder:
                             device=str(cfg.device), dtype=str(spec.dtype))
 
 
+def resolved(cfg: DictConfig, ae: Autoencoder, inv: InversionConfig) -> InversionConfig:
+    """``inv`` with an absolute rate: ``inversion.lr_scale=latent_rms`` is resolved on the inspected model's own
+    calibration half of the suite (:func:`latenttracer.inversion.resolve_lr_scale`)."""
+    if inv.lr_scale == "absolute":
+        return inv
+    if ae.name not in cfg.suite.models:
+        raise ValueError(f"inversion.lr_scale={inv.lr_scale!r}: the rate is set from the inspected model's own "
+                         f"calibration images, and {ae.name!r} is not a model of suite {cfg.suite.name!r}")
+    paths = proto.split(generated_set(cfg, ae.name), split_settings(cfg))["calibration"]
+    images, _, _ = load_images([str(p) for p in paths], ae.resolution, image_options(cfg))
+    out = resolve_lr_scale(inv, ae, images)
+    log.info("%s: inversion.lr_scale=%s -> lr %.4g (%d calibration images)", ae.name, inv.lr_scale, out.lr,
+             len(paths))
+    return out
+
+
 def invert_paths(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], inv: InversionConfig, *,
           trajectory_steps: int | None = None, on_bad_image: str = "error") -> pd.DataFrame:
     """:func:`latenttracer.protocol.invert_paths` with the job's store, preprocessing and progress setting."""
+    inv = resolved(cfg, ae, inv)
     return proto.invert_paths(ae, paths, inv, store=ResultStore(cfg.store), image_options=image_options(cfg),
                              trajectory_steps=trajectory_steps, on_bad_image=on_bad_image,
                              progress=bool(cfg.progress))
@@ -233,6 +250,9 @@ def score_paths(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], s
     """``scoring``'s scores of ``paths`` against ``ae``: one row per path. With a store, under a file lock per
     (model, run hash), so parallel jobs never compute the same thing twice; LatentTracer goes through
     :func:`latenttracer.protocol.invert_paths` (Table 1's path)."""
+    settings = getattr(scoring, "config", None)
+    if isinstance(settings, InversionConfig) and settings.lr_scale != "absolute":
+        scoring = type(scoring).from_settings(resolved(cfg, ae, settings))
     if type(scoring) is LatentTracer:
         return proto.invert_paths(ae, paths, scoring.config, store=store, image_options=image_options(cfg),
                                  progress=bool(cfg.progress))

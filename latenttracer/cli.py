@@ -214,6 +214,30 @@ def _setup(args: argparse.Namespace):
     return method, options, store
 
 
+def _needs_calibration(method) -> bool:
+    """Whether ``method`` runs the inversion with a rate in units of the model's latent RMS (``--lr-scale
+    latent_rms``), which is measured on the ``--calibrate`` images."""
+    return getattr(getattr(method, "config", None), "lr_scale", "absolute") != "absolute"
+
+
+def _resolve_lr(method, ae, cal_dir: Path, args, options):
+    """``method`` with ``--lr-scale latent_rms`` turned into an absolute rate on ``ae``'s calibration images."""
+    if not _needs_calibration(method):
+        return method
+    from latenttracer.images import list_images, load_images
+    from latenttracer.inversion import resolve_lr_scale
+
+    images, _, _ = load_images(list_images(cal_dir, recursive=args.recursive), ae.resolution, options,
+                               on_bad_image="skip")
+    if images.shape[0] == 0:
+        raise ValueError(f"--lr-scale {method.config.lr_scale}: no usable image in --calibrate {cal_dir}")
+    resolved = type(method).from_settings(resolve_lr_scale(method.config, ae, images))
+    print(f"{ae.name}: --lr-scale {method.config.lr_scale}: lr {method.config.lr:g} x latent RMS "
+          f"{resolved.config.lr / method.config.lr:.4g} = {resolved.config.lr:.4g} (on {images.shape[0]} "
+          f"--calibrate images)", file=sys.stderr)
+    return resolved
+
+
 def _threshold(ae, method, cal_dir: Path, args, options, store, family=()) -> tuple[float, object]:
     """Score ``cal_dir`` (images known to come from ``ae``'s model; with a perturbation ``family``, their perturbed
     copies too, :mod:`latenttracer.calibration`) and calibrate the method's threshold on them. Returns the
@@ -324,6 +348,9 @@ def trace(args: argparse.Namespace) -> int:
     if family and not args.no_cache:
         check_writable(_perturbed_root(args), "--calibrate-perturb (perturbed copies)", folder=True)
     method, options, store = _setup(args)
+    if _needs_calibration(method) and args.calibrate is None:
+        raise ValueError("--lr-scale latent_rms needs --calibrate DIR (the rate is in units of the model's latent RMS "
+                         "on its own images)")
     if early_exit:  # a bad combination (e.g. a method whose score is not the loop's) fails here, before any work
         _with_early_exit(method, 1.0)
     paths = list_images(args.images, recursive=args.recursive)
@@ -337,6 +364,7 @@ def trace(args: argparse.Namespace) -> int:
     threshold = args.threshold
     calibration = None
     if args.calibrate:
+        method = _resolve_lr(method, ae, args.calibrate, args, options)
         threshold, calibration = _threshold(ae, method, args.calibrate, args, options, store, family=family)
     if early_exit:
         method = _exit_method(method, threshold, calibration, args)
@@ -412,6 +440,7 @@ def attribute(args: argparse.Namespace) -> int:
         list_images(folder, recursive=args.recursive)  # fail early on an empty or missing folder
     t0 = time.perf_counter()
     scores, calibration, thresholds, skipped_all = {}, {}, {}, {}
+    unresolved = method
     for source, cal_dir in zip(args.model, args.calibrate):
         ae = load_autoencoder(source, resolution=args.resolution, device=args.device, dtype=args.dtype)
         if ae.name in scores:
@@ -419,6 +448,7 @@ def attribute(args: argparse.Namespace) -> int:
         if ae.name == NONE:
             raise ValueError(f"attribute: a model may not be called {NONE!r}")
         print(f"inspected model: {ae.name} ({ae.family}, {ae.resolution}px); {_describe(method)}", file=sys.stderr)
+        method = _resolve_lr(unresolved, ae, cal_dir, args, options)  # each model's own rate
         thresholds[ae.name], cal = _threshold(ae, method, cal_dir, args, options, store)
         calibration[ae.name] = cal["score"].to_numpy()
         frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,

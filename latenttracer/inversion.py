@@ -18,6 +18,13 @@ NaN or Inf marks that image failed (with the step and reason); its gradient is z
 
 Deployment options (off by default; ``docs/deployment.md``):
 
+* ``lr_scale="latent_rms"``: ``lr`` is in units of the inspected model's latent scale, the RMS of its encoder
+  latents over its own calibration images (:func:`latent_rms`). Adam's step is about ``lr`` per latent element
+  whatever the gradient's size, so one absolute rate is too large for a model with small latents (the zoo's vq:
+  RMS 0.2) and too small for one with large latents (kl-a: 0.95). :func:`resolve_lr_scale` turns such a config
+  into an absolute one (``lr * RMS``, the RMS rounded to 4 significant digits so that cache keys are stable);
+  :func:`invert` refuses an unresolved config. The harness resolves it with the inspected model's calibration
+  half, ``trace`` with ``--calibrate``.
 * ``halve_every``: the authors' schedule halves the rate after step 0 and after every 50th step; a shorter run may
   halve more often (``halve_every=h``: after step 0 and after every ``h``-th step).
 * ``early_exit`` with a threshold ``exit_threshold`` (belonging iff score <= t): an image leaves the loop as soon
@@ -36,7 +43,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -46,12 +53,14 @@ from latenttracer.autoencoders import Autoencoder, resolve_device, resolve_dtype
 
 Init = Literal["encoder", "random", "zeros"]
 Schedule = Literal["authors", "constant"]
+LrScale = Literal["absolute", "latent_rms"]
 Distance = Literal["l2", "l1"]
 Strategy = Literal["min", "last"]
 Exit = Literal["", "threshold", "bound"]
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (decoded, target) -> one loss per image
 
 _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "constant"),
+            "lr_scale": ("absolute", "latent_rms"),
             "distance": ("l2", "l1"), "strategy": ("min", "last")}
 # Fields that change how fast results come, not what they are (batch independence is tested).
 _NOT_IN_HASH = ("batch_size", "device", "record_trajectory", "record_latent")
@@ -77,6 +86,7 @@ class InversionConfig:
     record_trajectory: bool = False
     record_latent: bool = False  # keep each image's best latent (InversionResult.best_latent), e.g. for reports
     halve_every: int = AUTHORS_HALVE_EVERY  # schedule="authors": halve after step 0 and every this many steps
+    lr_scale: LrScale = "absolute"  # "latent_rms": lr in units of the model's latent RMS (module docstring)
     early_exit: bool = False  # stop an image once its verdict is known (module docstring); needs exit_threshold
     exit_threshold: float | None = None  # t: belonging iff score <= t (e.g. calibrated at 95% TPR)
     exit_ratios: tuple[float, ...] | None = None  # per scored step; None: only the exact (below-t) exit
@@ -141,6 +151,8 @@ class InversionConfig:
             skip |= set(_EXIT_FIELDS)
         if self.schedule != "authors" or self.halve_every == AUTHORS_HALVE_EVERY:
             skip.add("halve_every")  # the authors' rule: keys made before the option existed stay valid
+        if self.lr_scale == "absolute":
+            skip.add("lr_scale")  # resolved or absolute: the key holds the rate itself, as before the option
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def hash(self, *extra: object) -> str:
@@ -194,6 +206,26 @@ def latent_to_bytes(latent: torch.Tensor) -> bytes:
 def latent_from_bytes(value: bytes) -> torch.Tensor:
     """The latent stored by :func:`latent_to_bytes` (one image, no batch dimension)."""
     return torch.from_numpy(np.load(io.BytesIO(bytes(value)), allow_pickle=False))
+
+
+def latent_rms(ae: Autoencoder, images: torch.Tensor, batch_size: int = 64) -> float:
+    """The RMS of ``ae``'s encoder latents over ``images`` ((N, 3, H, W) in [0, 1]), to 4 significant digits."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"latent_rms: needs a non-empty (N, 3, H, W) batch of images, got {tuple(images.shape)}")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            z = ae.encode(images[start:start + batch_size].to(ae.device, ae.dtype)).double()
+            total, count = total + float(z.square().sum()), count + z.numel()
+    return float(f"{math.sqrt(total / count):.4g}")
+
+
+def resolve_lr_scale(config: InversionConfig, ae: Autoencoder, calibration: torch.Tensor) -> InversionConfig:
+    """``config`` with an absolute rate: unchanged when ``lr_scale="absolute"``, else ``lr * latent_rms(ae,
+    calibration)`` (the inspected model's own calibration images)."""
+    if config.lr_scale == "absolute":
+        return config
+    return replace(config, lr=config.lr * latent_rms(ae, calibration), lr_scale="absolute")
 
 
 def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors",
@@ -368,6 +400,10 @@ def invert(
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images: expected shape (N, 3, H, W), got {tuple(images.shape)}")
+    if config.lr_scale != "absolute":
+        raise ValueError(f"inversion.lr_scale={config.lr_scale!r}: the rate is in units of the model's latent RMS on "
+                         "its calibration images; resolve it first (latenttracer.inversion.resolve_lr_scale; the "
+                         "harness does it with the model's calibration half, `trace` with --calibrate)")
     if seeds is None:
         seeds = [config.seed + i for i in range(images.shape[0])]
     elif len(seeds) != images.shape[0]:

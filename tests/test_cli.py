@@ -352,3 +352,19 @@ def test_flags_are_built_from_a_settings_dataclass(monkeypatch):
     METHODS.register(Odd)
     with pytest.raises(TypeError, match="method odd, option table: type <class 'dict'> has no command-line form"):
         method_flags()
+
+
+def test_trace_lr_scale_latent_rms_is_set_on_the_calibration_images(tmp_path, tiny_dirs, folders, capsys):
+    model = tiny_dirs["AutoencoderTiny-0"]
+    out = tmp_path / "scores.csv"
+    assert _run("--model", model, "--images", folders["own"], "--out", out, "--lr-scale", "latent_rms",
+                "--no-cache", "--resolution", 32, *FAST) == 2  # no --calibrate: one line, before any work
+    assert "--lr-scale latent_rms needs --calibrate DIR" in capsys.readouterr().err and not out.exists()
+    assert _run("--model", model, "--images", folders["own"], "--out", out, "--lr-scale", "latent_rms", "--lr", 0.2,
+                "--calibrate", folders["cal"], "--no-cache", "--resolution", 32, *FAST) == 0
+    err = capsys.readouterr().err
+    line = next(s for s in err.splitlines() if "--lr-scale latent_rms" in s)
+    rms = float(line.split("latent RMS ")[1].split()[0])
+    lr = float(line.split("= ")[1].split()[0])
+    assert rms > 0 and lr == pytest.approx(0.2 * rms, rel=1e-3) and "(on 6 --calibrate images)" in line
+    assert pd.read_csv(out)["belonging"].notna().all()

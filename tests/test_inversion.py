@@ -1,6 +1,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_CONFIGS, decoded_images, make_autoencoder, natural_crops
@@ -150,3 +151,49 @@ def test_images_shape_checked(tiny_dirs):
     ae = FAMILIES.get("diffusers-kl")(make_autoencoder("AutoencoderKL", 0), name="a", resolution=32)
     with pytest.raises(ValueError, match="expected shape"):
         invert(ae, torch.rand(3, 32, 32))
+
+
+def _scaled(ae_dir, c: float):
+    """The same autoencoder with its latent space stretched by ``c``: encode -> c * E(x), decode(z) -> D(z / c)."""
+    ae = load_autoencoder(ae_dir, resolution=32)
+    encode, decode = ae.encode, ae.decode
+    ae.encode = lambda x: encode(x) * c
+    ae.decode = lambda z: decode(z / c)
+    return ae
+
+
+def test_lr_scale_latent_rms_makes_the_run_invariant_to_the_latent_scale(tiny_dirs):
+    from latenttracer.inversion import latent_rms, resolve_lr_scale
+
+    base = load_autoencoder(tiny_dirs["AutoencoderKL-0"], resolution=32)
+    stretched = _scaled(tiny_dirs["AutoencoderKL-0"], 4.0)
+    calibration = quantise(decoded_images(base, 6, 1))
+    x = torch.cat([quantise(decoded_images(base, 3, 0)), natural_crops(3, seed=2)])
+    with torch.no_grad():
+        expected = float(base.encode(calibration).double().square().mean().sqrt())
+    assert latent_rms(base, calibration) == pytest.approx(expected, rel=1e-3)
+    assert latent_rms(stretched, calibration) == pytest.approx(4 * expected, rel=1e-3)
+
+    cfg = InversionConfig(steps=12, lr=0.2, lr_scale="latent_rms", record_trajectory=True)
+    with pytest.raises(ValueError, match="lr_scale='latent_rms'.*resolve_lr_scale"):
+        invert(base, x, cfg)  # an unresolved rate is refused, never silently taken as absolute
+    runs = {}
+    for name, ae in {"base": base, "stretched": stretched}.items():
+        resolved = resolve_lr_scale(cfg, ae, calibration)
+        assert resolved.lr_scale == "absolute" and resolved.lr == pytest.approx(0.2 * latent_rms(ae, calibration))
+        runs[name] = np.array([r.trajectory for r in invert(ae, x, resolved)])
+    # the same trajectories (up to the 4-digit rounding of the RMS), though the absolute rates differ 4x ...
+    np.testing.assert_allclose(runs["stretched"], runs["base"], rtol=2e-2, atol=1e-7)
+    # ... whereas one absolute rate for both gives different runs (the stretched latent moves 4x less)
+    absolute = InversionConfig(steps=12, lr=0.2, record_trajectory=True)
+    a = np.array([r.trajectory for r in invert(base, x, absolute)])
+    b = np.array([r.trajectory for r in invert(stretched, x, absolute)])
+    assert np.abs(a[:, -1] - b[:, -1]).max() > 10 * np.abs(runs["stretched"][:, -1] - runs["base"][:, -1]).max()
+
+
+def test_lr_scale_absolute_keeps_the_cache_keys():
+    assert "lr_scale" not in InversionConfig().identity()
+    assert InversionConfig(lr_scale="absolute").hash() == InversionConfig().hash()
+    assert InversionConfig(lr_scale="latent_rms").identity()["lr_scale"] == "latent_rms"
+    with pytest.raises(ValueError, match="inversion.lr_scale"):
+        InversionConfig(lr_scale="per_image")
