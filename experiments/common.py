@@ -234,15 +234,25 @@ def listed_method(cfg: DictConfig, entry: Any, dtype: str = "float32") -> Method
     return build_method(cfg, str(entry.name), dict(plain(entry.get("options")) or {}), dtype, "methods")
 
 
-def method_preset(cfg: DictConfig) -> str:
-    """The name of the ``method/`` preset this job runs (``ronan``, ``aeroblade_l2``...; the label without Hydra)."""
+def _preset(group: str) -> str | None:
+    """The preset of config group ``group`` this job was composed with (``None`` outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        choice = OmegaConf.select(HydraConfig.get(), "runtime.choices.method", default=None)
+        choice = OmegaConf.select(HydraConfig.get(), f"runtime.choices.{group}", default=None)
         if choice:
             return str(choice)
-    return method(cfg).label.replace("[", "_").replace("]", "")
+    return None
+
+
+def method_preset(cfg: DictConfig) -> str:
+    """The name of the ``method/`` preset this job runs (``ronan``, ``aeroblade_l2``...; the label without Hydra)."""
+    return _preset("method") or method(cfg).label.replace("[", "_").replace("]", "")
+
+
+def inversion_preset() -> str:
+    """The name of the ``inversion/`` preset this job runs (``paper``, ``fast25``...; ``custom`` without Hydra)."""
+    return _preset("inversion") or "custom"
 
 
 def score_paths(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
@@ -315,6 +325,19 @@ class Context:
 
     def method_scorer(self) -> proto.Scorer:
         return method_scorer(self.cfg)
+
+    def image_options(self) -> ImageOptions:
+        return image_options(self.cfg)
+
+    def inversion_config(self, dtype: str = "float32", **changes: Any) -> InversionConfig:
+        return inversion_config(self.cfg, dtype, **changes)
+
+    def inversion_preset(self) -> str:
+        return inversion_preset()
+
+    def invert_paths(self, ae: Autoencoder, paths: Sequence[str | Path], inv: InversionConfig, *,
+                     trajectory_steps: int | None = None) -> pd.DataFrame:
+        return invert_paths(self.cfg, ae, paths, inv, trajectory_steps=trajectory_steps)
 
     def split_settings(self) -> proto.SplitSettings:
         return split_settings(self.cfg)

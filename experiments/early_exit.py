@@ -1,194 +1,21 @@
-"""Early exit and faster schedules against the authors' full run, per inspected model -> results/early_exit.*
+"""Early exit and faster schedules against the authors' full run (:mod:`latenttracer.studies.early_exit`).
 
     python -m experiments.early_exit                               # the authors' schedule (inversion=paper)
     python -m experiments.early_exit inversion=fast25               # a faster schedule: its rows are added
     python -m experiments.early_exit debug=default                  # a smoke run
 
-Per inspected model (Table 1's protocol, :mod:`latenttracer.protocol`): the calibration half of its own set gives
-the threshold (target TPR) and the early-exit bounds (:func:`latenttracer.early_exit.learn_bounds`) from full-run
-trajectories of the schedule under test; the evaluation images (its own evaluation half = belonging, every other
-source's evaluation half and the real set = non-belonging) are scored. Rows (:mod:`latenttracer.deployment`):
-
-* ``full``: the schedule run to the end (for ``paper`` this is the authors' run itself);
-* ``exact``: early exit on the threshold alone (verdicts equal the schedule's full run);
-* ``early_exit``: threshold and learnt bounds at ``early_exit.margin``.
-
-Scores come from the shared store (computed if missing, with trajectories); early-exit results are replayed from
-the trajectories and checked live on ``early_exit.timing_images`` evaluation images, which also give the
-wall-clock speed-up (all configs timed in this process, one after the other). Rows are merged into
-``<report.early_exit>.csv`` by (inspected, schedule, mode, margin) and the Markdown is rebuilt from it.
+The same as ``python -m experiments.study --config-name early_exit``; config: ``conf/early_exit.yaml``.
 """
 
-from __future__ import annotations
-
-import logging
-import time
-from dataclasses import replace
-from pathlib import Path
-
 import hydra
-import numpy as np
-import pandas as pd
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from data_gen import zoo
-from experiments import common
-from latenttracer import protocol, tables
-from latenttracer.deployment import compare, pooled_auc, time_inversions, timing_subset
-from latenttracer.early_exit import learn_bounds, rejected_early, replay_frame
-from latenttracer.images import load_images
-from latenttracer.inversion import InversionConfig
-from latenttracer.locks import locked
-from latenttracer.metrics import calibrate_threshold
-
-log = logging.getLogger(__name__)
-
-KEY = ["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin"]
-COLUMNS = [*KEY, "agreement", "image_steps_fraction", "speedup", "auc_full",
-           "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold", "n_evaluation",
-           "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds", "live_mismatches",
-           "machine_speed"]
-
-
-def schedule_name(cfg: DictConfig) -> str:
-    """The ``inversion/`` preset this job runs (``paper``, ``fast25``...)."""
-    if HydraConfig.initialized():
-        choice = OmegaConf.select(HydraConfig.get(), "runtime.choices.inversion", default=None)
-        if choice:
-            return str(choice)
-    return "custom"
-
-
-def _ok(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["status"] == "ok"]
-
-
-def measure(cfg: DictConfig, name: str, sets: dict, schedule: str, speed: float) -> list[dict]:
-    """The rows of one inspected model (module docstring)."""
-    spec = common.model_spec(cfg, name)
-    ae = common.load_model(cfg, spec)
-    tpr = common.split_settings(cfg).target_tpr
-    inv = common.inversion_config(cfg, dtype=spec.dtype, early_exit=False)
-    authors = InversionConfig(device=str(cfg.device), dtype=str(spec.dtype), batch_size=inv.batch_size)
-    grid = protocol.grid_images(sets, name)
-    calibration = grid.loc[(grid["source"] == name) & (grid["split"] == "calibration"), "path"].tolist()
-    evaluation = grid[grid["split"] == "evaluation"].reset_index(drop=True)
-
-    # A schedule that is the authors' cut short is read from the authors' cached runs (exact: protocol.truncate).
-    cut = inv.steps <= authors.steps and replace(inv, steps=authors.steps).hash() == authors.hash()
-
-    def scored(config: InversionConfig, paths: list) -> pd.DataFrame:
-        long = authors.steps if cut and config.steps < authors.steps else None
-        return common.invert_paths(cfg, ae, paths, config, trajectory_steps=long).set_index("path")
-
-    cal = _ok(scored(inv, calibration))
-    cal_authors = _ok(scored(authors, calibration))
-    t = calibrate_threshold(cal["score"], tpr)
-    t_authors = calibrate_threshold(cal_authors["score"], tpr)
-    bounds = learn_bounds(cal["trajectory"].tolist(), threshold=t, config=inv)
-    ev = scored(inv, evaluation["path"].tolist())
-    ev_authors = scored(authors, evaluation["path"].tolist())
-    ok = [p for p in evaluation["path"] if ev.loc[p, "status"] == "ok" and ev_authors.loc[p, "status"] == "ok"]
-    if len(ok) < len(evaluation):
-        log.warning("%s: %d evaluation image(s) failed in a full run; left out", name, len(evaluation) - len(ok))
-    belonging = (evaluation.set_index("path").loc[ok, "source"] == name).to_numpy()
-    trajectories = ev.loc[ok, "trajectory"].tolist()
-    full_scores, authors_scores = ev.loc[ok, "score"].to_numpy(float), ev_authors.loc[ok, "score"].to_numpy(float)
-    margin = float(inv.exit_margin)
-    options = {"full": None, "exact": bounds.apply(inv, margin=margin, exact_only=True),
-               "early_exit": bounds.apply(inv, margin=margin)}
-
-    # Wall time, in this process, on a seeded subset of the evaluation images; the live runs check the replay.
-    subset = timing_subset(len(ok), int(cfg.timing_images), int(cfg.timing_seed))
-    images, _, _ = load_images([ok[i] for i in subset], ae.resolution, common.image_options(cfg))
-    configs = {"authors": authors, **{m: c for m, c in options.items() if c is not None}}
-    if inv.hash() != authors.hash():
-        configs["full"] = inv
-    timed = time_inversions(ae, images, configs)
-    timed.setdefault("full", timed["authors"])  # the authors' schedule: its full run is the authors' run
-
-    rows = []
-    for mode, option in options.items():
-        if option is None:
-            scores, steps_run = full_scores, np.full(len(ok), inv.scored_steps)
-        else:
-            replayed = replay_frame(trajectories, option)
-            scores, steps_run = replayed["score"], replayed["steps_run"]
-        seconds, live = timed[mode]
-        live_verdict = np.array([r.score <= t for r in live])
-        live_mismatches = int(np.sum(live_verdict != (scores[subset] <= t)))
-        rows.append({
-            "inspected": name, "schedule": schedule, "mode": mode, "margin": margin if mode == "early_exit" else 1.0,
-            "steps": inv.steps, "lr": inv.lr, "halve_every": inv.halve_every,
-            **compare(authors_scores=authors_scores, authors_threshold=t_authors, schedule_scores=full_scores,
-                      schedule_threshold=t, scores=scores, steps_run=steps_run, belonging=belonging,
-                      authors_steps=authors.scored_steps),
-            "speedup": timed["authors"][0] / seconds, "auc_authors": np.nan, "threshold": t, "n_evaluation": len(ok),
-            "n_calibration": len(cal),
-            "calibration_rejected_early": len(rejected_early(cal["trajectory"].tolist(), options["early_exit"]))
-            if mode == "early_exit" else 0,
-            "n_timed": len(subset), "seconds_authors": timed["authors"][0], "seconds": seconds,
-            "live_mismatches": live_mismatches, "machine_speed": speed})
-    auc_full = next(r["auc"] for r in rows if r["mode"] == "full")
-    auc_authors = pooled_auc(authors_scores, belonging)
-    for row in rows:
-        row["auc_full"], row["auc_early_exit"], row["auc_authors"] = auc_full, row.pop("auc"), auc_authors
-        log.info("%s %s %s: agreement %.4f, image-steps %.3f, speed-up %.2f (%.1f s vs %.1f s at machine speed %s)",
-                 name, schedule, row["mode"], row["agreement"], row["image_steps_fraction"], row["speedup"],
-                 row["seconds"], row["seconds_authors"], speed)
-    return rows
-
-
-def markdown(table: pd.DataFrame, notes: list[str]) -> str:
-    shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "agreement",
-                   "agreement_schedule",
-                   "image_steps_fraction", "speedup", "auc_full", "auc_early_exit", "auc_authors", "seconds_authors",
-                   "seconds", "machine_speed"]].rename(columns={"machine_speed": "machine_speed (img-steps/s)"})
-    for col in ("agreement", "agreement_schedule", "image_steps_fraction", "auc_full", "auc_early_exit",
-                "auc_authors"):
-        shown[col] = shown[col].map(lambda v: f"{v:.4f}")
-    for col in ("speedup", "seconds_authors", "seconds", "margin"):
-        shown[col] = shown[col].map(lambda v: f"{v:.2f}")
-    return "\n".join(["# Early exit and faster schedules", "", *[f"- {n}" for n in notes], "",
-                      tables.markdown_table(shown), ""])
-
-
-def run(cfg: DictConfig) -> pd.DataFrame:
-    out = common.setup(cfg)
-    started = time.time()
-    speed_text = zoo.machine_speed(1)
-    speed = int(speed_text.split()[0])  # KL-decoder image-steps/s, 1 thread (benchmarks/decoder_speed.py --machine)
-    log.info("machine speed: %s", speed_text)
-    schedule = schedule_name(cfg)
-    sets = common.image_sets(cfg)
-    rows = []
-    for name in common.inspected_models(cfg):
-        rows.extend(measure(cfg, name, sets, schedule, speed))
-    new = pd.DataFrame(rows)[COLUMNS]
-    stem = Path(cfg.out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    with locked(stem.with_name(stem.name + ".lock")):
-        table = tables.upsert_csv(stem.with_name(stem.name + ".csv"), new, KEY)
-        p = common.protocol(cfg)
-        notes = [f"Suite `{p['suite']}`, Table 1's split: threshold ({p['target_tpr']:.0%} TPR) and early-exit bounds "
-                 "from each inspected model's calibration half; every other column on the evaluation images.",
-                 "agreement: verdicts equal to the authors' full run (100 steps, its own threshold); "
-                 "agreement_schedule: equal to the same schedule run to the end; image_steps_fraction: mean scored "
-                 "steps per image / 100; speedup: wall time of the authors' full run / this option's, both timed "
-                 "in one process on the same evaluation images (seconds_* columns; machine_speed beside them).",
-                 "Modes: full = the schedule to the end; exact = stop once the running minimum is <= the threshold; "
-                 "early_exit = also stop above the learnt bound margin x ratio_k x threshold.",
-                 f"Command: `python -m experiments.early_exit inversion=<schedule>`; this run: "
-                 f"{time.time() - started:.0f} s wall; machine speed {speed_text}."]
-        tables.publish(stem, out, markdown(table, notes), {"": table})
-    print(markdown(table, notes[-1:]), flush=True)
-    return table
+from experiments import study
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="early_exit")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> float:
+    return study.run(cfg, "early_exit").objective
 
 
 if __name__ == "__main__":

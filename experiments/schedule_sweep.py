@@ -1,102 +1,21 @@
-"""A faster inversion schedule, searched on calibration images only (a Hydra multirun over the `inversion` node).
+"""A faster inversion schedule, searched on calibration images only (:mod:`latenttracer.studies.schedule_sweep`).
 
     python -m experiments.schedule_sweep -m inversion.steps=25 inversion.lr=0.1,0.2,0.3 inversion.halve_every=10,50
+    python -m experiments.schedule_sweep inversion.steps=100       # the authors' reference on the same images
 
-Per inspected model: belonging = its own calibration half; non-belonging = ``n_per_source`` images (seeded) of
-every other model's calibration half. No evaluation image is touched: the schedule chosen here is reported on
-evaluation images by ``experiments.early_exit inversion=<preset>``. Each job scores these images with
-``cfg.inversion`` (through the shared store) and for each step count in ``eval_steps`` (<= inversion.steps; one
-run, cut with :func:`latenttracer.protocol.truncate`) writes the pooled AUC into ``<out>.csv`` (merged by
-inspected, lr, halve_every, steps); ``<out>.md`` shows each model's AUC and the worst gap to the authors' run
-once that has been run too (``inversion.steps=100`` with the authors' settings: the same images, 100 steps).
-The job returns the worst AUC over inspected models at ``inversion.steps`` (an objective for a sweeper).
+The same as ``python -m experiments.study --config-name schedule_sweep``; config: ``conf/schedule_sweep.yaml``.
+Returns the worst AUC over the inspected models (an objective for a Hydra sweeper).
 """
 
-from __future__ import annotations
-
-import logging
-from dataclasses import replace
-from pathlib import Path
-
 import hydra
-import pandas as pd
 from omegaconf import DictConfig
 
-from experiments import common
-from latenttracer import protocol, tables
-from latenttracer.deployment import pooled_auc
-from latenttracer.inversion import InversionConfig
-from latenttracer.locks import locked
-
-log = logging.getLogger(__name__)
-
-AUTHORS = InversionConfig()
-
-KEY = ["inspected", "lr", "halve_every", "steps"]
-
-
-def calibration_images(sets: dict, name: str, n_per_source: int, seed: int) -> pd.DataFrame:
-    """(path, belonging) rows: ``name``'s calibration half, and ``n_per_source`` of every other model's."""
-    rows = [pd.DataFrame({"path": [str(p) for p in sets[name]["calibration"]], "belonging": True})]
-    for source, parts in sets.items():
-        if source != name and "calibration" in parts:
-            picked = protocol.subset(list(parts["calibration"]), n_per_source, seed)
-            rows.append(pd.DataFrame({"path": [str(p) for p in picked], "belonging": False}))
-    return pd.concat(rows, ignore_index=True)
-
-
-def sweep_markdown(table: pd.DataFrame, n_per_source: int) -> str:
-    """Pooled calibration AUC per (lr, halve_every, steps) and inspected model, with the worst gap to the authors'
-    100-step run (the row lr 0.05, halve_every 50, steps 100, when it has been run)."""
-    wide = table.pivot_table(index=["lr", "halve_every", "steps"], columns="inspected", values="auc")
-    authors = (AUTHORS.lr, AUTHORS.halve_every, AUTHORS.steps)
-    notes = [f"- Pooled AUC on calibration images only: each model's calibration half vs {n_per_source} "
-             "calibration images of every other model; no evaluation image is used.",
-             "- Command: `python -m experiments.schedule_sweep -m inversion.steps=25 inversion.lr=... "
-             "inversion.halve_every=...` (the authors' reference: `inversion.steps=100`)."]
-    if authors in wide.index:
-        wide.insert(0, "worst_gap_to_authors", (wide - wide.loc[authors]).min(axis=1))
-    else:
-        notes.append("- The authors' 100-step reference has not been run yet: no gap column.")
-    shown = wide.reset_index().map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
-    return "\n".join(["# Schedule search on calibration images", "", *notes, "", tables.markdown_table(shown), ""])
-
-
-def run(cfg: DictConfig) -> float:
-    out = common.setup(cfg)
-    sets = common.image_sets(cfg)
-    rows = []
-    for name in common.inspected_models(cfg):
-        spec = common.model_spec(cfg, name)
-        ae = common.load_model(cfg, spec)
-        images = calibration_images(sets, name, int(cfg.n_per_source), int(cfg.subset_seed))
-        paths = images["path"].tolist()
-        inv = common.inversion_config(cfg, dtype=spec.dtype)
-        for steps in sorted({int(s) for s in cfg.eval_steps if int(s) <= inv.steps} | {inv.steps}):
-            frame = common.invert_paths(cfg, ae, paths, replace(inv, steps=steps),
-                                 trajectory_steps=inv.steps).set_index("path").loc[paths]
-            ok = (frame["status"] == "ok").to_numpy()
-            auc = pooled_auc(frame["score"][ok], images["belonging"][ok])
-            rows.append({"inspected": name, "lr": inv.lr, "halve_every": inv.halve_every, "steps": steps,
-                         "schedule": inv.schedule, "auc": auc, "n_belonging": int(images["belonging"][ok].sum()),
-                         "n_non_belonging": int((~images["belonging"][ok]).sum())})
-            log.info("%s lr=%s halve_every=%s steps=%d: calibration AUC %.4f", name, inv.lr, inv.halve_every,
-                     steps, auc)
-    new = pd.DataFrame(rows)
-    stem = Path(cfg.out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    with locked(stem.with_name(stem.name + ".lock")):
-        table = tables.upsert_csv(stem.with_name(stem.name + ".csv"), new, KEY)
-        table = table.sort_values(KEY).reset_index(drop=True)
-        text = sweep_markdown(table, int(cfg.n_per_source))
-        tables.publish(stem, out, text, {"": table})
-    print(text, flush=True)
-    return float(new.loc[new["steps"] == int(cfg.inversion.steps), "auc"].min())
+from experiments import study
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="schedule_sweep")
 def main(cfg: DictConfig) -> float:
-    return run(cfg)
+    return study.run(cfg, "schedule_sweep").objective
 
 
 if __name__ == "__main__":

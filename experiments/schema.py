@@ -231,27 +231,9 @@ class GenerateSchema(BaseSchema):
     overwrite: bool = False
 
 
-@dataclass
-class EarlyExitSchema(BaseSchema):
-    inspected: list[str] | None = None
-    timing_images: int = 48
-    timing_seed: int = 0
-    out: str = MISSING
-
-
-@dataclass
-class ScheduleSweepSchema(BaseSchema):
-    inspected: list[str] | None = None
-    n_per_source: int = 8
-    subset_seed: int = 0
-    eval_steps: list[int] = field(default_factory=list)
-    out: str = MISSING
-
-
 #: The entry points that are not studies (a study's schema comes from its registration, see :func:`schemas`).
 CORE_SCHEMAS = {"table1": Table1Schema, "invert": InvertSchema, "ablations": AblationsSchema,
-                "figures": FiguresSchema, "generate": GenerateSchema, "html_report": HtmlReportSchema,
-                "early_exit": EarlyExitSchema, "schedule_sweep": ScheduleSweepSchema}
+                "figures": FiguresSchema, "generate": GenerateSchema, "html_report": HtmlReportSchema}
 
 
 def study_schema(study: type) -> type:

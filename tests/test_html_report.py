@@ -31,8 +31,8 @@ from latenttracer.store import ResultStore
 from latenttracer.tracing import score_images
 
 MODELS = {"kl-a": "AutoencoderKL-0", "kl-b": "AutoencoderKL-1"}
-SECTIONS = ["table1", "hardest", "methods", "attribution", "robustness", "drift", "complexity", "ablations", "models",
-            "provenance"]
+SECTIONS = ["table1", "hardest", "methods", "attribution", "robustness", "drift", "complexity", "early_exit",
+            "schedule_sweep", "ablations", "models", "provenance"]
 CONFIG = InversionConfig(steps=4, lr=0.1)
 
 

@@ -60,6 +60,34 @@ def test_bad_strength_names_kind_and_parameter(kind, strength, match):
         Perturbation(kind, strength)
 
 
+@pytest.mark.parametrize("kind,words,inside,outside", [
+    ("jpeg", "an integer from 1 to 100", [1, 100, 50.0], [0, 101, 90.5]),
+    ("crop", "a number in (0, 1]", [1, 1e-9], [0, 1 + 1e-9]),
+    ("blur", "a number > 0", [1e-9, 1e9], [0, -1]),
+    ("noise", "a number in (0, 1]", [1, 1e-9], [0, 1.5]),
+    ("downscale", "a number in (0, 1)", [0.5, 1 - 1e-9], [0, 1]),
+])
+def test_each_kind_declares_its_range_and_the_base_checks_it(kind, words, inside, outside):
+    """Every kind declares its strengths as a Range (no check of its own); the error says the range and the value."""
+    assert str(P.kind_of(kind).valid) == words
+    for s in inside:
+        assert Perturbation(kind, s).strength == s
+    for s in outside:
+        with pytest.raises(ValueError) as err:
+            Perturbation(kind, s)
+        assert str(err.value) == f"perturbation {kind}: {P.kind_of(kind).parameter} must be {words}, got {s!r}"
+
+
+def test_range_words_and_ends():
+    assert str(P.Range()) == "a number" and 1e300 in P.Range() and -1e300 in P.Range()
+    assert str(P.Range(high=2)) == "a number <= 2" and 2 in P.Range(high=2) and 2.5 not in P.Range(high=2)
+    assert str(P.Range(high=2, high_open=True)) == "a number < 2" and 2 not in P.Range(high=2, high_open=True)
+    assert str(P.Range(low=-1)) == "a number >= -1" and -1 in P.Range(low=-1) and -1.5 not in P.Range(low=-1)
+    assert str(P.Range(1, 3, integer=True, high_open=True)) == "an integer in [1, 3)"
+    assert 2 in P.Range(1, 3, integer=True, high_open=True) and 3 not in P.Range(1, 3, integer=True, high_open=True)
+    assert str(P.Range(0.5, 2.5)) == "a number in [0.5, 2.5]"
+
+
 def test_bad_kind_and_seed():
     with pytest.raises(ValueError, match=r"perturbation.kind: 'sharpen' is not one of"):
         Perturbation("sharpen", 1.0)

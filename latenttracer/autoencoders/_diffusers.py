@@ -25,6 +25,14 @@ import torch
 
 from latenttracer.autoencoders.base import FAMILIES, Autoencoder, AutoencoderLoadError, content_fingerprint
 
+#: What the KL and VQ families' ``tiny_config`` share (the two are built from the same encoder and decoder blocks): a
+#: 32 px autoencoder with 4 latent channels, two blocks of 8 and 16 channels, one layer each, no attention.
+TINY_CONV_CONFIG: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=32, norm_num_groups=4, layers_per_block=1,
+    block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2, mid_block_add_attention=False,
+)
+
 PREFERRED_SLOTS = ("vae", "vqvae", "movq")  # looked at first; any other slot holding a supported class is found too
 FINGERPRINTED_SUFFIXES = (".json", ".safetensors", ".bin")
 

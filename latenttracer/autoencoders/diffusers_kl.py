@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from latenttracer.autoencoders._diffusers import DiffusersAutoencoder
+from latenttracer.autoencoders._diffusers import TINY_CONV_CONFIG, DiffusersAutoencoder
 from latenttracer.autoencoders.base import FAMILIES
 
 
@@ -24,11 +24,7 @@ class DiffusersKL(DiffusersAutoencoder):
     model_class = "AutoencoderKL"
     looks_for = ("a diffusers pipeline folder or hub id with an AutoencoderKL component, or a folder with an "
                  "AutoencoderKL saved by save_pretrained (config.json)")
-    tiny_config = dict(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, norm_num_groups=4, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, mid_block_add_attention=False,
-    )
+    tiny_config = dict(TINY_CONV_CONFIG)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Image perturbations for robustness tests, and the content-addressed derived sets they produce.
 
 A :class:`Perturbation` is a kind and a strength. Each kind is one module of this package that registers a
-:class:`PerturbationKind` (its strength's name, valid range and ``apply``) in :data:`PERTURBATIONS`; its module
-docstring says exactly what it does to the pixels. The built-in kinds, AEROBLADE's:
+:class:`PerturbationKind` (its strength's name, its valid :class:`Range` and ``apply``) in :data:`PERTURBATIONS`;
+its module docstring says exactly what it does to the pixels. The built-in kinds, AEROBLADE's:
 
 =========  ===========================  ===================================================================
 kind       strength                     module
@@ -28,6 +28,7 @@ from latenttracer.perturbations.base import (
     PERTURBATIONS,
     Perturbation,
     PerturbationKind,
+    Range,
     aeroblade_grid,
     apply_perturbation,
     kind_of,
@@ -39,7 +40,7 @@ from latenttracer.perturbations.base import (
 )
 
 __all__ = ["AEROBLADE_GRID", "AEROBLADE_SPECS", "PERTURBATIONS", "PERTURBATION_VERSION", "Perturbation",
-           "PerturbationKind", "aeroblade_grid", "apply_perturbation", "kind_of", "load_rgb8", "parse_grid",
+           "PerturbationKind", "Range", "aeroblade_grid", "apply_perturbation", "kind_of", "load_rgb8", "parse_grid",
            "parse_perturbation", "perturb_file", "perturbed_set"]
 
 

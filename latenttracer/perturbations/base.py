@@ -3,7 +3,8 @@ and the content-addressed writer of perturbed sets.
 
 A kind is a :class:`PerturbationKind` subclass registered with ``@PERTURBATIONS.register`` in its own module of
 this package (``jpeg.py``, ``crop.py``...): its ``name``, the name of its strength (``parameter``), the valid range
-(``check`` and the words ``valid`` used in the error) and ``apply``. Every kind works on 8-bit RGB pixels and
+of the strength (``valid``, a :class:`Range`: checked here, once, for every kind, and put in words in the error)
+and ``apply``. Every kind works on 8-bit RGB pixels and
 produces 8-bit RGB pixels, stored as PNG (lossless, so a JPEG-perturbed image is kept as its decoded pixels).
 
 Images are read with PIL and EXIF orientation applied (as :mod:`latenttracer.images` does); 8-bit RGB is used as
@@ -32,7 +33,7 @@ from latenttracer.atomic import write_bytes as atomic_write_bytes
 from latenttracer.images import file_sha256
 from latenttracer.registry import Registry, RegistryError
 
-__all__ = ["AEROBLADE_SPECS", "PERTURBATIONS", "PERTURBATION_VERSION", "Perturbation", "PerturbationKind",
+__all__ = ["AEROBLADE_SPECS", "PERTURBATIONS", "PERTURBATION_VERSION", "Perturbation", "PerturbationKind", "Range",
            "aeroblade_grid", "apply_perturbation", "load_rgb8", "parse_grid", "parse_perturbation", "perturb_file",
            "perturbed_set", "round8"]
 
@@ -40,6 +41,41 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Bump when the pixels any perturbation produces change: it is part of every cache key.
 PERTURBATION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid strengths of a kind: from ``low`` to ``high`` (``None``: no bound on that side), each end included
+    unless ``low_open`` / ``high_open``; ``integer``: whole numbers only (``jpeg 90.0`` and ``jpeg 90`` are then one
+    condition and one cache key). ``Range(0, 1, low_open=True)`` is (0, 1]; ``Range(low=0, low_open=True)`` is > 0."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def __contains__(self, strength: float) -> bool:
+        """Whether ``strength`` (a finite number) is in the range."""
+        if self.integer and not float(strength).is_integer():
+            return False
+        if self.low is not None and (strength <= self.low if self.low_open else strength < self.low):
+            return False
+        return self.high is None or (strength < self.high if self.high_open else strength <= self.high)
+
+    def __str__(self) -> str:
+        """The range in words, for errors: ``an integer from 1 to 100``, ``a number in (0, 1]``, ``a number > 0``."""
+        what = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            if self.integer and not self.low_open and not self.high_open:
+                return f"{what} from {self.low:g} to {self.high:g}"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{what} in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{what} {'<' if self.high_open else '<='} {self.high:g}"
+        return what
 
 
 class PerturbationKind:
@@ -50,19 +86,12 @@ class PerturbationKind:
     name: ClassVar[str]
     #: what the strength means (``quality``, ``sigma``...): names it in errors, labels the robustness figure
     parameter: ClassVar[str]
-    #: the valid range in words, for the error (``an integer from 1 to 100``)
-    valid: ClassVar[str]
-    #: integer strengths (``jpeg 90.0`` and ``jpeg 90`` are one condition and one cache key)
-    integer: ClassVar[bool] = False
+    #: the valid strengths (checked by :class:`Perturbation`; an error names the kind, the range and the value)
+    valid: ClassVar[Range] = Range()
     #: random kinds: ``apply`` gets the source's SHA-256 and the condition's seed, and the seed is in the key
     seeded: ClassVar[bool] = False
     #: plot the strength axis reversed (stronger to the right), e.g. JPEG quality and crop fraction
     descending: ClassVar[bool] = False
-
-    @staticmethod
-    def check(strength: float) -> bool:
-        """Whether ``strength`` (a finite number) is in the valid range."""
-        raise NotImplementedError
 
     @staticmethod
     def apply(rgb: np.ndarray, strength: float, sha256: str | None, seed: int) -> np.ndarray:
@@ -94,14 +123,12 @@ class Perturbation:
         kind = kind_of(self.kind)
         s = self.strength
         what = f"perturbation {self.kind}: {kind.parameter} must be {kind.valid}, got {s!r}"
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-            raise ValueError(what)
-        if not kind.check(s):
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s not in kind.valid:
             raise ValueError(what)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"perturbation.seed: must be an integer >= 0, got {self.seed!r}")
         # one canonical value per condition: jpeg 90.0 and 90 are the same perturbation (and cache key)
-        object.__setattr__(self, "strength", int(s) if kind.integer else float(s))
+        object.__setattr__(self, "strength", int(s) if kind.valid.integer else float(s))
 
     @property
     def name(self) -> str:

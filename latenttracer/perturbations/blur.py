@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind, round8
+from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind, Range, round8
 
 #: Side of the Gaussian blur kernel (AEROBLADE's 9).
 BLUR_KERNEL = 9
@@ -23,11 +23,7 @@ def gaussian_kernel(sigma: float, size: int = BLUR_KERNEL) -> np.ndarray:
 class Blur(PerturbationKind):
     name = "blur"
     parameter = "sigma"
-    valid = "a number > 0"
-
-    @staticmethod
-    def check(strength: float) -> bool:
-        return strength > 0
+    valid = Range(low=0, low_open=True)
 
     @staticmethod
     def apply(rgb: np.ndarray, strength: float, sha256: str | None, seed: int) -> np.ndarray:

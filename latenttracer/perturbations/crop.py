@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind
+from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind, Range
 
 
 def crop_box(width: int, height: int, fraction: float) -> tuple[int, int, int, int]:
@@ -20,12 +20,8 @@ def crop_box(width: int, height: int, fraction: float) -> tuple[int, int, int, i
 class Crop(PerturbationKind):
     name = "crop"
     parameter = "fraction"
-    valid = "a number in (0, 1]"
+    valid = Range(0, 1, low_open=True)
     descending = True
-
-    @staticmethod
-    def check(strength: float) -> bool:
-        return 0 < strength <= 1
 
     @staticmethod
     def apply(rgb: np.ndarray, strength: float, sha256: str | None, seed: int) -> np.ndarray:

@@ -6,18 +6,14 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind
+from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind, Range
 
 
 @PERTURBATIONS.register
 class Downscale(PerturbationKind):
     name = "downscale"
     parameter = "factor"
-    valid = "a number in (0, 1)"
-
-    @staticmethod
-    def check(strength: float) -> bool:
-        return 0 < strength < 1
+    valid = Range(0, 1, low_open=True, high_open=True)
 
     @staticmethod
     def apply(rgb: np.ndarray, strength: float, sha256: str | None, seed: int) -> np.ndarray:

@@ -9,20 +9,15 @@ import io
 import numpy as np
 from PIL import Image
 
-from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind
+from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind, Range
 
 
 @PERTURBATIONS.register
 class Jpeg(PerturbationKind):
     name = "jpeg"
     parameter = "quality"
-    valid = "an integer from 1 to 100"
-    integer = True
+    valid = Range(1, 100, integer=True)
     descending = True
-
-    @staticmethod
-    def check(strength: float) -> bool:
-        return float(strength).is_integer() and 1 <= strength <= 100
 
     @staticmethod
     def apply(rgb: np.ndarray, strength: float, sha256: str | None, seed: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind, round8
+from latenttracer.perturbations.base import PERTURBATIONS, PerturbationKind, Range, round8
 
 
 def noise_generator(sha256: str, seed: int) -> np.random.Generator:
@@ -20,12 +20,8 @@ def noise_generator(sha256: str, seed: int) -> np.random.Generator:
 class Noise(PerturbationKind):
     name = "noise"
     parameter = "std"
-    valid = "a number in (0, 1]"
+    valid = Range(0, 1, low_open=True)
     seeded = True
-
-    @staticmethod
-    def check(strength: float) -> bool:
-        return 0 < strength <= 1
 
     @staticmethod
     def apply(rgb: np.ndarray, strength: float, sha256: str | None, seed: int) -> np.ndarray:

@@ -6,6 +6,7 @@ from latenttracer.studies.base import (
     STUDIES,
     Context,
     FigureOut,
+    Merge,
     MethodEntry,
     ReportSection,
     Study,
@@ -13,4 +14,5 @@ from latenttracer.studies.base import (
     publish,
 )
 
-__all__ = ["STUDIES", "Context", "FigureOut", "MethodEntry", "ReportSection", "Study", "StudyResult", "publish"]
+__all__ = ["STUDIES", "Context", "FigureOut", "Merge", "MethodEntry", "ReportSection", "Study", "StudyResult",
+           "publish"]

@@ -18,7 +18,7 @@ docs/extending_studies.md adds a study step by step.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -27,9 +27,11 @@ import pandas as pd
 from omegaconf import MISSING
 
 from latenttracer import atomic, tables
+from latenttracer.locks import locked
 from latenttracer.registry import Registry
 
-__all__ = ["STUDIES", "Context", "FigureOut", "MethodEntry", "ReportSection", "Study", "StudyResult", "publish"]
+__all__ = ["STUDIES", "Context", "FigureOut", "Merge", "MethodEntry", "ReportSection", "Study", "StudyResult",
+           "publish"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,18 @@ class FigureOut:
     log_key: str | None = None
 
 
+@dataclass(frozen=True)
+class Merge:
+    """Publish a result's tables by merging them into the CSVs already at its ``stem`` (for the jobs of a multirun,
+    which write one table concurrently): under a lock on ``<stem>.lock``, each table's rows replace the rows with
+    the same ``key`` and the others are kept (:func:`latenttracer.tables.upsert_csv`); ``sort``: the merged tables
+    are then sorted by ``key``. ``render`` turns the merged main table (suffix ``""``) into the published Markdown."""
+
+    key: tuple[str, ...]
+    render: Callable[[pd.DataFrame], str]
+    sort: bool = False
+
+
 @dataclass
 class StudyResult:
     """What a study's run produced; :func:`publish` writes it.
@@ -75,7 +89,8 @@ class StudyResult:
     sweepers). ``stem``: where the tables are published: ``<stem>.md`` (``markdown``), ``<stem><suffix>.csv``
     for each ``tables`` entry and ``<stem>.tex`` (``latex``, when given), both in the job's output directory and at
     ``stem``. ``files``: other frames written atomically (``.csv`` or ``.parquet``). ``metrics``, ``log_tables``:
-    for the tracker. ``markdown`` is printed.
+    for the tracker. ``markdown`` is printed. ``merge``: the tables are merged into the published CSVs instead of
+    replacing them, and the Markdown is rendered from the merged table (:class:`Merge`; ``markdown`` is then unused).
     """
 
     frame: pd.DataFrame
@@ -88,6 +103,7 @@ class StudyResult:
     files: dict[Path, pd.DataFrame] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     log_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    merge: Merge | None = None
 
 
 class Context(Protocol):
@@ -106,6 +122,10 @@ class Context(Protocol):
     def method_preset(self) -> str: ...                         # the name of the ``method/`` preset of this job
     def score_paths(self, ae, paths, method, *, store) -> pd.DataFrame: ...  # one row per path (path, score, status)
     def method_scorer(self): ...                                # cfg.method as a protocol.Scorer on the store
+    def image_options(self): ...                                # images.ImageOptions of the job
+    def inversion_config(self, dtype: str = "float32", **changes): ...  # cfg.inversion as an InversionConfig
+    def inversion_preset(self) -> str: ...                      # the name of the ``inversion/`` preset of this job
+    def invert_paths(self, ae, paths, inv, *, trajectory_steps=None) -> pd.DataFrame: ...  # protocol.invert_paths
     def split_settings(self): ...                               # protocol.SplitSettings of the suite
     def protocol(self) -> dict: ...                             # what decides the sets and splits (for notes)
     def generation_settings(self, **changes): ...               # the suite's GenerationSettings, changed
@@ -129,9 +149,17 @@ STUDIES: Registry[type[Study]] = Registry("study", "latenttracer.studies")
 def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Path]:
     """Write ``result`` (see :class:`StudyResult`) atomically, print its Markdown and log it to ``tracker``."""
     written: list[Path] = []
+    markdown = result.markdown
     if result.stem is not None:
         stem = Path(result.stem)
-        written += tables.publish(stem, job_dir, result.markdown, result.tables)
+        if result.merge is None:
+            written += tables.publish(stem, job_dir, markdown, result.tables)
+        else:
+            with locked(stem.with_name(stem.name + ".lock")):
+                merged = {suffix: _merged(stem.with_name(stem.name + suffix + ".csv"), frame, result.merge)
+                          for suffix, frame in result.tables.items()}
+                markdown = result.merge.render(merged[""])
+                written += tables.publish(stem, job_dir, markdown, merged)
         if result.latex is not None:
             for target in (Path(job_dir) / stem.name, stem):
                 written.append(atomic.write_text(target.with_name(target.name + ".tex"), result.latex))
@@ -144,8 +172,8 @@ def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Pat
             written += saved
             if i == 0 and fig.log_key and saved and saved[0].suffix == ".png":
                 images[fig.log_key] = saved[0]
-    if result.markdown:
-        print(result.markdown, flush=True)
+    if markdown:
+        print(markdown, flush=True)
     if tracker is not None:
         if result.metrics:
             tracker.log_metrics(result.metrics)
@@ -154,3 +182,9 @@ def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Pat
         if images:
             tracker.log_images(images)
     return written
+
+
+def _merged(path: Path, rows: pd.DataFrame, merge: Merge) -> pd.DataFrame:
+    """``rows`` merged into the CSV at ``path`` (written); sorted by the key when ``merge.sort``."""
+    table = tables.upsert_csv(path, rows, list(merge.key))
+    return table.sort_values(list(merge.key)).reset_index(drop=True) if merge.sort else table

@@ -1,0 +1,78 @@
+"""The early-exit study (latenttracer.studies.early_exit): its published table, and a run on the micro zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_experiments import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
+from test_studies import _pairwise_auc
+
+from experiments import common, study
+from latenttracer import protocol
+from latenttracer.metrics import calibrate_threshold
+from latenttracer.studies import STUDIES
+from latenttracer.studies import early_exit as ee
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+SPEED = "123 KL-decoder image-steps/s (a stand-in for the test)"
+RUN = ["inspected=[kl-a]", "timing_images=4", "logger=none"]
+
+
+def test_published_markdown_is_its_csv_rendered():
+    """results/early_exit.md is results/early_exit.csv through :func:`markdown` (its notes, with the run's wall
+    time, are read back from the file): the table cannot drift from the CSV."""
+    published = (RESULTS / "early_exit.md").read_text()
+    notes = [line.removeprefix("- ") for line in published.split("\n\n")[1].splitlines()]
+    assert len(notes) == 4 and notes[-1].startswith("Command: `python -m experiments.early_exit")
+    assert ee.markdown(pd.read_csv(RESULTS / "early_exit.csv"), notes) == published
+
+
+def test_registered_with_a_report_section():
+    s = STUDIES.get("early_exit")
+    assert s is ee.EarlyExit and s.section.tables == ("early_exit.csv",)
+
+
+def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(ee.zoo, "machine_speed", lambda threads=1: SPEED)  # the real one times a decoder for seconds
+    cfg = job("early_exit", workspace, micro_zoo, tmp_path / "out", RUN)
+    rows = study.run(cfg, "early_exit").frame.set_index("mode")
+    assert list(rows.index) == ["full", "exact", "early_exit"]
+    assert (rows["schedule"] == "paper").all() and (rows["steps"] == 3).all()  # the preset, at the micro steps
+    # evaluation images: kl-a's own 3, 3 of each of the 5 other members, the 4 real images
+    assert (rows["n_evaluation"] == 3 + 5 * 3 + 4).all() and (rows["n_calibration"] == 3).all()
+    assert (rows["n_timed"] == 4).all() and (rows["live_mismatches"] == 0).all()  # the replay is what the loop does
+    assert rows.loc["full", "image_steps_fraction"] == pytest.approx(3 / 100)
+    assert rows.loc["exact", "image_steps_fraction"] <= rows.loc["full", "image_steps_fraction"]
+    assert rows.loc["exact", "agreement_schedule"] == 1.0  # stopping at the threshold never changes a verdict
+    assert rows.loc["early_exit", "margin"] == cfg.inversion.exit_margin and rows.loc["full", "margin"] == 1.0
+    assert (rows["machine_speed"] == 123).all()
+    # the threshold and the full run's AUC recomputed from the store's scores (the 3-step run is the authors' cut)
+    ctx = common.Context(cfg)
+    spec = ctx.model_spec("kl-a")
+    ae, inv = ctx.load_model(spec), ctx.inversion_config(dtype=spec.dtype)
+    grid = protocol.grid_images(ctx.image_sets(), "kl-a")
+    calibration = grid.loc[(grid["source"] == "kl-a") & (grid["split"] == "calibration"), "path"].tolist()
+    evaluation = grid[grid["split"] == "evaluation"]
+    cal = ctx.invert_paths(ae, calibration, inv, trajectory_steps=100)
+    threshold = calibrate_threshold(cal["score"], ctx.split_settings().target_tpr)
+    assert (rows["threshold"] == threshold).all()
+    scores = ctx.invert_paths(ae, evaluation["path"].tolist(), inv, trajectory_steps=100).set_index("path")["score"]
+    own = (evaluation["source"] == "kl-a").to_numpy()
+    paths = evaluation["path"].to_numpy()
+    want = _pairwise_auc(scores[paths[own]].to_numpy(), scores[paths[~own]].to_numpy())
+    assert rows.loc["full", "auc_full"] == pytest.approx(want, abs=1e-12)
+    assert rows.loc["full", "auc_early_exit"] == rows.loc["full", "auc_full"]
+    # published: merged into results/debug/early_exit.csv; another schedule's rows are added, the first kept
+    results = workspace / "results" / "debug"
+    first = pd.read_csv(results / "early_exit.csv")
+    assert list(first["mode"]) == ["full", "exact", "early_exit"]
+    study.run(job("early_exit", workspace, micro_zoo, tmp_path / "again", [*RUN, "inversion.lr=0.1"]), "early_exit")
+    merged = pd.read_csv(results / "early_exit.csv")
+    assert list(merged["lr"]) == [0.05] * 3 + [0.1] * 3
+    pd.testing.assert_frame_equal(merged.head(3), first)
+    text = (results / "early_exit.md").read_text()
+    assert text.count("| kl-a | paper | 3 |") == 6 and "machine speed " + SPEED in text
+    assert np.isfinite(merged["speedup"]).all()
