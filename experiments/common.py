@@ -335,6 +335,9 @@ class Context:
     def inversion_preset(self) -> str:
         return inversion_preset()
 
+    def resolved(self, ae: Autoencoder, inv: InversionConfig) -> InversionConfig:
+        return resolved(self.cfg, ae, inv)
+
     def invert_paths(self, ae: Autoencoder, paths: Sequence[str | Path], inv: InversionConfig, *,
                      trajectory_steps: int | None = None) -> pd.DataFrame:
         return invert_paths(self.cfg, ae, paths, inv, trajectory_steps=trajectory_steps)

@@ -30,7 +30,8 @@ def test_concurrent_jobs_lose_no_rows(tmp_path):
     stem = tmp_path / "results" / "schedule_sweep"
 
     def job_rows(lr: float) -> pd.DataFrame:
-        return pd.DataFrame({"inspected": ["kl-a", "kl-b"], "lr": lr, "halve_every": 50, "steps": 25,
+        return pd.DataFrame({"inspected": ["kl-a", "kl-b"], "lr": lr, "lr_scale": "absolute", "halve_every": 50,
+                             "steps": 25,
                              "schedule": "authors", "auc": [0.9, 0.8], "n_belonging": 3, "n_non_belonging": 5})
 
     def one(lr: float) -> None:
@@ -49,7 +50,7 @@ def test_concurrent_jobs_lose_no_rows(tmp_path):
     assert list(table["inspected"]) == ["kl-a"] * len(lrs) + ["kl-b"] * len(lrs)  # sorted by the key
     assert list(table["lr"]) == lrs * 2
     text = stem.with_suffix(".md").read_text()
-    assert all(f"| {lr:.4f} | 50 | 25 | 0.9000 | 0.8000 |" in text for lr in lrs)
+    assert all(f"| {lr:.4f} | absolute | 50 | 25 | 0.9000 | 0.8000 |" in text for lr in lrs)
     assert "has not been run yet" in text  # no authors' row (lr 0.05, 100 steps) among them
     # each job's own folder holds the merged table as it was when that job published
     assert all((tmp_path / f"job{lr}" / "schedule_sweep.csv").is_file() for lr in lrs)
@@ -78,4 +79,4 @@ def test_micro_sweep_objective_and_gap_to_the_authors(micro_zoo, workspace, tmp_
     table = pd.read_csv(results / "schedule_sweep.csv")
     assert list(table["steps"]) == [2, 3, 5, 100]  # one row per key (steps 2 of both runs is one key), sorted
     text = (results / "schedule_sweep.md").read_text()
-    assert "worst_gap_to_authors" in text and "| 0.0500 | 50 | 100 | 0.0000 |" in text
+    assert "worst_gap_to_authors" in text and "| 0.0500 | absolute | 50 | 100 | 0.0000 |" in text

@@ -67,7 +67,8 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     spec = ctx.model_spec(name)
     ae = ctx.load_model(spec)
     tpr = ctx.split_settings().target_tpr
-    inv = ctx.inversion_config(dtype=spec.dtype, early_exit=False)
+    # lr_scale=latent_rms is resolved on the model's calibration half: the rows show the absolute rate it ran at
+    inv = ctx.resolved(ae, ctx.inversion_config(dtype=spec.dtype, early_exit=False))
     authors = InversionConfig(device=str(cfg.device), dtype=str(spec.dtype), batch_size=inv.batch_size)
     grid = protocol.grid_images(sets, name)
     calibration = grid.loc[(grid["source"] == name) & (grid["split"] == "calibration"), "path"].tolist()

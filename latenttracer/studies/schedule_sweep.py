@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 AUTHORS = InversionConfig()
 
-KEY = ("inspected", "lr", "halve_every", "steps")
+KEY = ("inspected", "lr", "lr_scale", "halve_every", "steps")
 
 
 @dataclass
@@ -57,8 +57,8 @@ def calibration_images(sets: dict, name: str, n_per_source: int, seed: int) -> p
 def sweep_markdown(table: pd.DataFrame, n_per_source: int) -> str:
     """Pooled calibration AUC per (lr, halve_every, steps) and inspected model, with the worst gap to the authors'
     100-step run (the row lr 0.05, halve_every 50, steps 100, when it has been run)."""
-    wide = table.pivot_table(index=["lr", "halve_every", "steps"], columns="inspected", values="auc")
-    authors = (AUTHORS.lr, AUTHORS.halve_every, AUTHORS.steps)
+    wide = table.pivot_table(index=["lr", "lr_scale", "halve_every", "steps"], columns="inspected", values="auc")
+    authors = (AUTHORS.lr, AUTHORS.lr_scale, AUTHORS.halve_every, AUTHORS.steps)
     notes = [f"- Pooled AUC on calibration images only: each model's calibration half vs {n_per_source} "
              "calibration images of every other model; no evaluation image is used.",
              "- Command: `python -m experiments.schedule_sweep -m inversion.steps=25 inversion.lr=... "
@@ -88,13 +88,14 @@ class ScheduleSweep(Study):
             ae = ctx.load_model(spec)
             images = calibration_images(sets, name, int(cfg.n_per_source), int(cfg.subset_seed))
             paths = images["path"].tolist()
-            inv = ctx.inversion_config(dtype=spec.dtype)
+            inv = ctx.inversion_config(dtype=spec.dtype)  # lr_scale=latent_rms: resolved on its calibration half
             for steps in sorted({int(s) for s in cfg.eval_steps if int(s) <= inv.steps} | {inv.steps}):
                 frame = ctx.invert_paths(ae, paths, replace(inv, steps=steps),
                                          trajectory_steps=inv.steps).set_index("path").loc[paths]
                 ok = (frame["status"] == "ok").to_numpy()
                 auc = pooled_auc(frame["score"][ok], images["belonging"][ok])
-                rows.append({"inspected": name, "lr": inv.lr, "halve_every": inv.halve_every, "steps": steps,
+                rows.append({"inspected": name, "lr": inv.lr, "lr_scale": inv.lr_scale,
+                             "halve_every": inv.halve_every, "steps": steps,
                              "schedule": inv.schedule, "auc": auc, "n_belonging": int(images["belonging"][ok].sum()),
                              "n_non_belonging": int((~images["belonging"][ok]).sum())})
                 log.info("%s lr=%s halve_every=%s steps=%d: calibration AUC %.4f", name, inv.lr, inv.halve_every,
