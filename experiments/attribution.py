@@ -3,19 +3,12 @@
 
     python -m experiments.attribution            # -> results/attribution.{md,csv} + figures/confusion_<method>.*
 
-The same as ``python -m experiments.study --config-name attribution``; config: ``conf/attribution.yaml``.
+The same as ``python -m experiments.study --config-name attribution`` (config ``conf/attribution.yaml``).
 """
 
-import hydra
-from omegaconf import DictConfig
+from experiments.study import entry_point
 
-from experiments import study
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="attribution")
-def main(cfg: DictConfig) -> float:
-    return study.run(cfg, "attribution").objective
-
+main = entry_point("attribution")
 
 if __name__ == "__main__":
     main()

@@ -3,19 +3,12 @@
 
     python -m experiments.complexity            # `make complexity`, after `make reproduce-table1`
 
-The same as ``python -m experiments.study --config-name complexity``; config: ``conf/complexity.yaml``.
+The same as ``python -m experiments.study --config-name complexity`` (config ``conf/complexity.yaml``).
 """
 
-import hydra
-from omegaconf import DictConfig
+from experiments.study import entry_point
 
-from experiments import study
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="complexity")
-def main(cfg: DictConfig) -> float:
-    return study.run(cfg, "complexity").objective
-
+main = entry_point("complexity")
 
 if __name__ == "__main__":
     main()

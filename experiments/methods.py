@@ -4,19 +4,12 @@
         method=ronan,latenttracer,aedr,aeroblade_l2,aeroblade_ssim      # one job per method preset
     python -m experiments.methods aggregate=true                         # -> results/methods.{md,csv,tex} + figure
 
-The same as ``python -m experiments.study --config-name methods``; config: ``conf/methods.yaml``.
+The same as ``python -m experiments.study --config-name methods`` (config ``conf/methods.yaml``).
 """
 
-import hydra
-from omegaconf import DictConfig
+from experiments.study import entry_point
 
-from experiments import study
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="methods")
-def main(cfg: DictConfig) -> float:
-    return study.run(cfg, "methods").objective
-
+main = entry_point("methods")
 
 if __name__ == "__main__":
     main()

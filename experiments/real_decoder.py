@@ -3,19 +3,12 @@
     python -m experiments.real_decoder                 # `make real-decoder` (conf/real_decoder.yaml, suite taef2)
     python -m experiments.real_decoder debug=default   # a smoke run
 
-The same as ``python -m experiments.study --config-name real_decoder``; config: ``conf/real_decoder.yaml``.
+The same as ``python -m experiments.study --config-name real_decoder`` (config ``conf/real_decoder.yaml``).
 """
 
-import hydra
-from omegaconf import DictConfig
+from experiments.study import entry_point
 
-from experiments import study
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="real_decoder")
-def main(cfg: DictConfig) -> float:
-    return study.run(cfg, "real_decoder").objective
-
+main = entry_point("real_decoder")
 
 if __name__ == "__main__":
     main()

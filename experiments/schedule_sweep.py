@@ -2,21 +2,14 @@
 
     python -m experiments.schedule_sweep -m inversion.steps=25 inversion.lr=0.1,0.2,0.3 inversion.halve_every=10,50
     python -m experiments.schedule_sweep inversion.steps=100       # the authors' reference on the same images
-
-The same as ``python -m experiments.study --config-name schedule_sweep``; config: ``conf/schedule_sweep.yaml``.
 Returns the worst AUC over the inspected models (an objective for a Hydra sweeper).
+
+The same as ``python -m experiments.study --config-name schedule_sweep`` (config ``conf/schedule_sweep.yaml``).
 """
 
-import hydra
-from omegaconf import DictConfig
+from experiments.study import entry_point
 
-from experiments import study
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="schedule_sweep")
-def main(cfg: DictConfig) -> float:
-    return study.run(cfg, "schedule_sweep").objective
-
+main = entry_point("schedule_sweep")
 
 if __name__ == "__main__":
     main()
