@@ -251,7 +251,7 @@ def method_preset(cfg: DictConfig) -> str:
 
 
 def inversion_preset() -> str:
-    """The name of the ``inversion/`` preset this job runs (``paper``, ``fast25``...; ``custom`` without Hydra)."""
+    """The name of the ``inversion/`` preset this job runs (``paper``, ``fast_rms``...; ``custom`` without Hydra)."""
     return _preset("inversion") or "custom"
 
 

@@ -1,7 +1,7 @@
 """Early exit and faster schedules against the authors' full run, per inspected model -> results/early_exit.*
 
     python -m experiments.early_exit                               # the authors' schedule (inversion=paper)
-    python -m experiments.early_exit inversion=fast25               # a faster schedule: its rows are added
+    python -m experiments.early_exit inversion=fast_rms               # a faster schedule: its rows are added
     python -m experiments.early_exit debug=default                  # a smoke run
 
 Per inspected model (Table 1's protocol, :mod:`latenttracer.protocol`): the calibration half of its own set gives
