@@ -90,6 +90,18 @@ def _alternatives(f: Field, value: Any, tp: Any) -> list[Any]:
     return []
 
 
+def _resolved(method: Method, ae, paths: list) -> Method:
+    """``method`` with an inversion rate in latent-RMS units (``lr_scale``) made absolute on ``paths``, which stand
+    in for the model's calibration images here (the harness and ``trace --calibrate`` use the real ones)."""
+    from latenttracer.inversion import InversionConfig, resolve_lr_scale
+
+    config = getattr(method, "config", None)
+    if not isinstance(config, InversionConfig) or config.lr_scale == "absolute":
+        return method
+    images, _, _ = load_images([str(p) for p in paths], ae.resolution)
+    return type(method).from_settings(resolve_lr_scale(config, ae, images))
+
+
 def check_cache_identity(name: str, ae, paths: list) -> None:
     """``run_hash`` changes with every option change that changes the scores, and not with batch size or device;
     two settings with the same key give the same scores."""
@@ -110,7 +122,7 @@ def check_cache_identity(name: str, ae, paths: list) -> None:
             continue
         for alt in _alternatives(f, options[f.name], hints[f.name]):
             try:
-                other = build(name, **{f.name: alt})
+                other = _resolved(build(name, **{f.name: alt}), ae, paths)
             except (ValueError, FileNotFoundError):  # e.g. a distance that needs weight files
                 continue
             tried += 1
