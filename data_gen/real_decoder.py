@@ -22,7 +22,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from PIL import Image
 from data_gen import real_images
 from latenttracer import atomic
 from latenttracer.autoencoders import Autoencoder
+from latenttracer.settings import from_mapping
 
 __all__ = ["MANIFEST", "MANIFEST_COLUMNS", "REAL", "DecodedSetSettings", "build_sets", "plan", "read_manifest"]
 
@@ -72,13 +73,8 @@ class DecodedSetSettings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> DecodedSetSettings:
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"sets: unknown key(s) {unknown}; known: {sorted(known)}")
-        if "t_range" in values:
-            values["t_range"] = tuple(values["t_range"])
-        return cls(**values)
+        converted = {"t_range": tuple(values["t_range"])} if "t_range" in values else {}
+        return from_mapping(cls, values, "sets", **converted)
 
     @property
     def n_interpolations(self) -> int:

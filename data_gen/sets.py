@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +22,13 @@ from data_gen.generate import generate_set, image_name, read_prompts
 from latenttracer.images import list_images
 from latenttracer.locks import locked
 from latenttracer.protocol import subset
+from latenttracer.settings import from_mapping
 
 __all__ = ["CropSettings", "GenerationSettings", "ModelSpec", "RealSettings", "generate", "generated_set",
            "real_set"]
 
 log = logging.getLogger(__name__)
 DEFAULT_SEED = 0
-
-
-def _from_dict(cls, values: Mapping[str, Any], where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**dict(values))
 
 
 @dataclass(frozen=True)
@@ -53,7 +46,7 @@ class ModelSpec:
     def from_dict(cls, values: Mapping[str, Any]) -> ModelSpec:
         values = dict(values)
         values["generation"] = dict(values.get("generation") or {})
-        return _from_dict(cls, values, f"model {values.get('name')!r}")
+        return from_mapping(cls, values, f"model {values.get('name')!r}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,7 @@ class GenerationSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> GenerationSettings:
-        return _from_dict(cls, values, "suite.generated")
+        return from_mapping(cls, values, "suite.generated")
 
     @property
     def set_root(self) -> Path:
@@ -99,8 +92,8 @@ class RealSettings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RealSettings:
         values = dict(values)
-        values["crops"] = _from_dict(CropSettings, values.get("crops") or {}, "suite.real.crops")
-        return _from_dict(cls, values, "suite.real")
+        values["crops"] = from_mapping(CropSettings, values.get("crops") or {}, "suite.real.crops")
+        return from_mapping(cls, values, "suite.real")
 
 
 def generate(model: ModelSpec, gen: GenerationSettings, *, device: str = "auto", overwrite: bool = False,

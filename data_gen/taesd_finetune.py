@@ -22,7 +22,7 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from data_gen import real_images
 from latenttracer import atomic
 from latenttracer.autoencoders import load_autoencoder
+from latenttracer.settings import from_mapping
 
 __all__ = ["FINETUNE_VERSION", "FinetuneRecipe", "build_series", "decoder_distance", "member_name"]
 
@@ -61,12 +62,7 @@ class FinetuneRecipe:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> FinetuneRecipe:
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"finetune: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "finetune")
 
 
 def member_name(base: str, steps: int) -> str:

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from latenttracer.autoencoders import Autoencoder, resolve_device, resolve_dtype
+from latenttracer.settings import from_mapping
 
 Init = Literal["encoder", "random", "zeros"]
 Schedule = Literal["authors", "constant"]
@@ -138,11 +139,7 @@ class InversionConfig:
     @classmethod
     def from_dict(cls, values: dict) -> InversionConfig:
         """Build from a mapping (e.g. a Hydra node); unknown keys are an error naming them."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"inversion: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
+        return from_mapping(cls, values, "inversion")
 
     def identity(self) -> dict:
         """The fields that decide the scores (used in cache keys)."""
