@@ -27,6 +27,10 @@ Deployment options (off by default; ``docs/deployment.md``):
   half, ``trace`` with ``--calibrate``.
 * ``halve_every``: the authors' schedule halves the rate after step 0 and after every 50th step; a shorter run may
   halve more often (``halve_every=h``: after step 0 and after every ``h``-th step).
+* ``schedule="cosine"``: the rate of the update at iteration ``i`` is ``lr * (1 + cos(pi * i / (steps - 1))) / 2``
+  (full at iteration 0, falling towards 0 at the last update). Unlike the authors' and the constant schedules it
+  depends on ``steps``, so a longer run's first iterations are not a shorter cosine run
+  (:attr:`InversionConfig.cuttable` is false; :func:`latenttracer.protocol.invert_paths` refuses to cut one).
 * ``early_exit`` with a threshold ``exit_threshold`` (belonging iff score <= t): an image leaves the loop as soon
   as its running minimum is ``<= t`` (its verdict is then final and equal to the full run's: the minimum only
   falls; its score is the minimum reached, an upper bound of the full run's), or, with ``exit_ratios`` (learnt
@@ -53,14 +57,14 @@ from latenttracer.autoencoders import Autoencoder, resolve_device, resolve_dtype
 from latenttracer.settings import from_mapping
 
 Init = Literal["encoder", "random", "zeros"]
-Schedule = Literal["authors", "constant"]
+Schedule = Literal["authors", "constant", "cosine"]
 LrScale = Literal["absolute", "latent_rms"]
 Distance = Literal["l2", "l1"]
 Strategy = Literal["min", "last"]
 Exit = Literal["", "threshold", "bound"]
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (decoded, target) -> one loss per image
 
-_CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "constant"),
+_CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "constant", "cosine"),
             "lr_scale": ("absolute", "latent_rms"),
             "distance": ("l2", "l1"), "strategy": ("min", "last")}
 # Fields that change how fast results come, not what they are (batch independence is tested).
@@ -157,6 +161,11 @@ class InversionConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
+    def cuttable(self) -> bool:
+        """Whether a longer run's first iterations are this run (the rate depends on the step index only)."""
+        return self.schedule != "cosine"
+
+    @property
     def scored_steps(self) -> int:
         """How many iterations are scored (0 .. n-1)."""
         return max(self.steps, 1)
@@ -226,10 +235,15 @@ def resolve_lr_scale(config: InversionConfig, ae: Autoencoder, calibration: torc
 
 
 def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors",
-               halve_every: int = AUTHORS_HALVE_EVERY) -> float:
-    """The learning rate the update of iteration ``step`` uses (halved after step 0 and every ``halve_every``-th)."""
+               halve_every: int = AUTHORS_HALVE_EVERY, steps: int | None = None) -> float:
+    """The learning rate the update of iteration ``step`` uses (``authors``: halved after step 0 and every
+    ``halve_every``-th; ``cosine``: cosine decay over the ``steps`` iterations of the run)."""
     if schedule == "constant":
         return base_lr
+    if schedule == "cosine":
+        if steps is None:
+            raise ValueError("the cosine schedule needs the run's step count")
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / max(steps - 1, 1)))
     return base_lr * 0.5 ** (0 if step == 0 else 1 + (step - 1) // halve_every)
 
 
@@ -355,7 +369,7 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
         for group in optimiser.param_groups:  # the rate of the next update (one definition: authors_lr)
-            group["lr"] = authors_lr(cfg.lr, i + 1, cfg.schedule, cfg.halve_every)
+            group["lr"] = authors_lr(cfg.lr, i + 1, cfg.schedule, cfg.halve_every, n_scored)
 
     score = best if cfg.strategy == "min" else last
     out = []

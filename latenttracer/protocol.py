@@ -159,6 +159,9 @@ def invert_paths(ae: Autoencoder, paths: Sequence[str | Path], config: Inversion
     ``trajectory_steps`` steps (cached) and cut with :func:`truncate`: one long run serves every shorter step count.
     Skipped images (``on_bad_image="skip"``) are logged and absent from the result.
     """
+    if trajectory_steps is not None and int(trajectory_steps) > config.steps and not config.cuttable:
+        raise ValueError(f"inversion.schedule={config.schedule!r} depends on the step count: a {trajectory_steps}-step "
+                         f"run cannot be cut to {config.steps} steps; run {config.steps} steps")
     if trajectory_steps is not None and int(trajectory_steps) >= config.steps:
         long = dataclasses.replace(config, steps=int(trajectory_steps))
         frame = invert_paths(ae, paths, long, store=store, image_options=image_options, on_bad_image=on_bad_image,

@@ -197,3 +197,45 @@ def test_lr_scale_absolute_keeps_the_cache_keys():
     assert InversionConfig(lr_scale="latent_rms").identity()["lr_scale"] == "latent_rms"
     with pytest.raises(ValueError, match="inversion.lr_scale"):
         InversionConfig(lr_scale="per_image")
+
+
+def test_cosine_schedule_values_and_loop(tiny_dirs):
+    """schedule=cosine: full rate at iteration 0, lr * (1 + cos(pi i / (steps - 1))) / 2 after; the loop uses
+    exactly those rates (a hand-written Adam loop with them gives the same trajectory)."""
+    steps = 9
+    rates = [authors_lr(0.2, i, "cosine", steps=steps) for i in range(steps)]
+    assert rates[0] == 0.2 and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert rates[(steps - 1) // 2] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    with pytest.raises(ValueError, match="step count"):
+        authors_lr(0.2, 3, "cosine")
+    ae = load_autoencoder(tiny_dirs["AutoencoderTiny-0"], resolution=32)
+    x = natural_crops(1, seed=5)
+    z = ae.encode(x).clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=rates[0])
+    losses = []
+    for i in range(steps):
+        loss = ((ae.decode(z) - x) ** 2).mean()
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for g in opt.param_groups:
+            g["lr"] = rates[i + 1] if i + 1 < steps else 0.0
+    res = invert(ae, x, InversionConfig(steps=steps, lr=0.2, schedule="cosine", record_trajectory=True))[0]
+    torch.testing.assert_close(torch.tensor(res.trajectory), torch.tensor(losses), rtol=1e-5, atol=1e-9)
+    # a longer authors' run differs from this one
+    other = invert(ae, x, InversionConfig(steps=steps, lr=0.2, record_trajectory=True))[0]
+    assert other.trajectory != res.trajectory
+
+
+def test_cosine_runs_are_not_cut_from_longer_runs(tmp_path, tiny_dirs):
+    """A cosine run depends on its step count: invert_paths refuses to cut it from a longer run, naming why."""
+    from latenttracer import protocol
+
+    cfg = InversionConfig(steps=5, schedule="cosine")
+    assert not cfg.cuttable and InversionConfig(steps=5).cuttable
+    assert cfg.hash() != InversionConfig(steps=5).hash()
+    ae = load_autoencoder(tiny_dirs["AutoencoderTiny-0"], resolution=32)
+    with pytest.raises(ValueError, match="cosine.*cannot be cut to 5 steps"):
+        protocol.invert_paths(ae, [tmp_path / "x.png"], cfg, store=None, trajectory_steps=10)

@@ -208,6 +208,31 @@ def test_real_decoder_study_end_to_end(base_dir, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(again[cols], cells[cols])
 
 
+def test_early_exit_on_the_real_decoder_suite(base_dir, tmp_path, monkeypatch):
+    """The early-exit rows for the base inspecting its own decodes against its sibling's and real crops; a rerun
+    of another schedule adds its rows beside them and computes none of the first schedule's scores again."""
+    from experiments import study
+    from latenttracer.studies import real_decoder_early_exit as ree
+
+    monkeypatch.setattr(ree, "machine_speed", lambda threads: "7 (not measured in tests)")
+    common = ["sibling_steps=1", "suite.generated.n=4", "suite.real.n=2", "timing_images=3"]
+    rows = study.run(_job("real_decoder_early_exit", tmp_path, base_dir, [*common, "inversion.steps=4"]),
+                     "real_decoder_early_exit").frame
+    assert list(rows["mode"]) == ["full", "exact", "early_exit"] and set(rows["inspected"]) == {"taef2"}
+    assert (rows["n_evaluation"] == 2 + 2 + 2).all() and (rows["n_calibration"] == 2).all()
+    full = rows.set_index("mode").loc["full"]
+    # image-steps are counted against the authors' 100
+    assert full["agreement_schedule"] == 1.0 and full["image_steps_fraction"] == pytest.approx(4 / 100)
+    assert (rows["calibration_rejected_early"] == 0).all() and (rows["live_mismatches"] == 0).all()
+    other = study.run(_job("real_decoder_early_exit", tmp_path, base_dir, [*common, "inversion.steps=2"]),
+                      "real_decoder_early_exit").frame
+    assert set(other["steps"]) == {2}
+    published = pd.read_csv(tmp_path / "results" / "real_decoder_early_exit.csv")
+    assert sorted(set(published["steps"])) == [2, 4] and len(published) == 6
+    assert "python -m experiments.real_decoder_early_exit" in (tmp_path / "results" /
+                                                               "real_decoder_early_exit.md").read_text()
+
+
 def test_drift_on_a_taesd_base(base_dir, tmp_path):
     from experiments import study
 

@@ -62,10 +62,10 @@ def _ok(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == "ok"]
 
 
-def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed: float) -> list[dict]:
-    """The rows of one inspected model (module docstring)."""
+def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed: float, ae: Any = None) -> list[dict]:
+    """The rows of one inspected model (module docstring); ``ae``: its decoder when already loaded."""
     spec = ctx.model_spec(name)
-    ae = ctx.load_model(spec)
+    ae = ctx.load_model(spec) if ae is None else ae
     tpr = ctx.split_settings().target_tpr
     # lr_scale=latent_rms is resolved on the model's calibration half: the rows show the absolute rate it ran at
     inv = ctx.resolved(ae, ctx.inversion_config(dtype=spec.dtype, early_exit=False))
@@ -154,7 +154,8 @@ def markdown(table: pd.DataFrame, notes: list[str]) -> str:
                       tables.markdown_table(shown), ""])
 
 
-def notes(p: dict, wall: float, speed_text: str) -> list[str]:
+def notes(p: dict, wall: float, speed_text: str,
+          command: str = "python -m experiments.early_exit inversion=<schedule>") -> list[str]:
     """How the table was made; ``p``: the job's protocol (:meth:`Context.protocol`)."""
     return [f"Suite `{p['suite']}`, Table 1's split: threshold ({p['target_tpr']:.0%} TPR) and early-exit bounds "
             "from each inspected model's calibration half; every other column on the evaluation images.",
@@ -164,7 +165,7 @@ def notes(p: dict, wall: float, speed_text: str) -> list[str]:
             "in one process on the same evaluation images (seconds_* columns; machine_speed beside them).",
             "Modes: full = the schedule to the end; exact = stop once the running minimum is <= the threshold; "
             "early_exit = also stop above the learnt bound margin x ratio_k x threshold.",
-            f"Command: `python -m experiments.early_exit inversion=<schedule>`; this run: "
+            f"Command: `{command}`; this run: "
             f"{wall:.0f} s wall; machine speed {speed_text}."]
 
 

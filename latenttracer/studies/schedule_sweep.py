@@ -5,9 +5,10 @@
 Per inspected model: belonging = its own calibration half; non-belonging = ``n_per_source`` images (seeded) of
 every other model's calibration half. No evaluation image is touched: the schedule chosen here is reported on
 evaluation images by ``experiments.early_exit inversion=<preset>``. Each job scores these images with
-``cfg.inversion`` (through the shared store) and for each step count in ``eval_steps`` (<= inversion.steps; one
-run, cut with :func:`latenttracer.protocol.truncate`) gives the pooled AUC; the rows are merged into
-``<out>.csv`` (by inspected, lr, halve_every, steps) under a lock, as the jobs of a multirun write concurrently
+``cfg.inversion`` (through the shared store) and gives the pooled AUC for each step count in ``eval_steps``
+(<= inversion.steps; one run, cut with :func:`latenttracer.protocol.truncate`; a ``cosine`` run, whose rate
+depends on the step count, gives its own step count only). The rows are merged into ``<out>.csv`` (by inspected,
+schedule, lr, lr_scale, halve_every, steps) under a lock, as the jobs of a multirun write concurrently
 (:class:`~latenttracer.studies.base.Merge`), and ``<out>.md`` shows each model's AUC and the worst gap to the
 authors' run once that has been run too (``inversion.steps=100`` with the authors' settings: the same images, 100
 steps). The objective (for a sweeper) is the worst AUC over inspected models at ``inversion.steps``.
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 AUTHORS = InversionConfig()
 
-KEY = ("inspected", "lr", "lr_scale", "halve_every", "steps")
+KEY = ("inspected", "schedule", "lr", "lr_scale", "halve_every", "steps")
 
 
 @dataclass
@@ -55,16 +56,19 @@ def calibration_images(sets: dict, name: str, n_per_source: int, seed: int) -> p
 
 
 def sweep_markdown(table: pd.DataFrame, n_per_source: int) -> str:
-    """Pooled calibration AUC per (lr, halve_every, steps) and inspected model, with the worst gap to the authors'
-    100-step run (the row lr 0.05, halve_every 50, steps 100, when it has been run)."""
-    wide = table.pivot_table(index=["lr", "lr_scale", "halve_every", "steps"], columns="inspected", values="auc")
-    authors = (AUTHORS.lr, AUTHORS.lr_scale, AUTHORS.halve_every, AUTHORS.steps)
+    """Pooled calibration AUC per (schedule, lr, lr_scale, halve_every, steps) and inspected model, with the worst
+    and the mean gap to the authors' 100-step run (the row of the authors' settings, when it has been run)."""
+    wide = table.pivot_table(index=["schedule", "lr", "lr_scale", "halve_every", "steps"], columns="inspected",
+                             values="auc")
+    authors = (AUTHORS.schedule, AUTHORS.lr, AUTHORS.lr_scale, AUTHORS.halve_every, AUTHORS.steps)
     notes = [f"- Pooled AUC on calibration images only: each model's calibration half vs {n_per_source} "
              "calibration images of every other model; no evaluation image is used.",
              "- Command: `python -m experiments.schedule_sweep -m inversion.steps=25 inversion.lr=... "
              "inversion.halve_every=...` (the authors' reference: `inversion.steps=100`)."]
     if authors in wide.index:
-        wide.insert(0, "worst_gap_to_authors", (wide - wide.loc[authors]).min(axis=1))
+        gaps = wide - wide.loc[authors]
+        wide.insert(0, "worst_gap_to_authors", gaps.min(axis=1))
+        wide.insert(1, "mean_gap_to_authors", gaps.mean(axis=1))  # the tie-break between equal worst gaps
     else:
         notes.append("- The authors' 100-step reference has not been run yet: no gap column.")
     shown = wide.reset_index().map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
@@ -89,7 +93,8 @@ class ScheduleSweep(Study):
             images = calibration_images(sets, name, int(cfg.n_per_source), int(cfg.subset_seed))
             paths = images["path"].tolist()
             inv = ctx.inversion_config(dtype=spec.dtype)  # lr_scale=latent_rms: resolved on its calibration half
-            for steps in sorted({int(s) for s in cfg.eval_steps if int(s) <= inv.steps} | {inv.steps}):
+            cuts = {int(s) for s in cfg.eval_steps if int(s) <= inv.steps} if inv.cuttable else set()
+            for steps in sorted(cuts | {inv.steps}):  # a schedule that depends on the step count: its own only
                 frame = ctx.invert_paths(ae, paths, replace(inv, steps=steps),
                                          trajectory_steps=inv.steps).set_index("path").loc[paths]
                 ok = (frame["status"] == "ok").to_numpy()
