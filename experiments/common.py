@@ -166,15 +166,20 @@ def load_model(cfg: DictConfig, model: DictConfig | ModelSpec) -> Autoencoder:
                             device=str(cfg.device), dtype=str(spec.dtype))
 
 
-def resolved(cfg: DictConfig, ae: Autoencoder, inv: InversionConfig) -> InversionConfig:
+def resolved(cfg: DictConfig, ae: Autoencoder, inv: InversionConfig,
+             calibration: Sequence[str | Path] | None = None) -> InversionConfig:
     """``inv`` with an absolute rate: ``inversion.lr_scale=latent_rms`` is resolved on the inspected model's own
-    calibration half of the suite (:func:`latenttracer.inversion.resolve_lr_scale`)."""
+    calibration images (:func:`latenttracer.inversion.resolve_lr_scale`): ``calibration`` when a study builds its
+    own sets, else the model's calibration half of the suite."""
     if inv.lr_scale == "absolute":
         return inv
-    if ae.name not in cfg.suite.models:
+    if calibration is not None:
+        paths = list(calibration)
+    elif ae.name not in cfg.suite.models:
         raise ValueError(f"inversion.lr_scale={inv.lr_scale!r}: the rate is set from the inspected model's own "
                          f"calibration images, and {ae.name!r} is not a model of suite {cfg.suite.name!r}")
-    paths = proto.split(generated_set(cfg, ae.name), split_settings(cfg))["calibration"]
+    else:
+        paths = proto.split(generated_set(cfg, ae.name), split_settings(cfg))["calibration"]
     images, _, _ = load_images([str(p) for p in paths], ae.resolution, image_options(cfg))
     out = resolve_lr_scale(inv, ae, images)
     log.info("%s: inversion.lr_scale=%s -> lr %.4g (%d calibration images)", ae.name, inv.lr_scale, out.lr,
@@ -335,8 +340,9 @@ class Context:
     def inversion_preset(self) -> str:
         return inversion_preset()
 
-    def resolved(self, ae: Autoencoder, inv: InversionConfig) -> InversionConfig:
-        return resolved(self.cfg, ae, inv)
+    def resolved(self, ae: Autoencoder, inv: InversionConfig,
+                 calibration: Sequence[str | Path] | None = None) -> InversionConfig:
+        return resolved(self.cfg, ae, inv, calibration)
 
     def invert_paths(self, ae: Autoencoder, paths: Sequence[str | Path], inv: InversionConfig, *,
                      trajectory_steps: int | None = None) -> pd.DataFrame:

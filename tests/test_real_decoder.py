@@ -224,9 +224,11 @@ def test_early_exit_on_the_real_decoder_suite(base_dir, tmp_path, monkeypatch):
     # image-steps are counted against the authors' 100
     assert full["agreement_schedule"] == 1.0 and full["image_steps_fraction"] == pytest.approx(4 / 100)
     assert (rows["calibration_rejected_early"] == 0).all() and (rows["live_mismatches"] == 0).all()
-    other = study.run(_job("real_decoder_early_exit", tmp_path, base_dir, [*common, "inversion.steps=2"]),
+    # lr_scale=latent_rms is resolved on the study's own calibration decodes (the suite has no generated set)
+    other = study.run(_job("real_decoder_early_exit", tmp_path, base_dir, [*common, "inversion.steps=2",
+                                                                          "inversion.lr_scale=latent_rms"]),
                       "real_decoder_early_exit").frame
-    assert set(other["steps"]) == {2}
+    assert set(other["steps"]) == {2} and other["lr"].nunique() == 1 and other["lr"].iloc[0] != 0.05
     published = pd.read_csv(tmp_path / "results" / "real_decoder_early_exit.csv")
     assert sorted(set(published["steps"])) == [2, 4] and len(published) == 6
     assert "python -m experiments.real_decoder_early_exit" in (tmp_path / "results" /

@@ -67,11 +67,11 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     spec = ctx.model_spec(name)
     ae = ctx.load_model(spec) if ae is None else ae
     tpr = ctx.split_settings().target_tpr
-    # lr_scale=latent_rms is resolved on the model's calibration half: the rows show the absolute rate it ran at
-    inv = ctx.resolved(ae, ctx.inversion_config(dtype=spec.dtype, early_exit=False))
-    authors = InversionConfig(device=str(cfg.device), dtype=str(spec.dtype), batch_size=inv.batch_size)
     grid = protocol.grid_images(sets, name)
     calibration = grid.loc[(grid["source"] == name) & (grid["split"] == "calibration"), "path"].tolist()
+    # lr_scale=latent_rms is resolved on the model's calibration half: the rows show the absolute rate it ran at
+    inv = ctx.resolved(ae, ctx.inversion_config(dtype=spec.dtype, early_exit=False), calibration)
+    authors = InversionConfig(device=str(cfg.device), dtype=str(spec.dtype), batch_size=inv.batch_size)
     evaluation = grid[grid["split"] == "evaluation"].reset_index(drop=True)
 
     # A schedule that is the authors' cut short is read from the authors' cached runs (exact: protocol.truncate).
@@ -139,7 +139,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     return rows
 
 
-def markdown(table: pd.DataFrame, notes: list[str]) -> str:
+def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and faster schedules") -> str:
     """The published table: every row of ``table`` (the merged CSV), after the ``notes``."""
     shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "agreement",
                    "agreement_schedule",
@@ -150,7 +150,8 @@ def markdown(table: pd.DataFrame, notes: list[str]) -> str:
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
     for col in ("speedup", "seconds_authors", "seconds", "margin"):
         shown[col] = shown[col].map(lambda v: f"{v:.2f}")
-    return "\n".join(["# Early exit and faster schedules", "", *[f"- {n}" for n in notes], "",
+    shown["lr"] = shown["lr"].map(lambda v: f"{v:.4g}")  # a latent_rms rate resolved: lr x RMS (4 digits each)
+    return "\n".join([f"# {title}", "", *[f"- {n}" for n in notes], "",
                       tables.markdown_table(shown), ""])
 
 

@@ -24,6 +24,7 @@ from data_gen.zoo.speed import machine_speed
 from latenttracer.studies import early_exit, real_decoder
 from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, Study, StudyResult
 
+TITLE = "Early exit and faster schedules on a real decoder (taef2)"
 COMMAND = "python -m experiments.real_decoder_early_exit inversion=<schedule>"
 
 
@@ -58,4 +59,4 @@ class RealDecoderEarlyExit(Study):
         new = pd.DataFrame(rows)[early_exit.COLUMNS]
         told = early_exit.notes(ctx.protocol(), time.time() - started, speed_text, COMMAND)
         return StudyResult(new, stem=Path(cfg.out), tables={"": new},
-                           merge=Merge(early_exit.KEY, lambda table: early_exit.markdown(table, told)))
+                           merge=Merge(early_exit.KEY, lambda table: early_exit.markdown(table, told, TITLE)))
