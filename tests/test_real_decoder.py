@@ -212,9 +212,9 @@ def test_early_exit_on_the_real_decoder_suite(base_dir, tmp_path, monkeypatch):
     """The early-exit rows for the base inspecting its own decodes against its sibling's and real crops; a rerun
     of another schedule adds its rows beside them and computes none of the first schedule's scores again."""
     from experiments import study
-    from latenttracer.studies import real_decoder_early_exit as ree
+    from latenttracer.studies import early_exit
 
-    monkeypatch.setattr(ree, "machine_speed", lambda threads: "7 (not measured in tests)")
+    monkeypatch.setattr(early_exit.zoo, "machine_speed", lambda threads=1: "7 (not measured in tests)")
     common = ["sibling_steps=1", "suite.generated.n=4", "suite.real.n=2", "timing_images=3"]
     rows = study.run(_job("real_decoder_early_exit", tmp_path, base_dir, [*common, "inversion.steps=4"]),
                      "real_decoder_early_exit").frame

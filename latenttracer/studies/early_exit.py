@@ -174,8 +174,13 @@ def notes(p: dict, wall: float, speed_text: str,
 class EarlyExit(Study):
     name = "early_exit"
     config = EarlyExitConfig
-    section = ReportSection("Early exit and faster schedules", ("early_exit.csv",), (),
-                            "python -m experiments.early_exit inversion=<schedule>", order=60)
+    title = "Early exit and faster schedules"
+    command = "python -m experiments.early_exit inversion=<schedule>"
+    section = ReportSection(title, ("early_exit.csv",), (), command, order=60)
+
+    def targets(self, cfg: Any, ctx: Context) -> tuple[dict, dict[str, Any]]:
+        """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
+        return ctx.image_sets(), {name: None for name in ctx.inspected_models()}
 
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """Returns this job's rows (the published table is every row of ``<out>.csv``, these merged in)."""
@@ -184,11 +189,12 @@ class EarlyExit(Study):
         speed = int(speed_text.split()[0])  # KL-decoder image-steps/s, 1 thread (benchmarks/decoder_speed.py)
         log.info("machine speed: %s", speed_text)
         schedule = ctx.inversion_preset()
-        sets = ctx.image_sets()
+        sets, models = self.targets(cfg, ctx)
         rows = []
-        for name in ctx.inspected_models():
-            rows.extend(measure(cfg, ctx, name, sets, schedule, speed))
+        for name, ae in models.items():
+            rows.extend(measure(cfg, ctx, name, sets, schedule, speed, ae=ae))
         new = pd.DataFrame(rows)[COLUMNS]
-        told = notes(ctx.protocol(), time.time() - started, speed_text)
+        told = notes(ctx.protocol(), time.time() - started, speed_text, self.command)
+        title = self.title
         return StudyResult(new, stem=Path(cfg.out), tables={"": new},
-                           merge=Merge(KEY, lambda table: markdown(table, told)))
+                           merge=Merge(KEY, lambda table: markdown(table, told, title)))

@@ -51,16 +51,21 @@ class ResolutionEntry:
 
 
 @dataclass
-class RealDecoderConfig:
-    base: str = "taef2"
-    sibling_steps: int = 300
+class DecodedSuiteConfig:
+    """The keys that name the real-decoder suite's members and sets (shared by every study that uses them)."""
+    base: str = "taef2"                  # the suite's model whose decoder is studied
+    sibling_steps: int = 300             # its fine-tuned sibling: the drift recipe run this many steps
     finetune: dict[str, Any] = field(default_factory=dict)  # data_gen.taesd_finetune.FinetuneRecipe overrides
     sets: dict[str, Any] = field(default_factory=dict)      # data_gen.real_decoder.DecodedSetSettings overrides
+    dir: str = MISSING                   # members/ and sets/ are cached here
+
+
+@dataclass
+class RealDecoderConfig(DecodedSuiteConfig):
     methods: list[RealDecoderMethod] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     steps_inspected: list[str] = field(default_factory=list)
     resolutions: list[ResolutionEntry] = field(default_factory=list)
-    dir: str = MISSING
     out: str = MISSING
     formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
 
