@@ -19,7 +19,7 @@ what the loop computes (``tests/test_early_exit.py``); the timed runs check it o
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -29,7 +29,7 @@ from latenttracer.autoencoders import Autoencoder
 from latenttracer.inversion import InversionConfig, InversionResult, invert
 from latenttracer.metrics import detection_metrics
 
-__all__ = ["compare", "pooled_auc", "time_inversions", "timing_subset"]
+__all__ = ["compare", "pooled_auc", "time_cascade", "time_inversions", "timing_subset"]
 
 
 def pooled_auc(scores: Sequence[float], belonging: Sequence[bool]) -> float:
@@ -39,17 +39,22 @@ def pooled_auc(scores: Sequence[float], belonging: Sequence[bool]) -> float:
 
 
 def compare(*, authors_scores: Sequence[float], authors_threshold: float, schedule_scores: Sequence[float],
-            schedule_threshold: float, scores: Sequence[float], steps_run: Sequence[int],
-            belonging: Sequence[bool], authors_steps: int) -> dict:
-    """One option against the authors' full run and against its own schedule's full run (module docstring)."""
+            schedule_threshold: float, scores: Sequence[float] | None = None, steps_run: Sequence[int],
+            belonging: Sequence[bool], authors_steps: int, verdicts: Sequence[bool] | None = None) -> dict:
+    """One option against the authors' full run and against its own schedule's full run (module docstring).
+    ``verdicts`` instead of ``scores``: an option whose output is a verdict per image with no one score scale
+    (a cascade, :mod:`latenttracer.cascade`); its ``auc`` is then NaN."""
+    if (scores is None) == (verdicts is None):
+        raise ValueError("compare: give the option's scores or its verdicts, not both")
     a = np.asarray(authors_scores, dtype=float) <= float(authors_threshold)
     s = np.asarray(schedule_scores, dtype=float) <= float(schedule_threshold)
-    o = np.asarray(scores, dtype=float) <= float(schedule_threshold)
+    o = (np.asarray(verdicts, dtype=bool) if verdicts is not None
+         else np.asarray(scores, dtype=float) <= float(schedule_threshold))
     return {"agreement": float(np.mean(o == a)), "agreement_schedule": float(np.mean(o == s)),
             "image_steps_fraction": float(np.mean(steps_run)) / float(authors_steps),
             "tpr": float(np.mean(o[np.asarray(belonging, dtype=bool)])),
             "fpr": float(np.mean(o[~np.asarray(belonging, dtype=bool)])),
-            "auc": pooled_auc(scores, belonging)}
+            "auc": pooled_auc(scores, belonging) if scores is not None else float("nan")}
 
 
 def timing_subset(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -67,8 +72,22 @@ def time_inversions(ae: Autoencoder, images: torch.Tensor,
     invert(ae, images[:1], replace(first, steps=1, early_exit=False, exit_ratios=None))
     out = {}
     for name, cfg in configs.items():
-        cfg = replace(cfg, batch_size=max(1, images.shape[0]), record_trajectory=False, record_latent=False)
         t0 = time.perf_counter()
-        results = invert(ae, images, cfg)
+        results = _one_batch(ae, images, cfg)
         out[name] = (time.perf_counter() - t0, results)
     return out
+
+
+def _one_batch(ae: Autoencoder, images: torch.Tensor, cfg: InversionConfig) -> list[InversionResult]:
+    return invert(ae, images, replace(cfg, batch_size=max(1, images.shape[0]), record_trajectory=False,
+                                      record_latent=False))
+
+
+def time_cascade(ae: Autoencoder, images: torch.Tensor,
+                 run: Callable[[torch.Tensor, Callable[..., list[InversionResult]]], list]) -> tuple[float, list]:
+    """Wall seconds and results of a staged option ``run(images, invert_fn)`` (a cascade,
+    :func:`latenttracer.cascade.run_cascade`) whose every stage runs in one batch, as :func:`time_inversions`
+    runs each config (call it after that one: its warm-up has been paid)."""
+    t0 = time.perf_counter()
+    results = run(images, _one_batch)
+    return time.perf_counter() - t0, results

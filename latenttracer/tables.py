@@ -76,8 +76,9 @@ def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key: Sequence[str]) 
         merged = pd.concat([old, rows], ignore_index=True)
     else:
         merged = rows.copy()
-    # Compare keys as text so that a float read back from the CSV equals the float written.
-    key_text = merged[list(key)].astype(str).agg("\x1f".join, axis=1)
+    # Compare keys as text so that a float read back from the CSV equals the float written (and a missing key
+    # value, e.g. a margin that a row's mode has not, equals another missing one: "nan").
+    key_text = merged[list(key)].astype(object).map(str).agg("\x1f".join, axis=1)
     merged = merged[~key_text.duplicated(keep="last")].reset_index(drop=True)
     atomic.write_frame(merged, path)
     return merged

@@ -342,6 +342,11 @@ def test_upsert_csv_replaces_rows_with_the_same_key(tmp_path):
     assert merged.values.tolist() == [[1, 0.1, 10], [2, 0.05, 21], [3, 0.5, 30]]
     assert pd.read_csv(path).values.tolist() == merged.values.tolist()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
+    # a missing key value (read back from the file as NaN) matches a missing one written again
+    nan = float("nan")
+    tables.upsert_csv(path, pd.DataFrame({"k": [3, 4], "lr": [nan, nan], "v": [1, 2]}), ["k", "lr"])
+    again = tables.upsert_csv(path, pd.DataFrame({"k": [4], "lr": [nan], "v": [3]}), ["k", "lr"])
+    assert again["v"].tolist() == [10, 21, 30, 1, 3]
 
 
 def test_figures_from_cached_files_only(micro_zoo, workspace, tmp_path, monkeypatch):

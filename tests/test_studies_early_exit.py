@@ -69,10 +69,19 @@ def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch): 
     results = workspace / "results" / "debug"
     first = pd.read_csv(results / "early_exit.csv")
     assert list(first["mode"]) == ["full", "exact", "early_exit"]
-    study.run(job("early_exit", workspace, micro_zoo, tmp_path / "again", [*RUN, "inversion.lr=0.1"]), "early_exit")
+    # ... with a cascade row: this schedule screens, its band runs the authors' (at the micro steps here)
+    again = study.run(job("early_exit", workspace, micro_zoo, tmp_path / "again",
+                          [*RUN, "inversion.lr=0.1", "cascade_band_margin=1.1"]), "early_exit").frame.set_index("mode")
+    assert list(again.index) == ["full", "exact", "early_exit", "cascade"]
+    cascade = again.loc["cascade"]
+    assert cascade["band_margin"] == 1.1 and cascade["margin"] == cfg.inversion.exit_margin
+    assert cascade["live_mismatches"] == 0 and cascade["calibration_rejected_early"] == 0
+    assert np.isnan(cascade["auc_early_exit"]) and 0 <= cascade["n_band"] <= cascade["n_evaluation"]
+    assert np.isnan(again.loc["early_exit", "band_margin"])
     merged = pd.read_csv(results / "early_exit.csv")
-    assert list(merged["lr"]) == [0.05] * 3 + [0.1] * 3
+    assert list(merged["lr"]) == [0.05] * 3 + [0.1] * 4
     pd.testing.assert_frame_equal(merged.head(3), first)
     text = (results / "early_exit.md").read_text()
-    assert text.count("| kl-a | paper | 3 |") == 6 and "machine speed " + SPEED in text
+    assert text.count("| kl-a | paper | 3 |") == 7 and "machine speed " + SPEED in text
+    assert "| cascade | 1.50 | 1.10 |" in text
     assert np.isfinite(merged["speedup"]).all()

@@ -11,12 +11,16 @@ source's evaluation half and the real set = non-belonging) are scored. Rows (:mo
 
 * ``full``: the schedule run to the end (for ``paper`` this is the authors' run itself);
 * ``exact``: early exit on the threshold alone (verdicts equal the schedule's full run);
-* ``early_exit``: threshold and learnt bounds at ``inversion.exit_margin``.
+* ``early_exit``: threshold and learnt bounds at ``inversion.exit_margin``;
+* ``cascade`` (a schedule other than the authors', with ``cascade_band_margin`` set): this schedule screens with
+  early exit and the images in its learnt band run the authors' schedule with early exit
+  (:mod:`latenttracer.cascade`; ``band_margin`` column; both stages' bounds at ``inversion.exit_margin``). Its
+  output is a verdict per image, so its ``auc_early_exit`` is empty.
 
 Scores come from the shared store (computed if missing, with trajectories); early-exit results are replayed from
 the trajectories and checked live on ``timing_images`` evaluation images, which also give the wall-clock speed-up
 (all configs timed in this process, one after the other). Rows are merged into ``<out>.csv`` by (inspected,
-schedule, steps, lr, halve_every, mode, margin) under a lock and the Markdown is rebuilt from it
+schedule, steps, lr, halve_every, mode, margin, band_margin) under a lock and the Markdown is rebuilt from it
 (:class:`~latenttracer.studies.base.Merge`).
 """
 
@@ -34,7 +38,8 @@ from omegaconf import MISSING
 
 from data_gen import zoo
 from latenttracer import protocol, tables
-from latenttracer.deployment import compare, pooled_auc, time_inversions, timing_subset
+from latenttracer.cascade import learn_cascade, replay_cascade, run_cascade
+from latenttracer.deployment import compare, pooled_auc, time_cascade, time_inversions, timing_subset
 from latenttracer.early_exit import learn_bounds, rejected_early, replay_frame
 from latenttracer.images import load_images
 from latenttracer.inversion import InversionConfig
@@ -43,11 +48,11 @@ from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, St
 
 log = logging.getLogger(__name__)
 
-KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin")
+KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin")
 COLUMNS = [*KEY, "agreement", "image_steps_fraction", "speedup", "auc_full",
            "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold", "n_evaluation",
            "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds", "live_mismatches",
-           "machine_speed"]
+           "machine_speed", "n_band"]
 
 
 @dataclass
@@ -55,6 +60,7 @@ class EarlyExitConfig:
     inspected: list[str] | None = None  # names in suite.models; null: every model of the suite
     timing_images: int = 48             # evaluation images per inspected model timed live
     timing_seed: int = 0                # which evaluation images are timed
+    cascade_band_margin: float | None = None  # cascade rows with this band margin (>= 1); null: none
     out: str = MISSING                  # publishes <out>.{md,csv}
 
 
@@ -106,27 +112,47 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
         configs["full"] = inv
     timed = time_inversions(ae, images, configs)
     timed.setdefault("full", timed["authors"])  # the authors' schedule: its full run is the authors' run
+    band_margin = cfg.cascade_band_margin
+    verdict = replace(authors, exit_margin=margin)  # the cascade's second stage: the authors' schedule, exiting
+    if band_margin is not None and inv.hash() != authors.hash():
+        both = [p for p in cal.index if p in cal_authors.index]
+        cascade = learn_cascade(cal.loc[both, "trajectory"].tolist(), cal_authors.loc[both, "trajectory"].tolist(),
+                                threshold=t_authors, band_margin=float(band_margin), screen=inv, verdict=verdict)
+        log.info("%s cascade: band (%.4g, %.4g], verdict threshold %.4g, from %d calibration images", name,
+                 cascade.low, cascade.high, cascade.verdict.threshold, len(both))
+        timed["cascade"] = time_cascade(ae, images, lambda x, c: run_cascade(ae, x, cascade, inv, verdict, c))
+        options["cascade"] = cascade
 
     rows = []
     for mode, option in options.items():
+        verdicts, n_band = None, 0
         if option is None:
             scores, steps_run = full_scores, np.full(len(ok), inv.scored_steps)
+        elif mode == "cascade":
+            replayed = replay_cascade(trajectories, ev_authors.loc[ok, "trajectory"].tolist(), option, inv, verdict)
+            scores, verdicts, steps_run = None, replayed["belonging"], replayed["steps_run"]
+            n_band = int(np.sum(replayed["stage"] == "verdict"))
         else:
             replayed = replay_frame(trajectories, option)
             scores, steps_run = replayed["score"], replayed["steps_run"]
         seconds, live = timed[mode]
-        live_verdict = np.array([r.score <= t for r in live])
-        live_mismatches = int(np.sum(live_verdict != (scores[subset] <= t)))
+        if verdicts is None:
+            live_verdict = np.array([r.score <= t for r in live])
+            live_mismatches = int(np.sum(live_verdict != (scores[subset] <= t)))
+        else:
+            live_mismatches = int(np.sum(np.array([r.belonging for r in live]) != verdicts[subset]))
         rows.append({
-            "inspected": name, "schedule": schedule, "mode": mode, "margin": margin if mode == "early_exit" else 1.0,
+            "inspected": name, "schedule": schedule, "mode": mode,
+            "margin": margin if mode in ("early_exit", "cascade") else 1.0,
+            "band_margin": float(band_margin) if mode == "cascade" else np.nan, "n_band": n_band,
             "steps": inv.steps, "lr": inv.lr, "halve_every": inv.halve_every,
             **compare(authors_scores=authors_scores, authors_threshold=t_authors, schedule_scores=full_scores,
-                      schedule_threshold=t, scores=scores, steps_run=steps_run, belonging=belonging,
-                      authors_steps=authors.scored_steps),
+                      schedule_threshold=t, scores=scores, verdicts=verdicts, steps_run=steps_run,
+                      belonging=belonging, authors_steps=authors.scored_steps),
             "speedup": timed["authors"][0] / seconds, "auc_authors": np.nan, "threshold": t, "n_evaluation": len(ok),
             "n_calibration": len(cal),
-            "calibration_rejected_early": len(rejected_early(cal["trajectory"].tolist(), options["early_exit"]))
-            if mode == "early_exit" else 0,
+            "calibration_rejected_early": _rejected_early(mode, option, cal, cal_authors, inv, verdict)
+            if mode in ("early_exit", "cascade") else 0,
             "n_timed": len(subset), "seconds_authors": timed["authors"][0], "seconds": seconds,
             "live_mismatches": live_mismatches, "machine_speed": speed})
     auc_full = next(r["auc"] for r in rows if r["mode"] == "full")
@@ -139,17 +165,35 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     return rows
 
 
+def _rejected_early(mode: str, option: Any, cal: pd.DataFrame, cal_authors: pd.DataFrame, screen: InversionConfig,
+                    verdict: InversionConfig) -> int:
+    """Calibration images the full run accepts but the option rejects: early exit's bound against its own
+    schedule's full run; a cascade (both stages) against the authors' full run. Zero by construction."""
+    if mode == "early_exit":
+        return len(rejected_early(cal["trajectory"].tolist(), option))
+    both = [p for p in cal.index if p in cal_authors.index]
+    out = replay_cascade(cal.loc[both, "trajectory"].tolist(), cal_authors.loc[both, "trajectory"].tolist(), option,
+                         screen, verdict)
+    accepted = cal_authors.loc[both, "score"].to_numpy(float) <= option.verdict.threshold
+    return int(np.sum(accepted & ~out["belonging"]))
+
+
 def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and faster schedules") -> str:
     """The published table: every row of ``table`` (the merged CSV), after the ``notes``."""
-    shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "agreement",
+    table = table.copy()
+    if "band_margin" not in table:
+        table["band_margin"] = np.nan
+    shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin",
+                   "agreement",
                    "agreement_schedule",
                    "image_steps_fraction", "speedup", "auc_full", "auc_early_exit", "auc_authors", "seconds_authors",
                    "seconds", "machine_speed"]].rename(columns={"machine_speed": "machine_speed (img-steps/s)"})
     for col in ("agreement", "agreement_schedule", "image_steps_fraction", "auc_full", "auc_early_exit",
                 "auc_authors"):
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
-    for col in ("speedup", "seconds_authors", "seconds", "margin"):
-        shown[col] = shown[col].map(lambda v: f"{v:.2f}")
+    for col in ("speedup", "seconds_authors", "seconds", "margin", "band_margin"):
+        shown[col] = shown[col].map(lambda v: f"{v:.2f}" if v == v else "")
+    shown["auc_early_exit"] = shown["auc_early_exit"].replace("nan", "")
     shown["lr"] = shown["lr"].map(lambda v: f"{v:.4g}")  # a latent_rms rate resolved: lr x RMS (4 digits each)
     return "\n".join([f"# {title}", "", *[f"- {n}" for n in notes], "",
                       tables.markdown_table(shown), ""])
@@ -165,7 +209,9 @@ def notes(p: dict, wall: float, speed_text: str,
             "steps per image / 100; speedup: wall time of the authors' full run / this option's, both timed "
             "in one process on the same evaluation images (seconds_* columns; machine_speed beside them).",
             "Modes: full = the schedule to the end; exact = stop once the running minimum is <= the threshold; "
-            "early_exit = also stop above the learnt bound margin x ratio_k x threshold.",
+            "early_exit = also stop above the learnt bound margin x ratio_k x threshold; cascade = this schedule "
+            "with early exit screens, the images in its band (learnt on calibration, widened by band_margin) run "
+            "the authors' schedule with early exit (a verdict per image: no AUC).",
             f"Command: `{command}`; this run: "
             f"{wall:.0f} s wall; machine speed {speed_text}."]
 

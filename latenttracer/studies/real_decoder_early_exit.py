@@ -26,6 +26,7 @@ from latenttracer.studies.early_exit import EarlyExit
 class RealDecoderEarlyExitConfig(real_decoder.DecodedSuiteConfig):
     timing_images: int = 12              # evaluation images timed live (one batch per config, one process)
     timing_seed: int = 0
+    cascade_band_margin: float | None = None  # cascade rows with this band margin (>= 1); null: none
     out: str = MISSING                   # publishes <out>.{md,csv}
 
 
