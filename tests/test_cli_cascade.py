@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_cli import _run, folders  # noqa: F401  (the fixture)
+
 from latenttracer.autoencoders import load_autoencoder
 from latenttracer.calibration import pooled_threshold
 from latenttracer.cascade import DEFAULT_BAND_MARGIN, learn_cascade, replay_cascade
@@ -38,9 +39,9 @@ def _trajectories(ae, paths, config):
     return [r.trajectory for r in invert(ae, images, replace(config, record_trajectory=True))]
 
 
-def _cascade_run(tmp_path, model, mixed, folders, *extra):  # noqa: F811
+def _cascade_run(tmp_path, model, mixed, folders, *extra, screen=SCREEN):  # noqa: F811
     out = tmp_path / "cascade.csv"
-    code = _run("--model", model, "--images", mixed, "--out", out, "--calibrate", folders["cal"], "--cascade", SCREEN,
+    code = _run("--model", model, "--images", mixed, "--out", out, "--calibrate", folders["cal"], "--cascade", screen,
                 "--cache", tmp_path / "cache", "--resolution", 32, *VERDICT, *extra)
     assert code == 0
     return pd.read_csv(out, keep_default_na=False)
@@ -110,10 +111,12 @@ def test_cascade_rerun_computes_nothing_and_writes_html(tmp_path, tiny_dirs, fol
     assert page.is_file() and f"{n_bel} of {len(again)}" in html
 
 
-def test_cascade_with_calibrate_perturb_pairs_both_schedules_per_set(tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
+def test_cascade_with_calibrate_perturb_and_a_latent_rms_screen(tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
     model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
-    df = _cascade_run(tmp_path, model, mixed, folders, "--calibrate-perturb", "jpeg:90", "--early-exit")
+    df = _cascade_run(tmp_path, model, mixed, folders, "--calibrate-perturb", "jpeg:90", "--early-exit",
+                      screen="steps=4,lr=0.2,lr_scale=latent_rms")
     err = capsys.readouterr().err
+    assert "AutoencoderTiny-0 (screen): --lr-scale latent_rms: lr 0.2 x latent RMS" in err
     assert f"(band margin {DEFAULT_BAND_MARGIN:g})" in err
     assert "learnt from the full runs of 12 calibration images under both schedules" in err
     assert set(df["stage"]) <= {"screen", "verdict"} and (df["status"] == "ok").all()
