@@ -47,9 +47,10 @@ from latenttracer.early_exit import ExitBounds, learn_bounds, learn_ratios, repl
 from latenttracer.inversion import InversionConfig, InversionResult, invert
 from latenttracer.metrics import calibrate_threshold
 
-__all__ = ["Cascade", "CascadeResult", "learn_cascade", "replay_cascade", "run_cascade"]
+__all__ = ["DEFAULT_BAND_MARGIN", "Cascade", "CascadeResult", "learn_cascade", "replay_cascade", "run_cascade"]
 
 STAGES = ("screen", "verdict")
+DEFAULT_BAND_MARGIN = 1.1  # learn_cascade's and `trace --cascade`'s default widening of the band
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _minima(trajectories: Sequence[Sequence[float]]) -> np.ndarray:
 
 
 def learn_cascade(screen_trajectories: Sequence[Sequence[float]], verdict_trajectories: Sequence[Sequence[float]],
-                  *, target_tpr: float = 0.95, threshold: float | None = None, band_margin: float = 1.0,
+                  *, target_tpr: float = 0.95, threshold: float | None = None, band_margin: float = DEFAULT_BAND_MARGIN,
                   screen: InversionConfig | None = None, verdict: InversionConfig | None = None) -> Cascade:
     """The cascade learnt from full-run trajectories of the same calibration images under both schedules (one
     list of losses per image, in the same order). ``threshold``: the verdict schedule's, if known; else the

@@ -13,7 +13,9 @@ interrupted and started again, recomputes nothing already done. ``--method`` pic
 (``latenttracer`` default, ``ronan``, ``aedr``, ``aeroblade``, or one from a plugin file: ``--plugin FILE``,
 repeatable, or ``$LATENTTRACER_PLUGINS``); its options are flags built from the method's settings dataclass, and
 each method calibrates its own way (quantile, or AEDR's Gaussian KDE). Every output path is checked before any
-scoring. ``attribute`` scores every image under every ``--model`` (one ``--calibrate`` folder
+scoring. ``trace --early-exit`` stops each image once its verdict is known; ``trace --cascade SCREEN`` runs a
+faster screen schedule first and the method's own schedule only on the images the screen cannot decide
+(docs/deployment.md). ``attribute`` scores every image under every ``--model`` (one ``--calibrate`` folder
 per model, same order) and names the model with the strongest claim among those whose threshold the image
 passes, or ``none``.
 """
@@ -21,6 +23,7 @@ passes, or ``none``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -114,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --calibrate: also score perturbed copies of the calibration images and set the "
                         "threshold on clean and perturbed pooled, e.g. jpeg:90..70,downscale:0.5 (a range a..b: "
                         "the strengths of AEROBLADE's grid between a and b; docs/deployment.md)")
+    t.add_argument("--cascade", metavar="SCREEN",
+                   help="two stages: a screen schedule with early exit decides the clear images, the method's own "
+                        "schedule (with early exit) the rest; SCREEN: the inversion settings the screen changes, "
+                        "key=value separated by commas, e.g. steps=25,lr=0.175,lr_scale=latent_rms; needs "
+                        "--calibrate (docs/deployment.md)")
+    t.add_argument("--band-margin", type=float, metavar="M",
+                   help="with --cascade: widen the band of screen scores sent to the method's own schedule by this "
+                        "factor (>= 1; default: latenttracer.cascade.DEFAULT_BAND_MARGIN, 1.1)")
     _add_common_args(t)
     t.add_argument("--html", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
 
@@ -220,8 +231,9 @@ def _needs_calibration(method) -> bool:
     return getattr(getattr(method, "config", None), "lr_scale", "absolute") != "absolute"
 
 
-def _resolve_lr(method, ae, cal_dir: Path, args, options):
-    """``method`` with ``--lr-scale latent_rms`` turned into an absolute rate on ``ae``'s calibration images."""
+def _resolve_lr(method, ae, cal_dir: Path, args, options, stage: str = ""):
+    """``method`` with ``--lr-scale latent_rms`` turned into an absolute rate on ``ae``'s calibration images
+    (``stage``: named in the stderr line, e.g. ``screen`` for the cascade's screen schedule)."""
     if not _needs_calibration(method):
         return method
     from latenttracer.images import list_images, load_images
@@ -232,19 +244,20 @@ def _resolve_lr(method, ae, cal_dir: Path, args, options):
     if images.shape[0] == 0:
         raise ValueError(f"--lr-scale {method.config.lr_scale}: no usable image in --calibrate {cal_dir}")
     resolved = type(method).from_settings(resolve_lr_scale(method.config, ae, images))
-    print(f"{ae.name}: --lr-scale {method.config.lr_scale}: lr {method.config.lr:g} x latent RMS "
+    print(f"{ae.name}{f' ({stage})' if stage else ''}: --lr-scale {method.config.lr_scale}: lr {method.config.lr:g} "
+          f"x latent RMS "
           f"{resolved.config.lr / method.config.lr:.4g} = {resolved.config.lr:.4g} (on {images.shape[0]} "
           f"--calibrate images)", file=sys.stderr)
     return resolved
 
 
-def _threshold(ae, method, cal_dir: Path, args, options, store, family=()) -> tuple[float, object]:
+def _calibration_scores(ae, method, cal_dir: Path, args, options, store, family=(), stage: str = ""):
     """Score ``cal_dir`` (images known to come from ``ae``'s model; with a perturbation ``family``, their perturbed
-    copies too, :mod:`latenttracer.calibration`) and calibrate the method's threshold on them. Returns the
-    threshold and the calibration rows (every set, ``status == "ok"``)."""
+    copies too, :mod:`latenttracer.calibration`) with ``method``. Returns the rows (every set, ``status == "ok"``,
+    column ``calibration_set``) and how many images were skipped."""
     import pandas as pd
 
-    from latenttracer.calibration import calibration_sets, pooled_threshold
+    from latenttracer.calibration import calibration_sets
     from latenttracer.images import list_images
     from latenttracer.tracing import score_images
 
@@ -254,12 +267,22 @@ def _threshold(ae, method, cal_dir: Path, args, options, store, family=()) -> tu
     for name, paths in sets.items():
         cal, cal_bad = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
                                     image_options=options, on_bad_image=args.on_bad_image, progress=not args.quiet,
-                                    desc=f"calibrate {ae.name}" + ("" if name == "clean" else f" {name}"))
+                                    desc=f"calibrate {ae.name}" + (f" {stage}" if stage else "")
+                                    + ("" if name == "clean" else f" {name}"))
         frames.append(cal[cal["status"] == "ok"].assign(calibration_set=name))
         n_bad += len(cal_bad)
     ok = pd.concat(frames, ignore_index=True)
     if len(ok) == 0:
-        raise ValueError(f"--calibrate {cal_dir}: no image could be scored")
+        raise ValueError(f"--calibrate {cal_dir}: no image could be scored" + (f" ({stage})" if stage else ""))
+    return ok, n_bad
+
+
+def _threshold(ae, method, cal_dir: Path, args, options, store, family=()) -> tuple[float, object]:
+    """Score ``cal_dir`` (:func:`_calibration_scores`) and calibrate the method's threshold on the scores. Returns
+    the threshold and the calibration rows (every set, ``status == "ok"``)."""
+    from latenttracer.calibration import pooled_threshold
+
+    ok, n_bad = _calibration_scores(ae, method, cal_dir, args, options, store, family)
     threshold = pooled_threshold(method, {k: g["score"] for k, g in ok.groupby("calibration_set")}, args.target_tpr)
     what = f"{len(ok)} images from {cal_dir}"
     if family:
@@ -297,14 +320,9 @@ EXIT_COLUMNS = ["exit_step", "exit_reason", "steps_run"]
 def _early_exit_request(args: argparse.Namespace) -> bool:
     """Whether ``trace --early-exit`` was asked for; checks its companions (one-line errors, before any work) and
     clears the flag so that the method is built for full runs (the calibration images run to the end)."""
-    from latenttracer.methods.flags import method_flags
-
     if not getattr(args, EARLY_EXIT_FLAG, None):
         return False
-    flag = method_flags()["early_exit"]
-    if args.method not in flag.defaults:
-        raise ValueError(f"--method {args.method} does not take --early-exit (methods that take it: "
-                         f"{', '.join(flag.methods)})")
+    _check_exits_early(args.method, "--early-exit")
     if args.threshold is None and args.calibrate is None:
         raise ValueError("--early-exit needs --calibrate DIR (threshold and per-step bounds from the calibration "
                          "images' full runs) or --threshold T (the exact part only: an image stops once its score "
@@ -313,12 +331,222 @@ def _early_exit_request(args: argparse.Namespace) -> bool:
     return True
 
 
+def _check_exits_early(method: str, flag_name: str) -> None:
+    """A one-line error unless ``method`` runs the inversion loop (its settings have ``early_exit``)."""
+    from latenttracer.methods.flags import method_flags
+
+    flag = method_flags()["early_exit"]
+    if method not in flag.defaults:
+        raise ValueError(f"--method {method} does not take {flag_name} (methods that take it: "
+                         f"{', '.join(flag.methods)})")
+
+
 def _with_early_exit(method, threshold: float, ratios: tuple[float, ...] | None = None):
     """``method`` (an inversion method) with early exit on at ``threshold`` (and the per-step bound ratios)."""
     from dataclasses import replace
 
     return type(method).from_settings(replace(method.config, early_exit=True, exit_threshold=float(threshold),
                                               exit_ratios=ratios))
+
+
+CASCADE_COLUMNS = ["stage", "screen_score", *EXIT_COLUMNS]
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _cascade_request(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The settings ``trace --cascade SCREEN`` changes for the screen (converted to their fields' types), or None
+    without ``--cascade``. Checks its companions (one-line errors, before any work) and clears ``--early-exit``
+    (the cascade always exits early; the method is built for full runs, as the calibration images need)."""
+    if args.cascade is None:
+        if args.band_margin is not None:
+            raise ValueError("--band-margin needs --cascade SCREEN (it widens the band of screen scores that the "
+                             "cascade sends to the method's own schedule)")
+        return None
+    _check_exits_early(args.method, "--cascade")
+    if args.calibrate is None:
+        raise ValueError("--cascade needs --calibrate DIR (the band and both schedules' per-step bounds are learnt "
+                         "from the calibration images' full runs under both schedules)")
+    margin = args.band_margin
+    if margin is not None and not (math.isfinite(margin) and margin >= 1):
+        raise ValueError(f"--band-margin: must be a number >= 1, got {margin:g}")
+    settings = _parse_screen(args.cascade, args.method)
+    setattr(args, EARLY_EXIT_FLAG, None)
+    return settings
+
+
+def _parse_screen(text: str, method: str) -> dict[str, Any]:
+    """``key=value,key=value`` (settings fields of ``method``) as a dict of converted values; every bad key or value
+    is a one-line error naming ``--cascade`` and the key."""
+    from latenttracer.inversion import _EXIT_FIELDS
+    from latenttracer.methods import METHODS
+    from latenttracer.methods.base import SHARED_OPTIONS
+    from latenttracer.methods.flags import method_flags
+
+    example = "e.g. --cascade steps=25,lr=0.175,lr_scale=latent_rms"
+    if not text.strip():
+        raise ValueError(f"--cascade: empty SCREEN; give the settings the screen changes ({example})")
+    flags = method_flags()
+    takes = sorted(f.name for f in METHODS.get(method).option_fields()
+                   if f.name not in SHARED_OPTIONS and f.name not in _EXIT_FIELDS and f.name in flags)
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"--cascade {item.strip()!r}: not key=value ({example})")
+        if key in _EXIT_FIELDS:
+            raise ValueError(f"--cascade {key}: an early-exit setting; the cascade sets early_exit, exit_threshold "
+                             "and exit_ratios itself (--exit-margin sets both stages' margin)")
+        if key in SHARED_OPTIONS:
+            raise ValueError(f"--cascade {key}: set for both stages by --{key.replace('_', '-')}, not by the screen")
+        if key not in takes:
+            raise ValueError(f"--cascade {key}: not a setting of --method {method} (its settings: {', '.join(takes)})")
+        if key in out:
+            raise ValueError(f"--cascade {key}: given twice")
+        flag = flags[key]
+        if flag.kind == "bool":
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"--cascade {key}={value}: not true or false")
+            out[key] = value.lower() in _TRUE
+        elif flag.kind == "values":
+            raise ValueError(f"--cascade {key}: a list setting has no SCREEN form; set it with {flag.flag}")
+        else:
+            try:
+                out[key] = flag.converts[method](value)  # type: ignore[misc]
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                name = getattr(flag.base, "__name__", str(flag.base))
+                why = str(err) if isinstance(err, argparse.ArgumentTypeError) else f"not a valid {name}"
+                raise ValueError(f"--cascade {key}={value}: {why}") from err
+    return out
+
+
+def _screen_method(method, settings: dict[str, Any], text: str):
+    """``method`` (the verdict schedule) with the ``--cascade`` settings; a value the settings refuse, or a screen
+    that cannot exit early, is an error naming ``--cascade`` and the key."""
+    from dataclasses import replace
+
+    try:
+        _with_early_exit(method, 1.0)
+    except ValueError as err:
+        raise ValueError(f"--cascade: {err}") from err
+    for key, value in settings.items():
+        try:
+            _with_early_exit(type(method).from_settings(replace(method.config, **{key: value})), 1.0)
+        except ValueError as err:
+            raise ValueError(f"--cascade {key}={value}: {err}") from err
+    try:
+        screen = type(method).from_settings(replace(method.config, **settings))
+        _with_early_exit(screen, 1.0)
+    except ValueError as err:
+        raise ValueError(f"--cascade {text}: {err}") from err
+    if screen.config == method.config:
+        raise ValueError(f"--cascade {text}: the screen is the method's own schedule; change what makes it faster "
+                         "(e.g. steps, lr)")
+    return screen
+
+
+def _paired_trajectories(verdict_cal, screen_cal, verdict_steps: int, screen_steps: int):
+    """The full-run trajectories of the calibration images both schedules scored, paired per (calibration set,
+    path): (screen trajectories, verdict trajectories), same order."""
+    def full(frame, n: int) -> dict:
+        return {(c, str(p)): list(t) for c, p, t in zip(frame["calibration_set"], frame["path"], frame["trajectory"])
+                if hasattr(t, "__len__") and len(t) == n}
+
+    verdict, screen = full(verdict_cal, verdict_steps), full(screen_cal, screen_steps)
+    keys = [k for k in verdict if k in screen]
+    return [screen[k] for k in keys], [verdict[k] for k in keys]
+
+
+def _learn_cascade(ae, method, screen, args, options, store, family):
+    """Resolve both schedules' rates, score the calibration images to the end with both and learn the cascade.
+    Returns (cascade, verdict method, screen method), the methods with absolute rates and early exit off."""
+    from latenttracer.cascade import DEFAULT_BAND_MARGIN, learn_cascade
+
+    method = _resolve_lr(method, ae, args.calibrate, args, options)
+    threshold, calibration = _threshold(ae, method, args.calibrate, args, options, store, family=family)
+    screen = _resolve_lr(screen, ae, args.calibrate, args, options, stage="screen")
+    screen_cal, _ = _calibration_scores(ae, screen, args.calibrate, args, options, store, family, stage="screen")
+    screen_trajectories, verdict_trajectories = _paired_trajectories(
+        calibration, screen_cal, method.config.scored_steps, screen.config.scored_steps)
+    if not screen_trajectories:
+        raise ValueError(f"--cascade: no calibration image of --calibrate {args.calibrate} has full runs under "
+                         "both schedules")
+    margin = DEFAULT_BAND_MARGIN if args.band_margin is None else float(args.band_margin)
+    try:
+        cascade = learn_cascade(screen_trajectories, verdict_trajectories, target_tpr=args.target_tpr,
+                                threshold=threshold, band_margin=margin, screen=screen.config, verdict=method.config)
+    except ValueError as err:
+        raise ValueError(f"--cascade: {err}") from err
+    print(f"cascade: band ({cascade.low:.4g}, {cascade.high:.4g}] of screen scores (band margin {margin:g}) goes "
+          f"to the verdict schedule, threshold {cascade.verdict.threshold:.4g}; learnt from the full runs of "
+          f"{cascade.n_calibration} calibration images under both schedules (--calibrate {args.calibrate})",
+          file=sys.stderr)
+    return cascade, method, screen
+
+
+def _run_cascade(ae, cascade, method, screen, paths, args, options, store):
+    """Stage 1 (the screen with early exit) on every image, stage 2 (the verdict schedule with early exit) on the
+    band images only, both through the results store. Returns the rows (``belonging``, ``stage``,
+    ``screen_score``, ``exit_reason``, ``steps_run`` of both stages) and the skipped images."""
+    import pandas as pd
+
+    from latenttracer.tracing import RESULT_COLUMNS, score_images
+
+    def run(stage_method, stage_paths, desc):
+        return score_images(ae, stage_paths, method=stage_method, batch_size=args.batch_size, store=store,
+                            image_options=options, on_bad_image=args.on_bad_image, progress=not args.quiet, desc=desc)
+
+    def exit_of(row) -> str:
+        e = row.get("exit")
+        return e if isinstance(e, str) else ""
+
+    first, skipped = run(type(screen).from_settings(cascade.screen_config(screen.config)), paths, "screen")
+    first_rows = first.to_dict("records")
+    decisions = [cascade.screen_decision(float(r["score"]), exit_of(r)) if r["status"] == "ok" else None
+                 for r in first_rows]
+    band = [str(r["path"]) for r, d in zip(first_rows, decisions) if r["status"] == "ok" and d is None]
+    second_rows: dict[str, dict] = {}
+    if band:
+        second, skipped_late = run(type(method).from_settings(cascade.verdict_config(method.config)), band, "verdict")
+        second_rows = {str(r["path"]): r for r in second.to_dict("records")}
+        skipped += skipped_late  # unreadable since stage 1
+    rows = []
+    for r, decision in zip(first_rows, decisions):
+        path = str(r["path"])
+        common = {"screen_score": r["score"], "steps_run": int(r["steps_run"]) if r["status"] == "ok" else None}
+        if r["status"] != "ok" or decision is not None:
+            rows.append({**r, **common, "stage": "screen", "exit_reason": exit_of(r),
+                         "belonging": decision if r["status"] == "ok" else None})
+        elif path in second_rows:
+            v = second_rows[path]
+            ok = v["status"] == "ok"
+            rows.append({**v, "stage": "verdict", "screen_score": r["score"], "exit_reason": exit_of(v),
+                         "steps_run": int(r["steps_run"]) + int(v["steps_run"]) if ok else None,
+                         "seconds": float(r["seconds"]) + float(v["seconds"]),
+                         "cached": bool(r["cached"]) and bool(v["cached"]),
+                         "belonging": bool(float(v["score"]) <= cascade.verdict.threshold) if ok else None})
+    if not rows:
+        return pd.DataFrame(columns=[*RESULT_COLUMNS, "belonging", *CASCADE_COLUMNS]), skipped
+    return pd.DataFrame(rows), skipped
+
+
+def _cascade_lines(frame, cascade, method) -> list[str]:
+    """The summary lines of a cascade run: who decided, the steps spent, each stage's scores."""
+    ok = frame[frame["status"] == "ok"]
+    by_screen = ok[ok["stage"] == "screen"]
+    by_verdict = ok[ok["stage"] == "verdict"]
+    accepted = int((by_screen["belonging"] == True).sum())  # noqa: E712
+    lines = [f"cascade: {len(by_screen)} decided by the screen ({accepted} accepted, {len(by_screen) - accepted} "
+             f"rejected), {len(by_verdict)} by the verdict schedule; {float(ok['steps_run'].mean()):.1f} steps per "
+             f"image on average (both stages) against the verdict schedule's {method.config.scored_steps}"]
+    for stage, part in (("screen", by_screen), ("verdict", by_verdict)):
+        if len(part):
+            s = part["score"].astype(float)
+            lines.append(f"score ({stage}, {method.label}): median {s.median():.3g}, min {s.min():.3g}, max "
+                         f"{s.max():.3g} ({len(part)} images)")
+    n_bel = int((ok["belonging"] == True).sum())  # noqa: E712
+    lines.append(f"belonging (screen score <= {cascade.low:.4g}, or verdict score <= "
+                 f"{cascade.verdict.threshold:.4g}): {n_bel} of {len(ok)}")
+    return lines
 
 
 def _perturbed_root(args: argparse.Namespace) -> Path:
@@ -337,6 +565,7 @@ def trace(args: argparse.Namespace) -> int:
     from latenttracer.methods import LatentTracer
     from latenttracer.tracing import score_images, steps_per_second
 
+    screen_settings = _cascade_request(args)  # before --early-exit's check: the cascade always exits early
     early_exit = _early_exit_request(args)
     family = ()
     if args.calibrate_perturb is not None:
@@ -353,38 +582,43 @@ def trace(args: argparse.Namespace) -> int:
                          "on its own images)")
     if early_exit:  # a bad combination (e.g. a method whose score is not the loop's) fails here, before any work
         _with_early_exit(method, 1.0)
+    screen = None if screen_settings is None else _screen_method(method, screen_settings, args.cascade)
     paths = list_images(args.images, recursive=args.recursive)
     if args.calibrate:
         list_images(args.calibrate, recursive=args.recursive)  # fail early on an empty or missing folder
     ae = load_autoencoder(args.model, resolution=args.resolution, device=args.device, dtype=args.dtype)
     print(f"inspected model: {ae.name} ({ae.family}, {ae.resolution}px); {len(paths)} images; "
-          f"{_describe(method)}", file=sys.stderr)
+          f"{_describe(method)}" + (f"; screen {_describe(screen)}" if screen is not None else ""), file=sys.stderr)
 
     t0 = time.perf_counter()
     threshold = args.threshold
-    calibration = None
-    if args.calibrate:
-        method = _resolve_lr(method, ae, args.calibrate, args, options)
-        threshold, calibration = _threshold(ae, method, args.calibrate, args, options, store, family=family)
-    if early_exit:
-        method = _exit_method(method, threshold, calibration, args)
-
-    frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
-                                  image_options=options, on_bad_image=args.on_bad_image, progress=not args.quiet,
-                                  desc="trace")
-    elapsed = time.perf_counter() - t0
-    if threshold is not None:
-        frame["belonging"] = [bool(s <= threshold) if st == "ok" else None
-                              for s, st in zip(frame["score"], frame["status"])]
+    calibration = cascade = None
+    if screen is not None:
+        cascade, method, screen = _learn_cascade(ae, method, screen, args, options, store, family)
+        threshold = cascade.verdict.threshold
+        frame, skipped = _run_cascade(ae, cascade, method, screen, paths, args, options, store)
     else:
-        frame["belonging"] = None
+        if args.calibrate:
+            method = _resolve_lr(method, ae, args.calibrate, args, options)
+            threshold, calibration = _threshold(ae, method, args.calibrate, args, options, store, family=family)
+        if early_exit:
+            method = _exit_method(method, threshold, calibration, args)
+        frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
+                                      image_options=options, on_bad_image=args.on_bad_image,
+                                      progress=not args.quiet, desc="trace")
+    elapsed = time.perf_counter() - t0
+    if cascade is None:  # (a cascade's rows carry its verdicts)
+        frame["belonging"] = None if threshold is None else [bool(s <= threshold) if st == "ok" else None
+                                                             for s, st in zip(frame["score"], frame["status"])]
     if skipped:
         frame = pd.concat([frame, pd.DataFrame([{"path": p, "status": "skipped", "reason": r} for p, r in skipped])],
                           ignore_index=True)
     order = {str(p): i for i, p in enumerate(paths)}
     frame = frame.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order))), kind="stable")
     columns = CSV_COLUMNS + list(method.components)
-    if early_exit:
+    if cascade is not None:
+        columns += CASCADE_COLUMNS
+    elif early_exit:
         frame["exit_reason"] = frame["exit"].fillna("") if "exit" in frame else ""
         columns += EXIT_COLUMNS
     atomic.write_frame(frame.reindex(columns=columns), args.out)
@@ -393,7 +627,9 @@ def trace(args: argparse.Namespace) -> int:
     n_failed = int((frame["status"] == "failed").sum())
     lines = [f"{len(paths)} images: {n_ok} scored, {n_failed} failed, {len(skipped)} skipped; "
              f"{int(frame['cached'].fillna(False).astype(bool).sum())} from cache; {elapsed:.1f}s"]
-    if n_ok and isinstance(method, LatentTracer):
+    if cascade is not None and n_ok:
+        lines += _cascade_lines(frame, cascade, method)
+    elif cascade is None and n_ok and isinstance(method, LatentTracer):
         rate = steps_per_second(frame[frame["status"] != "skipped"], method.config)
         if rate == rate:
             lines.append(f"speed: {rate:.0f} image-steps/s on {args.device}")
@@ -403,13 +639,13 @@ def trace(args: argparse.Namespace) -> int:
         lines.append(f"early exit: {float(ok['steps_run'].mean()):.1f} of {method.config.scored_steps} steps per "
                      f"image on average; {int(counts.get('threshold', 0))} stopped below the threshold, "
                      f"{int(counts.get('bound', 0))} above the bound, {int(counts.get('', 0))} ran to the end")
-    if n_ok:
+    if n_ok and cascade is None:
         s = frame.loc[frame["status"] == "ok", "score"]
         lines.append(f"score ({method.label}): median {s.median():.3g}, min {s.min():.3g}, max {s.max():.3g}")
-    if threshold is not None:
+    if cascade is None and threshold is not None:
         n_bel = int((frame["belonging"] == True).sum())  # noqa: E712
         lines.append(f"belonging (score <= {threshold:.4g}): {n_bel} of {n_ok}")
-    else:
+    elif cascade is None:
         lines.append("no threshold given: 'belonging' left empty (use --threshold or --calibrate)")
     lines.append(f"wrote {args.out}")
     if args.html:

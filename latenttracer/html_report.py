@@ -497,8 +497,14 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
     summary.facts += [("inspected model", model), ("images", str(len(frame))), ("scored", str(len(ok))),
                       ("failed", str(int((frame["status"] == "failed").sum()))),
                       ("skipped", str(int((frame["status"] == "skipped").sum())))]
+    def verdict_of(row) -> bool:  # the row's own verdict where it has one (trace --cascade: not always the score's)
+        b = row.get("belonging")
+        if b is None or (isinstance(b, float) and math.isnan(b)):
+            return float(row["score"]) <= threshold
+        return bool(b)
+
     if threshold is not None:
-        n_bel = int((ok["score"] <= threshold).sum())
+        n_bel = int(sum(verdict_of(row) for _, row in ok.iterrows()))
         summary.facts += [("threshold", f"{threshold:.4g}"), ("belonging", f"{n_bel} of {len(ok)}")]
     else:
         summary.facts.append(("threshold", "none given: no verdicts (use --threshold or --calibrate)"))
@@ -524,7 +530,7 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
                 with Image.open(row["path"]) as img:
                     array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
                 image = f"{rel}/" + _save_png(array, files, f"near_{k}.png", max_side=160)
-            predicted = float(row["score"]) <= threshold
+            predicted = verdict_of(row)
             cases.append(Case(display_path(row["path"], root), "", float(row["score"]),
                               "belonging" if predicted else "not belonging", True, image))
         near.groups.append(CaseGroup("closest scores", f"threshold {threshold:.3g}", cases))
