@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_early_exit import ElementwiseAE
 
-from latenttracer.cascade import Cascade, learn_cascade, replay_cascade, run_cascade
+from latenttracer.cascade import DEFAULT_BAND_MARGIN, Cascade, learn_cascade, replay_cascade, run_cascade
 from latenttracer.inversion import InversionConfig, invert
 
 VERDICT = InversionConfig(steps=30, batch_size=64, record_trajectory=True, exit_margin=1.5)
@@ -25,11 +25,13 @@ def test_band_rule_on_hand_made_trajectories():
     assert c.screen_decision(25.0, "bound") is False and c.screen_decision(25.0, "threshold") is True
     wide = learn_cascade(screen, verdict, threshold=2.5, band_margin=2.0)
     assert (wide.low, wide.high) == (10.0, 60.0)
+    assert learn_cascade(screen, verdict, threshold=2.5).band_margin == DEFAULT_BAND_MARGIN
     # a screen that orders the images as the verdict does: no band (low is clamped to high)
-    ordered = learn_cascade([[9.0, 1.0], [9.0, 2.0], [9.0, 3.0], [9.0, 4.0]], verdict, threshold=2.5)
+    ordered = learn_cascade([[9.0, 1.0], [9.0, 2.0], [9.0, 3.0], [9.0, 4.0]], verdict, threshold=2.5,
+                            band_margin=1.0)
     assert ordered.low == ordered.high == 2.0
     # no calibration image rejected: low is the screen's own calibrated threshold
-    none_rejected = learn_cascade(screen, verdict, threshold=10.0, target_tpr=0.5)
+    none_rejected = learn_cascade(screen, verdict, threshold=10.0, target_tpr=0.5, band_margin=1.0)
     assert none_rejected.high == 40.0 and none_rejected.low <= none_rejected.high
     # the screen's bound is relative to high: the loop's config scales the ratios by high / low
     cfg = c.screen_config(InversionConfig(steps=2, exit_margin=1.5))
