@@ -78,6 +78,12 @@ def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch): 
     assert cascade["live_mismatches"] == 0 and cascade["calibration_rejected_early"] == 0
     assert np.isnan(cascade["auc_early_exit"]) and 0 <= cascade["n_band"] <= cascade["n_evaluation"]
     assert np.isnan(again.loc["early_exit", "band_margin"])
+    assert 0 < cascade["screen_steps_fraction"] <= cascade["image_steps_fraction"]
+    for frame in (rows, again):  # disagreements: the flipped verdicts counted by source
+        for _, row in frame.iterrows():
+            flips = sum(int(part.split(":")[1]) for part in row["disagreements"].split())
+            assert flips == round((1 - row["agreement"]) * row["n_evaluation"])
+            assert (row["disagreements"] == "") == (row["agreement"] == 1.0)
     merged = pd.read_csv(results / "early_exit.csv")
     assert list(merged["lr"]) == [0.05] * 3 + [0.1] * 4
     pd.testing.assert_frame_equal(merged.head(3), first)

@@ -52,7 +52,7 @@ KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", 
 COLUMNS = [*KEY, "agreement", "image_steps_fraction", "speedup", "auc_full",
            "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold", "n_evaluation",
            "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds", "live_mismatches",
-           "machine_speed", "n_band"]
+           "machine_speed", "n_band", "screen_steps_fraction", "disagreements"]
 
 
 @dataclass
@@ -97,7 +97,8 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     ok = [p for p in evaluation["path"] if ev.loc[p, "status"] == "ok" and ev_authors.loc[p, "status"] == "ok"]
     if len(ok) < len(evaluation):
         log.warning("%s: %d evaluation image(s) failed in a full run; left out", name, len(evaluation) - len(ok))
-    belonging = (evaluation.set_index("path").loc[ok, "source"] == name).to_numpy()
+    sources = evaluation.set_index("path").loc[ok, "source"].to_numpy()
+    belonging = sources == name
     trajectories = ev.loc[ok, "trajectory"].tolist()
     full_scores, authors_scores = ev.loc[ok, "score"].to_numpy(float), ev_authors.loc[ok, "score"].to_numpy(float)
     margin = float(inv.exit_margin)
@@ -125,13 +126,14 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
 
     rows = []
     for mode, option in options.items():
-        verdicts, n_band = None, 0
+        verdicts, n_band, screen_steps = None, 0, np.nan
         if option is None:
             scores, steps_run = full_scores, np.full(len(ok), inv.scored_steps)
         elif mode == "cascade":
             replayed = replay_cascade(trajectories, ev_authors.loc[ok, "trajectory"].tolist(), option, inv, verdict)
             scores, verdicts, steps_run = None, replayed["belonging"], replayed["steps_run"]
             n_band = int(np.sum(replayed["stage"] == "verdict"))
+            screen_steps = float(np.mean(replay_frame(trajectories, option.screen_config(inv))["steps_run"]))
         else:
             replayed = replay_frame(trajectories, option)
             scores, steps_run = replayed["score"], replayed["steps_run"]
@@ -145,6 +147,9 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
             "inspected": name, "schedule": schedule, "mode": mode,
             "margin": margin if mode in ("early_exit", "cascade") else 1.0,
             "band_margin": float(band_margin) if mode == "cascade" else np.nan, "n_band": n_band,
+            "screen_steps_fraction": screen_steps / authors.scored_steps,
+            "disagreements": _disagreements(verdicts if verdicts is not None else scores <= t,
+                                            authors_scores <= t_authors, sources),
             "steps": inv.steps, "lr": inv.lr, "halve_every": inv.halve_every,
             **compare(authors_scores=authors_scores, authors_threshold=t_authors, schedule_scores=full_scores,
                       schedule_threshold=t, scores=scores, verdicts=verdicts, steps_run=steps_run,
@@ -163,6 +168,13 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
                  name, schedule, row["mode"], row["agreement"], row["image_steps_fraction"], row["speedup"],
                  row["seconds"], row["seconds_authors"], speed)
     return rows
+
+
+def _disagreements(verdicts: np.ndarray, authors: np.ndarray, sources: np.ndarray) -> str:
+    """Where the verdicts differ from the authors' full run: ``source:n`` per evaluation source, most first
+    (``""`` when none)."""
+    names, counts = np.unique(sources[np.asarray(verdicts) != np.asarray(authors)], return_counts=True)
+    return " ".join(f"{n}:{c}" for n, c in sorted(zip(names, counts), key=lambda x: (-x[1], x[0])))
 
 
 def _rejected_early(mode: str, option: Any, cal: pd.DataFrame, cal_authors: pd.DataFrame, screen: InversionConfig,
