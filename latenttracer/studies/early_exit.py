@@ -193,11 +193,12 @@ def _rejected_early(mode: str, option: Any, cal: pd.DataFrame, cal_authors: pd.D
 def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and faster schedules") -> str:
     """The published table: every row of ``table`` (the merged CSV), after the ``notes``."""
     table = table.copy()
-    if "band_margin" not in table:
-        table["band_margin"] = np.nan
+    for col in ("band_margin", "disagreements"):  # columns newer than some published rows
+        if col not in table:
+            table[col] = np.nan
+    table["disagreements"] = table["disagreements"].fillna("")
     shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin",
-                   "agreement",
-                   "agreement_schedule",
+                   "agreement", "agreement_schedule", "disagreements",
                    "image_steps_fraction", "speedup", "auc_full", "auc_early_exit", "auc_authors", "seconds_authors",
                    "seconds", "machine_speed"]].rename(columns={"machine_speed": "machine_speed (img-steps/s)"})
     for col in ("agreement", "agreement_schedule", "image_steps_fraction", "auc_full", "auc_early_exit",
@@ -216,7 +217,8 @@ def notes(p: dict, wall: float, speed_text: str,
     """How the table was made; ``p``: the job's protocol (:meth:`Context.protocol`)."""
     return [f"Suite `{p['suite']}`, Table 1's split: threshold ({p['target_tpr']:.0%} TPR) and early-exit bounds "
             "from each inspected model's calibration half; every other column on the evaluation images.",
-            "agreement: verdicts equal to the authors' full run (100 steps, its own threshold); "
+            "agreement: verdicts equal to the authors' full run (100 steps, its own threshold); disagreements: "
+            "the evaluation images whose verdict differs from it, counted by source; "
             "agreement_schedule: equal to the same schedule run to the end; image_steps_fraction: mean scored "
             "steps per image / 100; speedup: wall time of the authors' full run / this option's, both timed "
             "in one process on the same evaluation images (seconds_* columns; machine_speed beside them).",
