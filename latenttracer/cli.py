@@ -542,7 +542,7 @@ def _cascade_lines(frame, cascade, method) -> list[str]:
         if len(part):
             s = part["score"].astype(float)
             lines.append(f"score ({stage}, {method.label}): median {s.median():.3g}, min {s.min():.3g}, max "
-                         f"{s.max():.3g} ({len(part)} images)")
+                         f"{s.max():.3g} ({len(part)} image{'' if len(part) == 1 else 's'})")
     n_bel = int((ok["belonging"] == True).sum())  # noqa: E712
     lines.append(f"belonging (screen score <= {cascade.low:.4g}, or verdict score <= "
                  f"{cascade.verdict.threshold:.4g}): {n_bel} of {len(ok)}")
@@ -651,7 +651,8 @@ def trace(args: argparse.Namespace) -> int:
     if args.html:
         from latenttracer.html_report import build_trace_report
 
-        page = build_trace_report(frame, args.html, model=ae.name, threshold=threshold, config=vars(args))
+        page = build_trace_report(frame, args.html, model=ae.name, threshold=threshold, config=vars(args),
+                                  band=None if cascade is None else (cascade.low, cascade.high))
         lines.append(f"wrote {page}")
     print("\n".join(lines))
     return 0

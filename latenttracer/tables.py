@@ -367,21 +367,38 @@ def metric_vs_param(rows: pd.DataFrame, param: str, metric: str = "auc", hue: st
     return fig
 
 
-def score_histogram(scores: Sequence[float], threshold: float | None = None, title: str = ""):
-    """One histogram of scores (log-x) with the threshold as a dashed line (the traced-folder report)."""
+def score_histogram(scores: Sequence[float], threshold: float | None = None, title: str = "",
+                    belonging: Sequence[bool] | None = None, band: tuple[float, float] | None = None):
+    """One histogram of scores (log-x) with the threshold as a dashed line (the traced-folder report).
+
+    ``belonging``: the images' verdicts, when they are not ``score <= threshold`` (a cascade's screen decides by
+    its band); ``band``: ``(low, high)`` drawn as two dotted lines (the screen's band) instead of a threshold."""
     plt = _pyplot()
     values = np.asarray(scores, float)
-    values = values[np.isfinite(values) & (values > 0)]
+    keep = np.isfinite(values) & (values > 0)
+    values = values[keep]
     if values.size == 0:
         raise ValueError("no positive finite scores to draw")
-    hi = max(values.max(), threshold or 0) * 1.0001
-    lo = min(values.min(), threshold if threshold and threshold > 0 else values.min())
-    bins = np.geomspace(lo, hi, 40) if hi > lo else 10
+    marks = [m for m in ((threshold,) if band is None else band) if m is not None and m > 0]
+    hi = max([values.max(), *marks]) * 1.0001
+    lo = min([values.min(), *marks])
+    if hi < 10 * lo:  # span at least a decade, so that the log axis has a labelled tick
+        pad = math.sqrt(10 * lo / hi)
+        lo, hi = lo / pad, hi * pad
+    bins = np.geomspace(lo, hi, 40)
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    if threshold is not None and threshold > 0:
-        ax.hist(values[values <= threshold], bins=bins, color="tab:green", alpha=0.6, label="belonging")
-        ax.hist(values[values > threshold], bins=bins, color="tab:grey", alpha=0.6, label="not belonging")
-        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
+    if marks:
+        verdict = (values <= threshold if belonging is None
+                   else np.asarray(belonging, dtype=bool)[keep])
+        ax.hist(values[verdict], bins=bins, color="tab:green", alpha=0.6, label="belonging")
+        ax.hist(values[~verdict], bins=bins, color="tab:grey", alpha=0.6, label="not belonging")
+        if band is None:
+            ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
+        else:
+            for edge in band:
+                ax.axvline(edge, color="black", linestyle=":", linewidth=1)
+            ax.plot([], [], color="black", linestyle=":", linewidth=1,
+                    label=f"band ({band[0]:.3g}, {band[1]:.3g}]")
         ax.legend(fontsize=7, frameon=False)
     else:
         ax.hist(values, bins=bins, color="tab:grey", alpha=0.7)

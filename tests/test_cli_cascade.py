@@ -109,6 +109,22 @@ def test_cascade_rerun_computes_nothing_and_writes_html(tmp_path, tiny_dirs, fol
     n_bel = int((again["belonging"].astype(str) == "True").sum())
     html = page.read_text()
     assert page.is_file() and f"{n_bel} of {len(again)}" in html
+    # each stage's scores on their own scale: the screen's against its band, the verdict schedule's against t
+    files = tmp_path / "report_files"
+    for stage in ("screen", "verdict"):
+        has = bool((again["stage"] == stage).any())
+        assert (files / f"scores_{stage}.png").is_file() == has and (f"scores_{stage}.png" in html) == has
+    assert not (files / "scores.png").exists() and "screen band" in html
+
+
+def test_histogram_colours_by_the_given_verdicts():
+    """A screen decides by its band, not by the verdict threshold: the page colours its images by their verdicts."""
+    from latenttracer import tables
+
+    fig = tables.score_histogram([1e-4, 2e-4, 1e-3], 5e-5, belonging=[True, False, False], band=(1.5e-4, 3e-4))
+    green, grey = (sum(p.get_height() for p in c.patches) for c in fig.axes[0].containers)
+    assert (green, grey) == (1, 2)  # by the verdicts given; by the threshold all three would be grey
+    assert "band" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
 
 def test_cascade_with_calibrate_perturb_and_a_latent_rms_screen(tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
