@@ -92,6 +92,10 @@ class Cascade:
             return False
         return None
 
+    def verdict_decision(self, score: float) -> bool:
+        """The verdict schedule's verdict on a band image (its score against its threshold)."""
+        return bool(score <= self.verdict.threshold)
+
 
 def _schedule_hash(config: InversionConfig) -> str:
     return dataclasses.replace(config, early_exit=False, exit_threshold=None, exit_ratios=None).hash()
@@ -143,12 +147,14 @@ class CascadeResult:
     steps_run: int          # scored iterations, both stages together
     status: str = "ok"
     reason: str = ""
+    screen_steps: int = 0   # of which the screen's
 
 
 def _stage_two(cascade: Cascade, score: float, exit: str, screen_score: float, screen_steps: int,
                steps: int, status: str = "ok", reason: str = "") -> CascadeResult:
-    verdict = None if status != "ok" else bool(score <= cascade.verdict.threshold)
-    return CascadeResult(verdict, "verdict", score, exit, screen_score, screen_steps + steps, status, reason)
+    verdict = None if status != "ok" else cascade.verdict_decision(score)
+    return CascadeResult(verdict, "verdict", score, exit, screen_score, screen_steps + steps, status, reason,
+                         screen_steps)
 
 
 def run_cascade(ae, images: torch.Tensor, cascade: Cascade, screen: InversionConfig, verdict: InversionConfig,
@@ -161,13 +167,14 @@ def run_cascade(ae, images: torch.Tensor, cascade: Cascade, screen: InversionCon
     band = []
     for i, r in enumerate(first):
         if r.status != "ok":
-            out[i] = CascadeResult(None, "screen", r.score, r.exit, r.score, r.steps_run, r.status, r.reason)
+            out[i] = CascadeResult(None, "screen", r.score, r.exit, r.score, r.steps_run, r.status, r.reason,
+                                   r.steps_run)
             continue
         decision = cascade.screen_decision(r.score, r.exit)
         if decision is None:
             band.append(i)
         else:
-            out[i] = CascadeResult(decision, "screen", r.score, r.exit, r.score, r.steps_run)
+            out[i] = CascadeResult(decision, "screen", r.score, r.exit, r.score, r.steps_run, screen_steps=r.steps_run)
     if band:
         second = invert_fn(ae, images[band], cascade.verdict_config(verdict))
         for i, r in zip(band, second):
@@ -180,7 +187,7 @@ def replay_cascade(screen_trajectories: Sequence[Sequence[float]], verdict_traje
                    cascade: Cascade, screen: InversionConfig, verdict: InversionConfig) -> dict[str, np.ndarray]:
     """What :func:`run_cascade` gives images whose full-run trajectories under both schedules are these (exact:
     an image's trajectory does not depend on its batch mates; :func:`latenttracer.early_exit.replay`). Arrays
-    ``belonging``, ``stage``, ``score``, ``exit``, ``screen_score``, ``steps_run``."""
+    ``belonging``, ``stage``, ``score``, ``exit``, ``screen_score``, ``steps_run`` (both stages), ``screen_steps``."""
     if len(screen_trajectories) != len(verdict_trajectories):
         raise ValueError("replay_cascade: one screen and one verdict trajectory per image")
     first = replay_frame(screen_trajectories, cascade.screen_config(screen))
@@ -193,9 +200,10 @@ def replay_cascade(screen_trajectories: Sequence[Sequence[float]], verdict_traje
             rows.append(_stage_two(cascade, float(second["score"][i]), str(second["exit"][i]), s, k,
                                    int(second["steps_run"][i])))
         else:
-            rows.append(CascadeResult(decision, "screen", s, e, s, k))
+            rows.append(CascadeResult(decision, "screen", s, e, s, k, screen_steps=k))
     return {"belonging": np.array([r.belonging for r in rows], dtype=bool),
             "stage": np.array([r.stage for r in rows], dtype=object),
             "score": np.array([r.score for r in rows]), "exit": np.array([r.exit for r in rows], dtype=object),
             "screen_score": np.array([r.screen_score for r in rows]),
-            "steps_run": np.array([r.steps_run for r in rows])}
+            "steps_run": np.array([r.steps_run for r in rows]),
+            "screen_steps": np.array([r.screen_steps for r in rows])}

@@ -523,7 +523,7 @@ def _run_cascade(ae, cascade, method, screen, paths, args, options, store):
                          "steps_run": int(r["steps_run"]) + int(v["steps_run"]) if ok else None,
                          "seconds": float(r["seconds"]) + float(v["seconds"]),
                          "cached": bool(r["cached"]) and bool(v["cached"]),
-                         "belonging": bool(float(v["score"]) <= cascade.verdict.threshold) if ok else None})
+                         "belonging": cascade.verdict_decision(float(v["score"])) if ok else None})
     if not rows:
         return pd.DataFrame(columns=[*RESULT_COLUMNS, "belonging", *CASCADE_COLUMNS]), skipped
     return pd.DataFrame(rows), skipped

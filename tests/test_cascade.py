@@ -102,12 +102,13 @@ def test_live_run_is_its_replay(runs):
     assert [r.belonging for r in live] == want["belonging"].tolist()
     assert [r.stage for r in live] == want["stage"].tolist()
     assert [r.steps_run for r in live] == want["steps_run"].tolist()
+    assert [r.screen_steps for r in live] == want["screen_steps"].tolist()
     np.testing.assert_allclose([r.score for r in live], want["score"], rtol=1e-6)
     stages = set(want["stage"])
     assert stages == {"screen", "verdict"}, stages  # both stages decide some image here
     for r, s in zip(live, screen_t):
         if r.stage == "verdict":  # a band image: the screen ran to its end, then the verdict schedule ran
-            assert c.low < r.screen_score <= c.high and r.steps_run > len(s)
+            assert c.low < r.screen_score <= c.high and r.steps_run > r.screen_steps == len(s)
     # a band image's verdict is the verdict schedule's full-run verdict unless its learnt bound rejected it
     for r, f in zip(live, runs["full"]["verdict"]["evaluation"]):
         if r.stage == "verdict" and r.exit != "bound":

@@ -133,7 +133,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
             replayed = replay_cascade(trajectories, ev_authors.loc[ok, "trajectory"].tolist(), option, inv, verdict)
             scores, verdicts, steps_run = None, replayed["belonging"], replayed["steps_run"]
             n_band = int(np.sum(replayed["stage"] == "verdict"))
-            screen_steps = float(np.mean(replay_frame(trajectories, option.screen_config(inv))["steps_run"]))
+            screen_steps = float(np.mean(replayed["screen_steps"]))
         else:
             replayed = replay_frame(trajectories, option)
             scores, steps_run = replayed["score"], replayed["steps_run"]
