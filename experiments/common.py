@@ -187,11 +187,24 @@ def resolved(cfg: DictConfig, ae: Autoencoder, inv: InversionConfig,
     return out
 
 
+_STORES: dict[str, ResultStore] = {}
+
+
+def result_store(cfg: DictConfig) -> ResultStore:
+    """The job's results store (``cfg.store``), one object per folder in this process: its cache of parsed chunks
+    (checked against each chunk's name, size and time on every read) then serves every call instead of each call
+    parsing every chunk again."""
+    root = str(Path(cfg.store).resolve())
+    if root not in _STORES:
+        _STORES[root] = ResultStore(root)
+    return _STORES[root]
+
+
 def invert_paths(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], inv: InversionConfig, *,
           trajectory_steps: int | None = None, on_bad_image: str = "error") -> pd.DataFrame:
     """:func:`latenttracer.protocol.invert_paths` with the job's store, preprocessing and progress setting."""
     inv = resolved(cfg, ae, inv)
-    return proto.invert_paths(ae, paths, inv, store=ResultStore(cfg.store), image_options=image_options(cfg),
+    return proto.invert_paths(ae, paths, inv, store=result_store(cfg), image_options=image_options(cfg),
                              trajectory_steps=trajectory_steps, on_bad_image=on_bad_image,
                              progress=bool(cfg.progress))
 
@@ -290,7 +303,7 @@ def method_scorer(cfg: DictConfig) -> proto.Scorer:
     def score_model(name: str, paths: Sequence[str]) -> pd.DataFrame:
         spec = model_spec(cfg, name)
         return score_paths(cfg, load_model(cfg, spec), paths, method(cfg, dtype=spec.dtype),
-                            store=ResultStore(cfg.store))
+                            store=result_store(cfg))
 
     return score_model
 
@@ -304,7 +317,7 @@ class Context:
         self.output_dir = setup(cfg)
 
     def store(self) -> ResultStore:
-        return ResultStore(self.cfg.store)
+        return result_store(self.cfg)
 
     def image_sets(self) -> dict[str, dict[str, list[Path]]]:
         return image_sets(self.cfg)

@@ -151,12 +151,35 @@ def replay(trajectory: Sequence[float], config: InversionConfig) -> tuple[float,
 
 
 def replay_frame(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> dict[str, np.ndarray]:
-    """:func:`replay` for many trajectories: arrays ``score``, ``steps_run``, ``exit``."""
-    out = [replay(t, config) for t in trajectories]
-    n = [len(t) for t in trajectories]
-    return {"score": np.array([o[0] for o in out]),
-            "steps_run": np.array([k + 1 if k is not None else m for (_, k, _), m in zip(out, n)]),
-            "exit": np.array([o[2] for o in out], dtype=object)}
+    """:func:`replay` for many trajectories: arrays ``score``, ``steps_run``, ``exit``. Trajectories of one length
+    are replayed together, one step at a time over the images still running (the same rule, :func:`exit_codes`;
+    equal to :func:`replay` per trajectory, ``tests/test_early_exit.py``)."""
+    if not config.early_exit:
+        raise ValueError("replay: the config has early_exit off")
+    n = len(trajectories)
+    score, steps_run = np.zeros(n), np.zeros(n, dtype=int)
+    exit_kind = np.full(n, "", dtype=object)
+    by_length: dict[int, list[int]] = {}
+    for i, t in enumerate(trajectories):
+        by_length.setdefault(len(t), []).append(i)
+    bounds = exit_bounds(config)
+    for length, rows in by_length.items():
+        mins = torch.tensor(np.stack([running_min(trajectories[i]) for i in rows]), dtype=torch.float32)
+        running = torch.ones(len(rows), dtype=torch.bool)
+        done_at = np.full(len(rows), length - 1)  # the last scored iteration ends the run anyway
+        for k in range(length - 1):
+            if not running.any():
+                break
+            idx = torch.nonzero(running).flatten()
+            codes = exit_codes(mins[idx, k], k, float(config.exit_threshold), bounds)
+            for j, code in zip(idx[codes > 0].tolist(), codes[codes > 0].tolist()):
+                done_at[j] = k
+                exit_kind[rows[j]] = EXIT_CODES[int(code)]
+            running[idx[codes > 0]] = False
+        for j, i in enumerate(rows):
+            score[i] = float(mins[j, done_at[j]])
+            steps_run[i] = done_at[j] + 1
+    return {"score": score, "steps_run": steps_run, "exit": exit_kind}
 
 
 def rejected_early(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> list[int]:

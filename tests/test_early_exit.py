@@ -9,7 +9,15 @@ import torch
 from conftest import decoded_images, natural_crops
 
 from latenttracer.autoencoders import load_autoencoder
-from latenttracer.early_exit import ExitBounds, learn_bounds, learn_ratios, rejected_early, replay, running_min
+from latenttracer.early_exit import (
+    ExitBounds,
+    learn_bounds,
+    learn_ratios,
+    rejected_early,
+    replay,
+    replay_frame,
+    running_min,
+)
 from latenttracer.inversion import InversionConfig, authors_lr, invert
 
 STEPS = 30
@@ -193,3 +201,26 @@ def test_halve_every_changes_the_schedule(setting):
     authors = invert(ae, x, InversionConfig(steps=25, record_trajectory=True))
     for a, b in zip(every10, authors):
         assert a.trajectory[:12] == b.trajectory[:12] and a.trajectory[12:] != b.trajectory[12:]
+
+
+def test_replay_frame_is_replay_per_trajectory():
+    """The batched replay (all images of one length a step at a time) gives each trajectory what :func:`replay`
+    gives it alone: score, steps run and exit kind, on trajectories of mixed lengths and shapes."""
+    rng = np.random.default_rng(3)
+    trajectories = [np.exp(rng.normal(0, 1, n)).cumsum()[::-1] * rng.uniform(0.2, 3) for n in [6] * 40 + [3] * 5]
+    trajectories += [rng.uniform(0.5, 2.0, 6) for _ in range(20)]  # not monotone: the running minimum decides
+    cfg = InversionConfig(steps=6, early_exit=True, exit_threshold=4.0, exit_ratios=(9.0, 5.0, 3.0, 2.0, 1.5, 1.0),
+                          exit_margin=1.2)
+    six = [t for t in trajectories if len(t) == 6]
+    frame = replay_frame(six, cfg)
+    for i, t in enumerate(six):
+        score, k, kind = replay(t, cfg)
+        assert frame["score"][i] == score and frame["exit"][i] == kind
+        assert frame["steps_run"][i] == (k + 1 if k is not None else len(t))
+    assert {"threshold", "bound", ""} <= set(frame["exit"])  # every kind of ending was exercised
+    short = [t for t in trajectories if len(t) == 3]
+    mixed = replay_frame(short + trajectories[:4], cfg)
+    for i, t in enumerate(short + trajectories[:4]):
+        score, k, kind = replay(t, cfg)
+        assert (mixed["score"][i], mixed["exit"][i]) == (score, kind)
+        assert mixed["steps_run"][i] == (k + 1 if k is not None else len(t))

@@ -1,0 +1,14 @@
+"""Cascade settings against cost and agreement (:mod:`latenttracer.studies.cascade_frontier`).
+
+    python -m experiments.cascade_frontier inversion=fast_rms     # the screen is the inversion node
+    python -m experiments.cascade_frontier debug=default inversion=fast_rms   # a smoke run
+
+The same as ``python -m experiments.study --config-name cascade_frontier``.
+"""
+
+from experiments.study import entry_point
+
+main = entry_point("cascade_frontier")
+
+if __name__ == "__main__":
+    main()

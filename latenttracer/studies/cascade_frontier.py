@@ -1,0 +1,372 @@
+"""Which cascade settings reach which cost and agreement: a grid of settings, replayed -> results/cascade_frontier.*
+
+    python -m experiments.cascade_frontier inversion=fast_rms      # the screen is the `inversion` node
+    python -m experiments.cascade_frontier debug=default           # a smoke run
+
+The cascade (:mod:`latenttracer.cascade`) has four settings beside the screen schedule: the verdict schedule, the
+band margin, and the early-exit margins of the screen and of the verdict schedule. This study measures every
+combination of the configured lists, per inspected model, from full-run trajectories in the shared store
+(:func:`~latenttracer.cascade.replay_cascade`, which equals a live run: ``tests/test_cascade.py``), and says how a
+setting would be *chosen* without looking at the evaluation images:
+
+* **evaluation** columns (``agreement``, ``image_steps_fraction``, ``n_band``, ``disagreements``): the cascade
+  learnt from the inspected model's whole calibration half, on Table 1's evaluation images, against the authors'
+  full run (100 steps, its own threshold), as in ``results/early_exit.csv``;
+* **selection** columns (``selection_agreement``, ``selection_image_steps``): the same measures on a selection set
+  that holds no evaluation image: the calibration half split in ``selection_folds`` folds (the band learnt on the
+  others, each fold scored once) plus the calibration halves of the suite's other generators (known negatives,
+  scored in every fold and counted once). The setting chosen for a model is the cheapest on the selection set at
+  ``goal_agreement`` (else the one agreeing most).
+
+The Markdown shows, per model, the setting chosen on the selection set and its evaluation numbers; the cheapest
+setting at the agreement goal on the evaluation images themselves (an *oracle*: it looks at the answers, so it
+bounds what any selection rule could reach with this grid); and the single settings that meet both goals
+(``goal_agreement``, ``goal_image_steps``) on the most models. Rows are merged into ``<out>.csv`` by
+(inspected, screen, screen_steps, screen_lr, verdict, band_margin, screen_margin, verdict_margin).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import MISSING
+
+from data_gen import zoo
+from latenttracer import protocol, tables
+from latenttracer.cascade import learn_cascade, replay_cascade
+from latenttracer.inversion import InversionConfig
+from latenttracer.metrics import calibrate_threshold
+from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult
+
+log = logging.getLogger(__name__)
+
+KEY = ("inspected", "screen", "screen_steps", "screen_lr", "verdict", "band_margin", "screen_margin",
+       "verdict_margin")
+COLUMNS = [*KEY, "agreement", "image_steps_fraction", "n_band", "disagreements", "selection_agreement",
+           "selection_image_steps", "n_evaluation", "n_calibration", "n_negatives", "selection_folds",
+           "goal_agreement", "goal_image_steps"]
+SETTING = ["screen", "verdict", "band_margin", "screen_margin", "verdict_margin"]
+FIGURE = "cascade_frontier"
+
+
+@dataclass
+class CascadeFrontierConfig:
+    inspected: list[str] | None = None   # names in suite.models; null: every model of the suite
+    verdicts: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "authors"}])  # name + inversion keys
+    band_margins: list[float] = field(default_factory=lambda: [1.0, 1.1])       # each >= 1
+    screen_margins: list[float] = field(default_factory=lambda: [1.5])          # the screen's exit margin, >= 1
+    verdict_margins: list[float] = field(default_factory=lambda: [1.5])         # the verdict schedule's, >= 1
+    goal_agreement: float = 0.99         # with the authors' full run
+    goal_image_steps: float = 0.1        # mean scored steps per image / the authors' 100
+    selection_folds: int = 5             # folds of the calibration half on the selection set (>= 2)
+    selection_seed: int = 0
+    out: str = MISSING                   # publishes <out>.{md,csv}
+
+
+def _margins(cfg: Any, key: str) -> list[float]:
+    values = [float(v) for v in cfg[key]]
+    if not values or any(not np.isfinite(v) or v < 1 for v in values):
+        raise ValueError(f"cascade_frontier.{key}: a non-empty list of numbers >= 1, got {list(cfg[key])!r}")
+    return values
+
+
+def verdict_schedules(cfg: Any, authors: InversionConfig) -> dict[str, InversionConfig]:
+    """``cfg.verdicts`` (entries of a ``name`` and the inversion keys that differ from the authors' schedule) as
+    configs, by name."""
+    names = {f.name for f in fields(InversionConfig)}
+    out: dict[str, InversionConfig] = {}
+    if not cfg.verdicts:
+        raise ValueError("cascade_frontier.verdicts: list at least one verdict schedule ({name: authors} is the "
+                         "authors' own)")
+    for i, entry in enumerate(cfg.verdicts):
+        changes = dict(entry or {})
+        name = changes.pop("name", None)
+        where = f"cascade_frontier.verdicts[{i}]"
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{where}: needs a name (e.g. {{name: authors}}), got {dict(entry or {})!r}")
+        if name in out:
+            raise ValueError(f"{where}: the name {name!r} is used twice")
+        where = f"{where} ({name})"
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown inversion key(s) {unknown}")
+        early = sorted(k for k in changes if k.startswith("exit") or k == "early_exit")
+        if early:
+            raise ValueError(f"{where}: {early} are set by the study (verdict_margins), not here")
+        try:
+            out[name] = InversionConfig.from_dict({**asdict(authors), **changes})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from err
+    return out
+
+
+def _minima(trajectories: list) -> np.ndarray:
+    return np.array([float(np.min(t)) for t in trajectories])
+
+
+def _score(screen: list, verdict: list, truth: np.ndarray, cascade: Any, s_cfg: InversionConfig,
+           v_cfg: InversionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r = replay_cascade(screen, verdict, cascade, s_cfg, v_cfg)
+    return r["belonging"] == truth, np.asarray(r["steps_run"], float), r["stage"] == "verdict"
+
+
+def _selection(own: dict, neg: dict, truth_own: np.ndarray, truth_neg: np.ndarray, t_verdict: float,
+               band_margin: float, s_cfg: InversionConfig, v_cfg: InversionConfig, folds: int, seed: int,
+               authors_steps: int) -> tuple[float, float]:
+    """Agreement and image-steps fraction on the selection set (module docstring)."""
+    n = len(truth_own)
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), folds)
+    own_agree, own_steps = np.zeros(n), np.zeros(n)
+    neg_agree, neg_steps = np.zeros(len(truth_neg)), np.zeros(len(truth_neg))
+    for held in parts:
+        train = np.setdiff1d(np.arange(n), held)
+        cascade = learn_cascade([own["screen"][i] for i in train], [own["verdict"][i] for i in train],
+                                threshold=t_verdict, band_margin=band_margin, screen=s_cfg, verdict=v_cfg)
+        a, s, _ = _score([own["screen"][i] for i in held], [own["verdict"][i] for i in held], truth_own[held],
+                         cascade, s_cfg, v_cfg)
+        own_agree[held], own_steps[held] = a, s
+        if len(truth_neg):
+            a, s, _ = _score(neg["screen"], neg["verdict"], truth_neg, cascade, s_cfg, v_cfg)
+            neg_agree += a / folds
+            neg_steps += s / folds
+    agree, steps = np.concatenate([own_agree, neg_agree]), np.concatenate([own_steps, neg_steps])
+    return float(agree.mean()), float(steps.mean() / authors_steps)
+
+
+def _disagreements(agree: np.ndarray, sources: np.ndarray) -> str:
+    names, counts = np.unique(sources[~agree], return_counts=True)
+    return " ".join(f"{n}:{c}" for n, c in sorted(zip(names, counts), key=lambda x: (-x[1], x[0])))
+
+
+def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str) -> list[dict]:
+    """Every setting of the grid for one inspected model (module docstring)."""
+    spec = ctx.model_spec(name)
+    ae = ctx.load_model(spec)
+    tpr = ctx.split_settings().target_tpr
+    grid = protocol.grid_images(sets, name)
+    calibration = grid.loc[(grid["source"] == name) & (grid["split"] == "calibration"), "path"].tolist()
+    screen = ctx.resolved(ae, ctx.inversion_config(dtype=spec.dtype, early_exit=False), calibration)
+    authors = InversionConfig(device=str(cfg.device), dtype=str(spec.dtype), batch_size=screen.batch_size)
+    verdicts = verdict_schedules(cfg, authors)
+    evaluation = grid[grid["split"] == "evaluation"].reset_index(drop=True)
+    negatives = pd.concat([protocol.image_rows(s, "calibration", parts["calibration"])
+                           for s, parts in sets.items() if s != name and "calibration" in parts], ignore_index=True)
+    groups = {"calibration": calibration, "evaluation": evaluation["path"].tolist(),
+              "negatives": negatives["path"].tolist()}
+    configs = {"screen": screen, "authors": authors, **{f"verdict:{k}": v for k, v in verdicts.items()}}
+    runs: dict[tuple[str, str], pd.DataFrame] = {}
+    for role, config in configs.items():
+        for group, paths in groups.items():
+            runs[role, group] = ctx.invert_paths(ae, paths, config).set_index("path") if paths else pd.DataFrame(
+                columns=["status", "trajectory", "score"])
+    kept = {}  # the images every schedule scored (a failed image has no trajectory to replay)
+    for group, paths in groups.items():
+        kept[group] = [p for p in paths if all(runs[role, group].loc[p, "status"] == "ok" for role in configs)]
+        if len(kept[group]) < len(paths):
+            log.warning("%s: %d %s image(s) failed in a full run; left out", name, len(paths) - len(kept[group]),
+                        group)
+
+    def traj(role: str, group: str) -> list:
+        return runs[role, group].loc[kept[group], "trajectory"].tolist()
+
+    t_authors = calibrate_threshold(runs["authors", "calibration"].loc[kept["calibration"], "score"], tpr)
+    truth = {g: _minima(traj("authors", g)) <= t_authors for g in groups}
+    sources = evaluation.set_index("path").loc[kept["evaluation"], "source"].to_numpy()
+    folds = int(cfg.selection_folds)
+    if folds < 2 or folds > len(kept["calibration"]):
+        raise ValueError(f"cascade_frontier.selection_folds: between 2 and the {len(kept['calibration'])} "
+                         f"calibration images of {name}, got {folds}")
+    rows = []
+    for (vname, vconfig), bm, sm, vm in itertools.product(
+            verdicts.items(), _margins(cfg, "band_margins"), _margins(cfg, "screen_margins"),
+            _margins(cfg, "verdict_margins")):
+        s_cfg, v_cfg = replace(screen, exit_margin=sm), replace(vconfig, exit_margin=vm)
+        role = f"verdict:{vname}"
+        t_verdict = calibrate_threshold(runs[role, "calibration"].loc[kept["calibration"], "score"], tpr)
+        cascade = learn_cascade(traj("screen", "calibration"), traj(role, "calibration"), threshold=t_verdict,
+                                band_margin=bm, screen=s_cfg, verdict=v_cfg)
+        agree, steps, band = _score(traj("screen", "evaluation"), traj(role, "evaluation"), truth["evaluation"],
+                                    cascade, s_cfg, v_cfg)
+        own = {"screen": traj("screen", "calibration"), "verdict": traj(role, "calibration")}
+        neg = {"screen": traj("screen", "negatives"), "verdict": traj(role, "negatives")}
+        sel_agree, sel_steps = _selection(own, neg, truth["calibration"], truth["negatives"], t_verdict, bm, s_cfg,
+                                          v_cfg, folds, int(cfg.selection_seed), authors.scored_steps)
+        rows.append({"inspected": name, "screen": screen_name, "screen_steps": screen.steps, "screen_lr": screen.lr,
+                     "verdict": vname, "band_margin": bm, "screen_margin": sm, "verdict_margin": vm,
+                     "agreement": float(agree.mean()), "image_steps_fraction": float(steps.mean()) /
+                     authors.scored_steps, "n_band": int(band.sum()), "disagreements": _disagreements(agree, sources),
+                     "selection_agreement": sel_agree, "selection_image_steps": sel_steps,
+                     "n_evaluation": len(agree), "n_calibration": len(kept["calibration"]),
+                     "n_negatives": len(kept["negatives"]), "selection_folds": folds,
+                     "goal_agreement": float(cfg.goal_agreement), "goal_image_steps": float(cfg.goal_image_steps)})
+    best = min((r for r in rows if r["agreement"] >= cfg.goal_agreement), default=None,
+               key=lambda r: r["image_steps_fraction"])
+    log.info("%s: %d settings; cheapest at the agreement goal on evaluation: %s", name, len(rows),
+             "none" if best is None else f"{best['image_steps_fraction']:.4f}")
+    return rows
+
+
+# -- what the table says ----------------------------------------------------------------------------------------
+def chosen(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (inspected, screen): the setting chosen on the selection set: the cheapest there at the agreement goal,
+    else the one agreeing most (ties: the cheaper, then the grid order)."""
+    out = []
+    for _, g in table.groupby(["inspected", "screen"], sort=False):
+        ok = g[g["selection_agreement"] >= g["goal_agreement"]]
+        pick = (ok.sort_values("selection_image_steps", kind="stable") if len(ok) else
+                g.sort_values(["selection_agreement", "selection_image_steps"], ascending=[False, True],
+                              kind="stable"))
+        out.append(pick.iloc[0])
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def oracle(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (inspected, screen): the cheapest setting at the agreement goal on the evaluation images (if any)."""
+    out = []
+    for _, g in table.groupby(["inspected", "screen"], sort=False):
+        ok = g[g["agreement"] >= g["goal_agreement"]].sort_values("image_steps_fraction", kind="stable")
+        if len(ok):
+            out.append(ok.iloc[0])
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def single_settings(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """The settings meeting both goals on the most inspected models (then: the lowest worst-case image-steps among
+    those at the agreement goal everywhere)."""
+    t = table.assign(meets=(table["agreement"] >= table["goal_agreement"])
+                     & (table["image_steps_fraction"] <= table["goal_image_steps"]))
+    g = t.groupby(SETTING, sort=False).agg(models=("inspected", "size"), meeting_both=("meets", "sum"),
+                                           worst_agreement=("agreement", "min"),
+                                           worst_image_steps=("image_steps_fraction", "max")).reset_index()
+    g = g.sort_values(["meeting_both", "worst_image_steps"], ascending=[False, True], kind="stable")
+    return g.head(top).reset_index(drop=True)
+
+
+def _f(v: float, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if v == v else ""
+
+
+def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settings: the measured frontier") -> str:
+    """The published page: the notes, then the chosen, oracle and single-setting tables (all from ``table``)."""
+    setting = ["screen", "verdict", "band_margin", "screen_margin", "verdict_margin"]
+
+    def meets(r: pd.Series) -> str:
+        return "yes" if r["agreement"] >= r["goal_agreement"] and r["image_steps_fraction"] <= r["goal_image_steps"] \
+            else "no"
+
+    c = chosen(table)
+    chosen_rows = pd.DataFrame({"inspected": c["inspected"], **{k: c[k] for k in setting},
+                                "selection_agreement": c["selection_agreement"].map(_f),
+                                "selection_image_steps": c["selection_image_steps"].map(_f),
+                                "agreement": c["agreement"].map(_f),
+                                "image_steps_fraction": c["image_steps_fraction"].map(_f),
+                                "disagreements": c["disagreements"].fillna(""),
+                                "both goals": [meets(r) for _, r in c.iterrows()]})
+    o = oracle(table)
+    oracle_rows = pd.DataFrame({"inspected": o["inspected"], **{k: o[k] for k in setting},
+                                "agreement": o["agreement"].map(_f),
+                                "image_steps_fraction": o["image_steps_fraction"].map(_f),
+                                "both goals": [meets(r) for _, r in o.iterrows()]}) if len(o) else pd.DataFrame()
+    missing = sorted(set(table["inspected"]) - set(o["inspected"] if len(o) else []))
+    s = single_settings(table)
+    single_rows = pd.DataFrame({**{k: s[k] for k in setting},
+                                "models meeting both goals": [f"{a} of {b}" for a, b in
+                                                              zip(s["meeting_both"], s["models"])],
+                                "worst agreement": s["worst_agreement"].map(_f),
+                                "worst image_steps_fraction": s["worst_image_steps"].map(_f)})
+    for frame in (chosen_rows, oracle_rows, single_rows):
+        for k in ("band_margin", "screen_margin", "verdict_margin"):
+            if k in frame:
+                frame[k] = frame[k].map(lambda v: _f(v, 2))
+    parts = [f"# {title}", "", *[f"- {n}" for n in notes], "",
+             "## Chosen on the selection set (no evaluation image), per inspected model", "",
+             tables.markdown_table(chosen_rows), "",
+             "## Oracle: the cheapest setting at the agreement goal on the evaluation images", "",
+             "It looks at the answers: no selection rule can do better with this grid.", ""]
+    parts += [tables.markdown_table(oracle_rows), ""] if len(oracle_rows) else ["(no setting reaches it)", ""]
+    if missing:
+        parts += [f"No setting reaches the agreement goal on: {', '.join(missing)}.", ""]
+    parts += ["## One setting for every model: the settings meeting both goals on the most models", "",
+              tables.markdown_table(single_rows), ""]
+    return "\n".join(parts)
+
+
+def notes(p: dict, table: pd.DataFrame, wall: float, speed_text: str,
+          command: str = "python -m experiments.cascade_frontier inversion=<screen schedule>") -> list[str]:
+    """How the table was made; ``p``: the job's protocol (:meth:`Context.protocol`)."""
+    r = table.iloc[0]
+    return [f"Suite `{p['suite']}`, Table 1's split; goals: agreement >= {r['goal_agreement']:g} with the authors' "
+            f"full run at <= {r['goal_image_steps']:g} of its image-steps. Every setting replayed from full-run "
+            "trajectories (equal to a live run); the full grid is in the CSV.",
+            "Evaluation columns: the cascade learnt from the whole calibration half, on the evaluation images. "
+            f"Selection columns: the calibration half in {int(r['selection_folds'])} folds (band learnt on the "
+            "others) plus the other generators' calibration halves as known negatives; no evaluation image.",
+            "Settings: screen = the screen schedule (the `inversion` node); verdict = the schedule its band runs "
+            "(`verdicts`); band_margin widens the band; screen_margin / verdict_margin: each stage's early-exit "
+            "margin.",
+            f"Command: `{command}`; this run: {wall:.0f} s wall (replays; inversions only where the store lacks "
+            f"them); machine speed {speed_text}."]
+
+
+def figure(table: pd.DataFrame) -> Any:
+    """Per inspected model: every setting's agreement against its image-steps, the goals as lines, the setting
+    chosen on the selection set ringed."""
+    plt = tables._pyplot()
+    names = list(dict.fromkeys(table["inspected"]))
+    cols = min(3, len(names))
+    rows_n = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
+    c = chosen(table)
+    for ax, name in zip(axes.flat, names):
+        g = table[table["inspected"] == name]
+        for vname, gv in g.groupby("verdict", sort=False):
+            ax.scatter(gv["image_steps_fraction"], gv["agreement"], s=18, alpha=0.75, label=f"verdict: {vname}")
+        pick = c[c["inspected"] == name]
+        ax.scatter(pick["image_steps_fraction"], pick["agreement"], s=110, facecolors="none", edgecolors="black",
+                   linewidths=1.4, label="chosen on selection set")
+        ax.axhline(g["goal_agreement"].iloc[0], color="grey", ls="--", lw=0.9)
+        ax.axvline(g["goal_image_steps"].iloc[0], color="grey", ls="--", lw=0.9)
+        ax.set_title(name)
+        ax.set_xlabel("image-steps / authors' 100")
+        ax.set_ylabel("agreement with the authors' run")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Cascade settings: agreement against cost (dashed: the goals)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+@STUDIES.register
+class CascadeFrontier(Study):
+    name = "cascade_frontier"
+    config = CascadeFrontierConfig
+    title = "Cascade settings: the measured frontier"
+    command = "python -m experiments.cascade_frontier inversion=<screen schedule>"
+    section = ReportSection(title, ("cascade_frontier.csv",), (f"{FIGURE}.png",), command, order=61)
+
+    def run(self, cfg: Any, ctx: Context) -> StudyResult:
+        started = time.time()
+        speed_text = zoo.machine_speed(1)  # beside the wall time (benchmarks/decoder_speed.py)
+        screen_name = ctx.inversion_preset()
+        if screen_name == "paper":
+            raise ValueError("cascade_frontier: the screen is the `inversion` node; the authors' schedule screens "
+                             "nothing (choose a faster one, e.g. inversion=fast_rms)")
+        sets = ctx.image_sets()
+        rows = []
+        for name in ctx.inspected_models():
+            rows.extend(measure(cfg, ctx, name, sets, screen_name))
+        new = pd.DataFrame(rows)[COLUMNS]
+        told = notes(ctx.protocol(), new, time.time() - started, speed_text, self.command)
+        title = self.title
+        return StudyResult(new, stem=Path(cfg.out), tables={"": new},
+                           merge=Merge(KEY, lambda table: markdown(table, told, title)),
+                           figures=[FigureOut(figure(new), [Path(cfg.outputs.figures) / FIGURE])])
