@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--band-margin", type=float, metavar="M",
                    help="with --cascade: widen the band of screen scores sent to the method's own schedule by this "
                         "factor (>= 1; default: latenttracer.cascade.DEFAULT_BAND_MARGIN, 1.1)")
+    t.add_argument("--screen-margin", type=float, metavar="M",
+                   help="with --cascade: the screen's early-exit margin (>= 1; default: --exit-margin, which then "
+                        "sets both stages'); results/cascade_frontier.md measures the pairs")
     _add_common_args(t)
     t.add_argument("--html", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
 
@@ -361,6 +364,8 @@ def _cascade_request(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.band_margin is not None:
             raise ValueError("--band-margin needs --cascade SCREEN (it widens the band of screen scores that the "
                              "cascade sends to the method's own schedule)")
+        if args.screen_margin is not None:
+            raise ValueError("--screen-margin needs --cascade SCREEN (it is the screen's early-exit margin)")
         return None
     _check_exits_early(args.method, "--cascade")
     if args.calibrate is None:
@@ -369,6 +374,8 @@ def _cascade_request(args: argparse.Namespace) -> dict[str, Any] | None:
     margin = args.band_margin
     if margin is not None and not (math.isfinite(margin) and margin >= 1):
         raise ValueError(f"--band-margin: must be a number >= 1, got {margin:g}")
+    if args.screen_margin is not None and not (math.isfinite(args.screen_margin) and args.screen_margin >= 1):
+        raise ValueError(f"--screen-margin: must be a number >= 1, got {args.screen_margin:g}")
     settings = _parse_screen(args.cascade, args.method)
     setattr(args, EARLY_EXIT_FLAG, None)
     return settings
@@ -419,11 +426,14 @@ def _parse_screen(text: str, method: str) -> dict[str, Any]:
     return out
 
 
-def _screen_method(method, settings: dict[str, Any], text: str):
-    """``method`` (the verdict schedule) with the ``--cascade`` settings; a value the settings refuse, or a screen
-    that cannot exit early, is an error naming ``--cascade`` and the key."""
+def _screen_method(method, settings: dict[str, Any], text: str, screen_margin: float | None = None):
+    """``method`` (the verdict schedule) with the ``--cascade`` settings (and ``--screen-margin`` as its early-exit
+    margin); a value the settings refuse, or a screen that cannot exit early, is an error naming ``--cascade`` and
+    the key."""
     from dataclasses import replace
 
+    if screen_margin is not None:
+        settings = {**settings, "exit_margin": float(screen_margin)}
     try:
         _with_early_exit(method, 1.0)
     except ValueError as err:
@@ -438,7 +448,7 @@ def _screen_method(method, settings: dict[str, Any], text: str):
         _with_early_exit(screen, 1.0)
     except ValueError as err:
         raise ValueError(f"--cascade {text}: {err}") from err
-    if screen.config == method.config:
+    if replace(screen.config, exit_margin=method.config.exit_margin) == method.config:
         raise ValueError(f"--cascade {text}: the screen is the method's own schedule; change what makes it faster "
                          "(e.g. steps, lr)")
     return screen
@@ -582,7 +592,8 @@ def trace(args: argparse.Namespace) -> int:
                          "on its own images)")
     if early_exit:  # a bad combination (e.g. a method whose score is not the loop's) fails here, before any work
         _with_early_exit(method, 1.0)
-    screen = None if screen_settings is None else _screen_method(method, screen_settings, args.cascade)
+    screen = None if screen_settings is None else _screen_method(method, screen_settings, args.cascade,
+                                                                 args.screen_margin)
     paths = list_images(args.images, recursive=args.recursive)
     if args.calibrate:
         list_images(args.calibrate, recursive=args.recursive)  # fail early on an empty or missing folder

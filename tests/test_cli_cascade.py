@@ -93,6 +93,33 @@ def test_cascade_verdicts_are_the_replay_of_both_schedules(tmp_path, tiny_dirs, 
     assert f"{mean:.1f} steps per image on average (both stages) against the verdict schedule's 12" in printed.out
 
 
+def test_screen_margin_is_the_screens_own(tmp_path, tiny_dirs, folders):  # noqa: F811
+    """``--screen-margin`` sets the screen's early-exit margin, ``--exit-margin`` then the verdict schedule's only:
+    the verdicts, stages and steps are the replay of the cascade with those two margins."""
+    model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
+    df = _cascade_run(tmp_path, model, mixed, folders, "--target-tpr", 0.5, "--screen-margin", 1.0,
+                      "--exit-margin", 2.0)
+    ae = load_autoencoder(model, resolution=32)
+    screen, verdict = replace(SCREEN_CONFIG, exit_margin=1.0), replace(VERDICT_CONFIG, exit_margin=2.0)
+    cal = list_images(folders["cal"])
+    cal_verdict, cal_screen = _trajectories(ae, cal, verdict), _trajectories(ae, cal, screen)
+    threshold = pooled_threshold(LatentTracer(verdict), {"clean": [min(t) for t in cal_verdict]}, 0.5)
+    cascade = learn_cascade(cal_screen, cal_verdict, threshold=threshold, band_margin=DEFAULT_BAND_MARGIN,
+                            screen=screen, verdict=verdict)
+    paths = list_images(mixed)
+    replay = replay_cascade(_trajectories(ae, paths, screen), _trajectories(ae, paths, verdict), cascade, screen,
+                            verdict)
+    assert (df["belonging"].astype(str) == "True").tolist() == replay["belonging"].tolist()
+    assert df["stage"].tolist() == replay["stage"].tolist()
+    assert df["steps_run"].astype(int).tolist() == replay["steps_run"].tolist()
+    # the same run with the margin at 2.0 for both stages: the screen's bounds are looser, never cheaper
+    both = replay_cascade(_trajectories(ae, paths, SCREEN_CONFIG), _trajectories(ae, paths, verdict),
+                          learn_cascade(cal_screen, cal_verdict, threshold=threshold, band_margin=DEFAULT_BAND_MARGIN,
+                                        screen=replace(SCREEN_CONFIG, exit_margin=2.0), verdict=verdict),
+                          replace(SCREEN_CONFIG, exit_margin=2.0), verdict)
+    assert np.sum(both["screen_steps"]) >= np.sum(replay["screen_steps"])
+
+
 def test_cascade_rerun_computes_nothing_and_writes_html(tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
     model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
     first = _cascade_run(tmp_path, model, mixed, folders)
@@ -155,6 +182,10 @@ def test_cascade_with_calibrate_perturb_and_a_latent_rms_screen(tmp_path, tiny_d
     (["--calibrate", "CAL", "--cascade", "steps=100", "--steps", "100"], "the screen is the method's own schedule"),
     (["--calibrate", "CAL", "--band-margin", "1.5"], "--band-margin needs --cascade SCREEN"),
     (["--calibrate", "CAL", "--cascade", SCREEN, "--band-margin", "0.5"], "--band-margin: must be a number >= 1"),
+    (["--calibrate", "CAL", "--screen-margin", "1.2"], "--screen-margin needs --cascade SCREEN"),
+    (["--calibrate", "CAL", "--cascade", SCREEN, "--screen-margin", "0.5"], "--screen-margin: must be a number >= 1"),
+    (["--calibrate", "CAL", "--cascade", "steps=100", "--steps", "100", "--screen-margin", "1.2"],
+     "the screen is the method's own schedule"),
     (["--calibrate", "CAL", "--cascade", SCREEN, "--method", "aedr"], "--method aedr does not take --cascade"),
     (["--calibrate", "CAL", "--cascade", SCREEN, "--method", "relative"], "--cascade: method relative: early exit"),
 ])

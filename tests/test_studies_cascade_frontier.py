@@ -53,7 +53,7 @@ def test_chosen_oracle_and_single_settings_on_a_hand_made_table():
     text = cf.markdown(TABLE, ["a note"])
     assert "| a | fast | authors | 1.00 | 1.50 | 1.50 | 0.9950 | 0.0700 | 0.9850 | 0.0800 |  | no |" in text
     assert "| b | fast | authors | 1.10 | 1.50 | 1.50 | 0.9920 | 0.1100 | no |" in text  # the oracle's b row
-    assert "| fast | authors | 1.10 | 1.50 | 1.50 | 1 of 2 | 0.9920 | 0.1100 |" in text
+    assert "| fast | authors | 1.10 | 1.50 | 1.50 | 1 | 2 | 0.9920 | 0.1100 |" in text
     none = TABLE.assign(agreement=0.5)
     assert "No setting reaches the agreement goal on: a, b." in cf.markdown(none, ["a note"])
 

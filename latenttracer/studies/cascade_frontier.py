@@ -271,14 +271,13 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settin
                                 "both goals": [meets(r) for _, r in c.iterrows()]})
     o = oracle(table)
     oracle_rows = pd.DataFrame({"inspected": o["inspected"], **{k: o[k] for k in setting},
-                                "agreement": o["agreement"].map(_f),
-                                "image_steps_fraction": o["image_steps_fraction"].map(_f),
+                                "oracle agreement": o["agreement"].map(_f),
+                                "oracle image_steps_fraction": o["image_steps_fraction"].map(_f),
                                 "both goals": [meets(r) for _, r in o.iterrows()]}) if len(o) else pd.DataFrame()
     missing = sorted(set(table["inspected"]) - set(o["inspected"] if len(o) else []))
     s = single_settings(table)
     single_rows = pd.DataFrame({**{k: s[k] for k in setting},
-                                "models meeting both goals": [f"{a} of {b}" for a, b in
-                                                              zip(s["meeting_both"], s["models"])],
+                                "models meeting both goals": s["meeting_both"], "of models": s["models"],
                                 "worst agreement": s["worst_agreement"].map(_f),
                                 "worst image_steps_fraction": s["worst_image_steps"].map(_f)})
     for frame in (chosen_rows, oracle_rows, single_rows):
