@@ -91,3 +91,19 @@ def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch): 
     assert text.count("| kl-a | paper | 3 |") == 7 and "machine speed " + SPEED in text
     assert "| cascade | 1.50 | 1.10 |" in text
     assert np.isfinite(merged["speedup"]).all()
+    # the verdict stage's own margin: one more cascade row (a key of its own), its live run again the replay
+    third = study.run(job("early_exit", workspace, micro_zoo, tmp_path / "third",
+                          [*RUN, "inversion.lr=0.1", "cascade_band_margin=1.1", "cascade_verdict_margin=1.0"]),
+                      "early_exit").frame.set_index("mode").loc["cascade"]
+    assert third["verdict_margin"] == 1.0 and third["margin"] == cfg.inversion.exit_margin
+    assert third["live_mismatches"] == 0 and third["calibration_rejected_early"] == 0
+    assert cascade["verdict_margin"] == cfg.inversion.exit_margin  # by default: the screen's margin
+    merged = pd.read_csv(results / "early_exit.csv")
+    assert len(merged) == 8 and sorted(merged["verdict_margin"].dropna()) == [1.0, cfg.inversion.exit_margin]
+    assert "| cascade | 1.50 | 1.10 | 1.00 |" in (results / "early_exit.md").read_text()
+
+
+def test_a_bad_verdict_margin_names_the_key():
+    with pytest.raises(ValueError, match=r"cascade_verdict_margin: must be a number >= 1 \(or null"):
+        ee.verdict_exit_margin({"cascade_verdict_margin": 0.5}, 1.5)
+    assert ee.verdict_exit_margin({"cascade_verdict_margin": None}, 1.5) == 1.5

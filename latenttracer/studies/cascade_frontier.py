@@ -350,7 +350,7 @@ class CascadeFrontier(Study):
     config = CascadeFrontierConfig
     title = "Cascade settings: the measured frontier"
     command = "python -m experiments.cascade_frontier inversion=<screen schedule>"
-    section = ReportSection(title, ("cascade_frontier.csv",), (f"{FIGURE}.png",), command, order=61)
+    section = ReportSection(title, ("cascade_frontier.csv",), (f"{FIGURE}.png",), command, order=60.5)
 
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         started = time.time()

@@ -14,13 +14,15 @@ source's evaluation half and the real set = non-belonging) are scored. Rows (:mo
 * ``early_exit``: threshold and learnt bounds at ``inversion.exit_margin``;
 * ``cascade`` (a schedule other than the authors', with ``cascade_band_margin`` set): this schedule screens with
   early exit and the images in its learnt band run the authors' schedule with early exit
-  (:mod:`latenttracer.cascade`; ``band_margin`` column; both stages' bounds at ``inversion.exit_margin``). Its
+  (:mod:`latenttracer.cascade`; ``band_margin`` column; the screen's bounds at ``inversion.exit_margin``, the
+  verdict stage's at ``cascade_verdict_margin``, by default the same: ``verdict_margin`` column). Its
   output is a verdict per image, so its ``auc_early_exit`` is empty.
 
 Scores come from the shared store (computed if missing, with trajectories); early-exit results are replayed from
 the trajectories and checked live on ``timing_images`` evaluation images, which also give the wall-clock speed-up
 (all configs timed in this process, one after the other). Rows are merged into ``<out>.csv`` by (inspected,
-schedule, steps, lr, halve_every, mode, margin, band_margin) under a lock and the Markdown is rebuilt from it
+schedule, steps, lr, halve_every, mode, margin, band_margin, verdict_margin) under a lock and the Markdown is
+rebuilt from it
 (:class:`~latenttracer.studies.base.Merge`).
 """
 
@@ -48,7 +50,7 @@ from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, St
 
 log = logging.getLogger(__name__)
 
-KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin")
+KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin", "verdict_margin")
 COLUMNS = [*KEY, "agreement", "image_steps_fraction", "speedup", "auc_full",
            "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold", "n_evaluation",
            "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds", "live_mismatches",
@@ -61,6 +63,7 @@ class EarlyExitConfig:
     timing_images: int = 48             # evaluation images per inspected model timed live
     timing_seed: int = 0                # which evaluation images are timed
     cascade_band_margin: float | None = None  # cascade rows with this band margin (>= 1); null: none
+    cascade_verdict_margin: float | None = None  # the cascade's verdict-stage exit margin (>= 1); null: the screen's
     out: str = MISSING                  # publishes <out>.{md,csv}
 
 
@@ -114,7 +117,8 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     timed = time_inversions(ae, images, configs)
     timed.setdefault("full", timed["authors"])  # the authors' schedule: its full run is the authors' run
     band_margin = cfg.cascade_band_margin
-    verdict = replace(authors, exit_margin=margin)  # the cascade's second stage: the authors' schedule, exiting
+    verdict_margin = verdict_exit_margin(cfg, margin)
+    verdict = replace(authors, exit_margin=verdict_margin)  # the cascade's second stage: the authors' schedule, exiting
     if band_margin is not None and inv.hash() != authors.hash():
         both = [p for p in cal.index if p in cal_authors.index]
         cascade = learn_cascade(cal.loc[both, "trajectory"].tolist(), cal_authors.loc[both, "trajectory"].tolist(),
@@ -147,6 +151,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
             "inspected": name, "schedule": schedule, "mode": mode,
             "margin": margin if mode in ("early_exit", "cascade") else 1.0,
             "band_margin": float(band_margin) if mode == "cascade" else np.nan, "n_band": n_band,
+            "verdict_margin": verdict_margin if mode == "cascade" else np.nan,
             "screen_steps_fraction": screen_steps / authors.scored_steps,
             "disagreements": _disagreements(verdicts if verdicts is not None else scores <= t,
                                             authors_scores <= t_authors, sources),
@@ -168,6 +173,16 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
                  name, schedule, row["mode"], row["agreement"], row["image_steps_fraction"], row["speedup"],
                  row["seconds"], row["seconds_authors"], speed)
     return rows
+
+
+def verdict_exit_margin(cfg: Any, margin: float) -> float:
+    """The cascade's verdict-stage early-exit margin: ``cascade_verdict_margin``, else the screen's ``margin``."""
+    value = cfg.get("cascade_verdict_margin")
+    if value is None:
+        return float(margin)
+    if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 1):
+        raise ValueError(f"cascade_verdict_margin: must be a number >= 1 (or null: the screen's margin), got {value!r}")
+    return float(value)
 
 
 def _disagreements(verdicts: np.ndarray, authors: np.ndarray, sources: np.ndarray) -> str:
@@ -193,18 +208,18 @@ def _rejected_early(mode: str, option: Any, cal: pd.DataFrame, cal_authors: pd.D
 def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and faster schedules") -> str:
     """The published table: every row of ``table`` (the merged CSV), after the ``notes``."""
     table = table.copy()
-    for col in ("band_margin", "disagreements"):  # columns newer than some published rows
+    for col in ("band_margin", "disagreements", "verdict_margin"):  # columns newer than some published rows
         if col not in table:
             table[col] = np.nan
     table["disagreements"] = table["disagreements"].fillna("")
     shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin",
-                   "agreement", "agreement_schedule", "disagreements",
+                   "verdict_margin", "agreement", "agreement_schedule", "disagreements",
                    "image_steps_fraction", "speedup", "auc_full", "auc_early_exit", "auc_authors", "seconds_authors",
                    "seconds", "machine_speed"]].rename(columns={"machine_speed": "machine_speed (img-steps/s)"})
     for col in ("agreement", "agreement_schedule", "image_steps_fraction", "auc_full", "auc_early_exit",
                 "auc_authors"):
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
-    for col in ("speedup", "seconds_authors", "seconds", "margin", "band_margin"):
+    for col in ("speedup", "seconds_authors", "seconds", "margin", "band_margin", "verdict_margin"):
         shown[col] = shown[col].map(lambda v: f"{v:.2f}" if v == v else "")
     shown["auc_early_exit"] = shown["auc_early_exit"].replace("nan", "")
     shown["lr"] = shown["lr"].map(lambda v: f"{v:.4g}")  # a latent_rms rate resolved: lr x RMS (4 digits each)

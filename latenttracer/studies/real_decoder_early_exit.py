@@ -27,6 +27,7 @@ class RealDecoderEarlyExitConfig(real_decoder.DecodedSuiteConfig):
     timing_images: int = 12              # evaluation images timed live (one batch per config, one process)
     timing_seed: int = 0
     cascade_band_margin: float | None = None  # cascade rows with this band margin (>= 1); null: none
+    cascade_verdict_margin: float | None = None  # the cascade's verdict-stage exit margin; null: the screen's
     out: str = MISSING                   # publishes <out>.{md,csv}
 
 
