@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.published import published_notes
 from omegaconf import OmegaConf
 from test_experiments import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
 
@@ -79,9 +80,7 @@ def test_bad_margins_name_the_key():
 
 def test_published_markdown_is_its_csv_rendered():
     """results/cascade_frontier.md is results/cascade_frontier.csv through :func:`markdown` (its notes read back)."""
-    published = (RESULTS / "cascade_frontier.md").read_text()
-    notes = [line.removeprefix("- ") for line in published.split("\n\n")[1].splitlines()]
-    assert len(notes) == 4 and notes[-1].startswith("Command: `python -m experiments.cascade_frontier")
+    published, notes = published_notes(RESULTS / "cascade_frontier.md", 4, "python -m experiments.cascade_frontier")
     assert cf.markdown(pd.read_csv(RESULTS / "cascade_frontier.csv"), notes) == published
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.published import published_notes
 from test_experiments import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
 from test_studies import _pairwise_auc
 
@@ -24,9 +25,7 @@ RUN = ["inspected=[kl-a]", "timing_images=4", "logger=none"]
 def test_published_markdown_is_its_csv_rendered():
     """results/early_exit.md is results/early_exit.csv through :func:`markdown` (its notes, with the run's wall
     time, are read back from the file): the table cannot drift from the CSV."""
-    published = (RESULTS / "early_exit.md").read_text()
-    notes = [line.removeprefix("- ") for line in published.split("\n\n")[1].splitlines()]
-    assert len(notes) == 4 and notes[-1].startswith("Command: `python -m experiments.early_exit")
+    published, notes = published_notes(RESULTS / "early_exit.md", 4, "python -m experiments.early_exit")
     assert ee.markdown(pd.read_csv(RESULTS / "early_exit.csv"), notes) == published
 
 
