@@ -1,7 +1,7 @@
 """Cascade settings against cost and agreement (:mod:`latenttracer.studies.cascade_frontier`).
 
-    python -m experiments.cascade_frontier inversion=fast_rms     # the screen is the inversion node
-    python -m experiments.cascade_frontier debug=default inversion=fast_rms   # a smoke run
+    python -m experiments.cascade_frontier                        # the screen: fast_rms (the default)
+    python -m experiments.cascade_frontier debug=default         # a smoke run
 
 The same as ``python -m experiments.study --config-name cascade_frontier``.
 """

@@ -141,6 +141,7 @@ def test_micro_run_rows_equal_a_cascade_replayed_by_hand(micro_zoo, workspace, t
 
 def test_the_authors_schedule_cannot_screen(micro_zoo, workspace, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setattr(cf.zoo, "machine_speed", lambda threads=1: SPEED)
-    cfg = job("cascade_frontier", workspace, micro_zoo, tmp_path / "out", ["inspected=[kl-a]", "logger=none"])
+    cfg = job("cascade_frontier", workspace, micro_zoo, tmp_path / "out",
+              ["inspected=[kl-a]", "logger=none", "inversion=paper"])
     with pytest.raises(ValueError, match="the authors' schedule screens nothing"):
         study.run(cfg, "cascade_frontier")

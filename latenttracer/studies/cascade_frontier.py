@@ -1,6 +1,6 @@
 """Which cascade settings reach which cost and agreement: a grid of settings, replayed -> results/cascade_frontier.*
 
-    python -m experiments.cascade_frontier inversion=fast_rms      # the screen is the `inversion` node
+    python -m experiments.cascade_frontier                       # the screen: fast_rms (the default)
     python -m experiments.cascade_frontier debug=default           # a smoke run
 
 The cascade (:mod:`latenttracer.cascade`) has four settings beside the screen schedule: the verdict schedule, the
@@ -298,7 +298,7 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settin
 
 
 def notes(p: dict, table: pd.DataFrame, wall: float, speed_text: str,
-          command: str = "python -m experiments.cascade_frontier inversion=<screen schedule>") -> list[str]:
+          command: str = "python -m experiments.cascade_frontier [inversion=<screen schedule>]") -> list[str]:
     """How the table was made; ``p``: the job's protocol (:meth:`Context.protocol`)."""
     r = table.iloc[0]
     return [f"Suite `{p['suite']}`, Table 1's split; goals: agreement >= {r['goal_agreement']:g} with the authors' "
@@ -349,7 +349,7 @@ class CascadeFrontier(Study):
     name = "cascade_frontier"
     config = CascadeFrontierConfig
     title = "Cascade settings: the measured frontier"
-    command = "python -m experiments.cascade_frontier inversion=<screen schedule>"
+    command = "python -m experiments.cascade_frontier [inversion=<screen schedule>]"
     section = ReportSection(title, ("cascade_frontier.csv",), (f"{FIGURE}.png",), command, order=60.5)
 
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
