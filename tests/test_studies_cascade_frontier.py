@@ -90,7 +90,7 @@ def test_registered_with_a_report_section():
 
 
 RUN = ["inspected=[kl-a]", "logger=none", "inversion=fast", "inversion.steps=3", "inversion.lr=0.1",
-       "selection_folds=3", "band_margins=[1.0,1.3]", "screen_margins=[1.5]", "verdict_margins=[1.0]",
+       "selection_folds=5", "band_margins=[1.0,1.3]", "screen_margins=[1.5]", "verdict_margins=[1.0]",
        "verdicts=[{name:authors},{name:short,steps:20}]"]
 
 
@@ -102,6 +102,7 @@ def test_micro_run_rows_equal_a_cascade_replayed_by_hand(micro_zoo, workspace, t
     assert set(rows["verdict"]) == {"authors", "short"} and (rows["screen"] == "fast").all()
     # kl-a's own 3 calibration images; the other five members' calibration halves (3 each) as known negatives
     assert (rows["n_calibration"] == 3).all() and (rows["n_negatives"] == 5 * 3).all()
+    assert (rows["selection_folds"] == 3).all()  # 5 asked, one per calibration image at most
     assert (rows["n_evaluation"] == 3 + 5 * 3 + 4).all()
     for _, row in rows.iterrows():
         flips = sum(int(part.split(":")[1]) for part in str(row["disagreements"]).split() if ":" in part)

@@ -65,7 +65,8 @@ class CascadeFrontierConfig:
     verdict_margins: list[float] = field(default_factory=lambda: [1.5])         # the verdict schedule's, >= 1
     goal_agreement: float = 0.99         # with the authors' full run
     goal_image_steps: float = 0.1        # mean scored steps per image / the authors' 100
-    selection_folds: int = 5             # folds of the calibration half on the selection set (>= 2)
+    selection_folds: int = 5             # folds of the calibration half on the selection set (>= 2; at most one
+                                         # per calibration image: fewer images, fewer folds, in the CSV)
     selection_seed: int = 0
     out: str = MISSING                   # publishes <out>.{md,csv}
 
@@ -179,10 +180,13 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str) -> 
     t_authors = calibrate_threshold(runs["authors", "calibration"].loc[kept["calibration"], "score"], tpr)
     truth = {g: _minima(traj("authors", g)) <= t_authors for g in groups}
     sources = evaluation.set_index("path").loc[kept["evaluation"], "source"].to_numpy()
-    folds = int(cfg.selection_folds)
-    if folds < 2 or folds > len(kept["calibration"]):
-        raise ValueError(f"cascade_frontier.selection_folds: between 2 and the {len(kept['calibration'])} "
-                         f"calibration images of {name}, got {folds}")
+    folds, n_cal = int(cfg.selection_folds), len(kept["calibration"])
+    if folds < 2 or n_cal < 2:
+        raise ValueError(f"cascade_frontier.selection_folds: needs at least 2 folds of one calibration image each, "
+                         f"got {folds} folds and {n_cal} calibration image(s) of {name}")
+    if folds > n_cal:  # a smoke run's few images: one image per fold (the selection_folds column says so)
+        log.warning("%s: %d calibration images, so %d selection folds instead of %d", name, n_cal, n_cal, folds)
+        folds = n_cal
     rows = []
     for (vname, vconfig), bm, sm, vm in itertools.product(
             verdicts.items(), _margins(cfg, "band_margins"), _margins(cfg, "screen_margins"),
