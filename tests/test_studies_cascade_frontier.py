@@ -78,15 +78,21 @@ def test_bad_margins_name_the_key():
         cf._margins(OmegaConf.create({"band_margins": [0.9]}), "band_margins")
 
 
-def test_published_markdown_is_its_csv_rendered():
-    """results/cascade_frontier.md is results/cascade_frontier.csv through :func:`markdown` (its notes read back)."""
-    published, notes = published_notes(RESULTS / "cascade_frontier.md", 4, "python -m experiments.cascade_frontier")
-    assert cf.markdown(pd.read_csv(RESULTS / "cascade_frontier.csv"), notes) == published
+@pytest.mark.parametrize("stem", ["cascade_frontier", "real_decoder_cascade_frontier"])
+def test_published_markdown_is_its_csv_rendered(stem):
+    """results/<stem>.md is results/<stem>.csv through :func:`markdown` (its notes and title read back)."""
+    published, notes = published_notes(RESULTS / f"{stem}.md", 4, f"python -m experiments.{stem}")
+    title = published.split("\n")[0].removeprefix("# ")
+    assert title == STUDIES.get(stem).title
+    assert cf.markdown(pd.read_csv(RESULTS / f"{stem}.csv"), notes, title) == published
 
 
 def test_registered_with_a_report_section():
     s = STUDIES.get("cascade_frontier")
     assert s is cf.CascadeFrontier and s.section.tables == ("cascade_frontier.csv",)
+    rd = STUDIES.get("real_decoder_cascade_frontier")
+    assert issubclass(rd, cf.CascadeFrontier) and rd.section.tables == ("real_decoder_cascade_frontier.csv",)
+    assert rd.section.figures == ("real_decoder_cascade_frontier.png",)
 
 
 RUN = ["inspected=[kl-a]", "logger=none", "inversion=fast", "inversion.steps=3", "inversion.lr=0.1",

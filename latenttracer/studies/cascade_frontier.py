@@ -56,15 +56,23 @@ SETTING = ["screen", "verdict", "band_margin", "screen_margin", "verdict_margin"
 FIGURE = "cascade_frontier"
 
 
+def _verdicts() -> list[dict[str, Any]]:
+    return [{"name": "authors"},                            # the authors' 100 steps at lr 0.05
+            {"name": "lr0.1_50", "lr": 0.1, "steps": 50}]  # the probe of results/early_exit.md (rate fixed a priori)
+
+
 @dataclass
 class CascadeFrontierConfig:
+    """The grid (these defaults are the published one; conf/cascade_frontier.yaml and
+    conf/real_decoder_cascade_frontier.yaml change only what differs) and the goals."""
+
     inspected: list[str] | None = None   # names in suite.models; null: every model of the suite
-    verdicts: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "authors"}])  # name + inversion keys
-    band_margins: list[float] = field(default_factory=lambda: [1.0, 1.1])       # each >= 1
-    screen_margins: list[float] = field(default_factory=lambda: [1.5])          # the screen's exit margin, >= 1
-    verdict_margins: list[float] = field(default_factory=lambda: [1.5])         # the verdict schedule's, >= 1
+    verdicts: list[dict[str, Any]] = field(default_factory=_verdicts)  # a name + the inversion keys that differ
+    band_margins: list[float] = field(default_factory=lambda: [1.0, 1.05, 1.1, 1.2])  # each >= 1
+    screen_margins: list[float] = field(default_factory=lambda: [1.2, 1.5])  # the screen's exit margin, >= 1
+    verdict_margins: list[float] = field(default_factory=lambda: [1.0, 1.5])  # the verdict schedule's, >= 1
     goal_agreement: float = 0.99         # with the authors' full run
-    goal_image_steps: float = 0.1        # mean scored steps per image / the authors' 100
+    goal_image_steps: float = 0.1        # mean scored steps per image / the authors' 100 (issue 16's 1/10)
     selection_folds: int = 5             # folds of the calibration half on the selection set (>= 2; at most one
                                          # per calibration image: fewer images, fewer folds, in the CSV)
     selection_seed: int = 0
@@ -146,10 +154,10 @@ def _disagreements(agree: np.ndarray, sources: np.ndarray) -> str:
     return " ".join(f"{n}:{c}" for n, c in sorted(zip(names, counts), key=lambda x: (-x[1], x[0])))
 
 
-def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str) -> list[dict]:
-    """Every setting of the grid for one inspected model (module docstring)."""
+def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae: Any = None) -> list[dict]:
+    """Every setting of the grid for one inspected model (module docstring); ``ae``: its decoder when loaded."""
     spec = ctx.model_spec(name)
-    ae = ctx.load_model(spec)
+    ae = ctx.load_model(spec) if ae is None else ae
     tpr = ctx.split_settings().target_tpr
     grid = protocol.grid_images(sets, name)
     calibration = grid.loc[(grid["source"] == name) & (grid["split"] == "calibration"), "path"].tolist()
@@ -342,8 +350,9 @@ def figure(table: pd.DataFrame) -> Any:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Cascade settings: agreement against cost (dashed: the goals)", fontsize=11)
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.suptitle("Cascade settings: agreement against cost" + ("\n" if cols == 1 else " ") + "(dashed: the goals)",
+                 fontsize=11 if cols > 1 else 10)
     fig.tight_layout()
     return fig
 
@@ -356,6 +365,10 @@ class CascadeFrontier(Study):
     command = "python -m experiments.cascade_frontier [inversion=<screen schedule>]"
     section = ReportSection(title, ("cascade_frontier.csv",), (f"{FIGURE}.png",), command, order=60.5)
 
+    def targets(self, cfg: Any, ctx: Context) -> tuple[dict, dict[str, Any]]:
+        """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
+        return ctx.image_sets(), {name: None for name in ctx.inspected_models()}
+
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         started = time.time()
         speed_text = zoo.machine_speed(1)  # beside the wall time (benchmarks/decoder_speed.py)
@@ -363,13 +376,14 @@ class CascadeFrontier(Study):
         if screen_name == "paper":
             raise ValueError("cascade_frontier: the screen is the `inversion` node; the authors' schedule screens "
                              "nothing (choose a faster one, e.g. inversion=fast_rms)")
-        sets = ctx.image_sets()
+        sets, models = self.targets(cfg, ctx)
         rows = []
-        for name in ctx.inspected_models():
-            rows.extend(measure(cfg, ctx, name, sets, screen_name))
+        for name, ae in models.items():
+            rows.extend(measure(cfg, ctx, name, sets, screen_name, ae=ae))
         new = pd.DataFrame(rows)[COLUMNS]
         told = notes(ctx.protocol(), new, time.time() - started, speed_text, self.command)
+        stem = Path(cfg.out)
         title = self.title
-        return StudyResult(new, stem=Path(cfg.out), tables={"": new},
+        return StudyResult(new, stem=stem, tables={"": new},
                            merge=Merge(KEY, lambda table: markdown(table, told, title)),
-                           figures=[FigureOut(figure(new), [Path(cfg.outputs.figures) / FIGURE])])
+                           figures=[FigureOut(figure(new), [Path(cfg.outputs.figures) / stem.name])])
