@@ -44,6 +44,7 @@ from latenttracer.cascade import learn_cascade, replay_cascade
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult
+from latenttracer.studies.early_exit import inspected
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,10 @@ def _disagreements(agree: np.ndarray, sources: np.ndarray) -> str:
 
 def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae: Any = None) -> list[dict]:
     """Every setting of the grid for one inspected model (module docstring); ``ae``: its decoder when loaded."""
-    spec = ctx.model_spec(name)
-    ae = ctx.load_model(spec) if ae is None else ae
-    tpr = ctx.split_settings().target_tpr
-    grid = protocol.grid_images(sets, name)
-    calibration = grid.loc[(grid["source"] == name) & (grid["split"] == "calibration"), "path"].tolist()
-    screen = ctx.resolved(ae, ctx.inversion_config(dtype=spec.dtype, early_exit=False), calibration)
-    authors = InversionConfig(device=str(cfg.device), dtype=str(spec.dtype), batch_size=screen.batch_size)
+    model = inspected(cfg, ctx, name, sets, ae)  # as the early-exit study sees it
+    ae, calibration, evaluation = model.ae, model.calibration, model.evaluation
+    screen, authors, tpr = model.schedule, model.authors, model.target_tpr
     verdicts = verdict_schedules(cfg, authors)
-    evaluation = grid[grid["split"] == "evaluation"].reset_index(drop=True)
     negatives = pd.concat([protocol.image_rows(s, "calibration", parts["calibration"])
                            for s, parts in sets.items() if s != name and "calibration" in parts], ignore_index=True)
     groups = {"calibration": calibration, "evaluation": evaluation["path"].tolist(),

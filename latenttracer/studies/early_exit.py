@@ -71,17 +71,39 @@ def _ok(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == "ok"]
 
 
-def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed: float, ae: Any = None) -> list[dict]:
-    """The rows of one inspected model (module docstring); ``ae``: its decoder when already loaded."""
+@dataclass(frozen=True)
+class Inspected:
+    """One inspected model as the deployment studies measure it (Table 1's protocol): its decoder, its own
+    calibration half, the evaluation images (its own evaluation half, every other source's and the real set), the
+    schedule under test (the ``inversion`` node, its rate made absolute on the calibration half) and the authors'
+    schedule at the same device, dtype and batch size."""
+
+    ae: Any
+    calibration: list[str]
+    evaluation: pd.DataFrame  # source, split, path
+    schedule: InversionConfig
+    authors: InversionConfig
+    target_tpr: float
+
+
+def inspected(cfg: Any, ctx: Context, name: str, sets: dict, ae: Any = None) -> Inspected:
+    """:class:`Inspected` for model ``name`` of ``sets``; ``ae``: its decoder when already loaded."""
     spec = ctx.model_spec(name)
     ae = ctx.load_model(spec) if ae is None else ae
-    tpr = ctx.split_settings().target_tpr
     grid = protocol.grid_images(sets, name)
     calibration = grid.loc[(grid["source"] == name) & (grid["split"] == "calibration"), "path"].tolist()
     # lr_scale=latent_rms is resolved on the model's calibration half: the rows show the absolute rate it ran at
-    inv = ctx.resolved(ae, ctx.inversion_config(dtype=spec.dtype, early_exit=False), calibration)
-    authors = InversionConfig(device=str(cfg.device), dtype=str(spec.dtype), batch_size=inv.batch_size)
-    evaluation = grid[grid["split"] == "evaluation"].reset_index(drop=True)
+    schedule = ctx.resolved(ae, ctx.inversion_config(dtype=spec.dtype, early_exit=False), calibration)
+    authors = InversionConfig(device=str(cfg.device), dtype=str(spec.dtype), batch_size=schedule.batch_size)
+    return Inspected(ae, calibration, grid[grid["split"] == "evaluation"].reset_index(drop=True), schedule, authors,
+                     float(ctx.split_settings().target_tpr))
+
+
+def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed: float, ae: Any = None) -> list[dict]:
+    """The rows of one inspected model (module docstring); ``ae``: its decoder when already loaded."""
+    model = inspected(cfg, ctx, name, sets, ae)
+    ae, calibration, evaluation = model.ae, model.calibration, model.evaluation
+    inv, authors, tpr = model.schedule, model.authors, model.target_tpr
 
     # A schedule that is the authors' cut short is read from the authors' cached runs (exact: protocol.truncate).
     cut = inv.steps <= authors.steps and replace(inv, steps=authors.steps).hash() == authors.hash()
