@@ -44,7 +44,7 @@ from latenttracer.cascade import learn_cascade, replay_cascade
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult
-from latenttracer.studies.early_exit import inspected
+from latenttracer.studies.early_exit import disagreements, inspected
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,11 @@ def verdict_schedules(cfg: Any, authors: InversionConfig) -> dict[str, Inversion
     return out
 
 
-def _minima(trajectories: list) -> np.ndarray:
-    return np.array([float(np.min(t)) for t in trajectories])
-
-
 def _score(screen: list, verdict: list, truth: np.ndarray, cascade: Any, s_cfg: InversionConfig,
-           v_cfg: InversionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           v_cfg: InversionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cascade replayed: its verdicts, whether each equals ``truth``, the steps run, whether in the band."""
     r = replay_cascade(screen, verdict, cascade, s_cfg, v_cfg)
-    return r["belonging"] == truth, np.asarray(r["steps_run"], float), r["stage"] == "verdict"
+    return r["belonging"], r["belonging"] == truth, np.asarray(r["steps_run"], float), r["stage"] == "verdict"
 
 
 def _selection(own: dict, neg: dict, truth_own: np.ndarray, truth_neg: np.ndarray, t_verdict: float,
@@ -139,20 +136,15 @@ def _selection(own: dict, neg: dict, truth_own: np.ndarray, truth_neg: np.ndarra
         train = np.setdiff1d(np.arange(n), held)
         cascade = learn_cascade([own["screen"][i] for i in train], [own["verdict"][i] for i in train],
                                 threshold=t_verdict, band_margin=band_margin, screen=s_cfg, verdict=v_cfg)
-        a, s, _ = _score([own["screen"][i] for i in held], [own["verdict"][i] for i in held], truth_own[held],
-                         cascade, s_cfg, v_cfg)
+        _, a, s, _ = _score([own["screen"][i] for i in held], [own["verdict"][i] for i in held],
+                            truth_own[held], cascade, s_cfg, v_cfg)
         own_agree[held], own_steps[held] = a, s
         if len(truth_neg):
-            a, s, _ = _score(neg["screen"], neg["verdict"], truth_neg, cascade, s_cfg, v_cfg)
+            _, a, s, _ = _score(neg["screen"], neg["verdict"], truth_neg, cascade, s_cfg, v_cfg)
             neg_agree += a / folds
             neg_steps += s / folds
     agree, steps = np.concatenate([own_agree, neg_agree]), np.concatenate([own_steps, neg_steps])
     return float(agree.mean()), float(steps.mean() / authors_steps)
-
-
-def _disagreements(agree: np.ndarray, sources: np.ndarray) -> str:
-    names, counts = np.unique(sources[~agree], return_counts=True)
-    return " ".join(f"{n}:{c}" for n, c in sorted(zip(names, counts), key=lambda x: (-x[1], x[0])))
 
 
 def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae: Any = None) -> list[dict]:
@@ -167,10 +159,14 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
               "negatives": negatives["path"].tolist()}
     configs = {"screen": screen, "authors": authors, **{f"verdict:{k}": v for k, v in verdicts.items()}}
     runs: dict[tuple[str, str], pd.DataFrame] = {}
+    done: dict[tuple[str, str], pd.DataFrame] = {}  # by (schedule hash, group): the authors' may be a verdict too
     for role, config in configs.items():
         for group, paths in groups.items():
-            runs[role, group] = ctx.invert_paths(ae, paths, config).set_index("path") if paths else pd.DataFrame(
-                columns=["status", "trajectory", "score"])
+            key = (config.hash(), group)
+            if key not in done:
+                done[key] = ctx.invert_paths(ae, paths, config).set_index("path") if paths else pd.DataFrame(
+                    columns=["status", "trajectory", "score"])
+            runs[role, group] = done[key]
     kept = {}  # the images every schedule scored (a failed image has no trajectory to replay)
     for group, paths in groups.items():
         kept[group] = [p for p in paths if all(runs[role, group].loc[p, "status"] == "ok" for role in configs)]
@@ -181,8 +177,11 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
     def traj(role: str, group: str) -> list:
         return runs[role, group].loc[kept[group], "trajectory"].tolist()
 
-    t_authors = calibrate_threshold(runs["authors", "calibration"].loc[kept["calibration"], "score"], tpr)
-    truth = {g: _minima(traj("authors", g)) <= t_authors for g in groups}
+    def scores(role: str, group: str) -> np.ndarray:
+        return runs[role, group].loc[kept[group], "score"].to_numpy(float)
+
+    t_authors = calibrate_threshold(scores("authors", "calibration"), tpr)
+    truth = {g: scores("authors", g) <= t_authors for g in groups}
     sources = evaluation.set_index("path").loc[kept["evaluation"], "source"].to_numpy()
     folds, n_cal = int(cfg.selection_folds), len(kept["calibration"])
     if folds < 2 or n_cal < 2:
@@ -197,19 +196,20 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
             _margins(cfg, "verdict_margins")):
         s_cfg, v_cfg = replace(screen, exit_margin=sm), replace(vconfig, exit_margin=vm)
         role = f"verdict:{vname}"
-        t_verdict = calibrate_threshold(runs[role, "calibration"].loc[kept["calibration"], "score"], tpr)
+        t_verdict = calibrate_threshold(scores(role, "calibration"), tpr)
         cascade = learn_cascade(traj("screen", "calibration"), traj(role, "calibration"), threshold=t_verdict,
                                 band_margin=bm, screen=s_cfg, verdict=v_cfg)
-        agree, steps, band = _score(traj("screen", "evaluation"), traj(role, "evaluation"), truth["evaluation"],
-                                    cascade, s_cfg, v_cfg)
+        verdicts_ev, agree, steps, band = _score(traj("screen", "evaluation"), traj(role, "evaluation"),
+                                                 truth["evaluation"], cascade, s_cfg, v_cfg)
         own = {"screen": traj("screen", "calibration"), "verdict": traj(role, "calibration")}
         neg = {"screen": traj("screen", "negatives"), "verdict": traj(role, "negatives")}
         sel_agree, sel_steps = _selection(own, neg, truth["calibration"], truth["negatives"], t_verdict, bm, s_cfg,
                                           v_cfg, folds, int(cfg.selection_seed), authors.scored_steps)
         rows.append({"inspected": name, "screen": screen_name, "screen_steps": screen.steps, "screen_lr": screen.lr,
                      "verdict": vname, "band_margin": bm, "screen_margin": sm, "verdict_margin": vm,
-                     "agreement": float(agree.mean()), "image_steps_fraction": float(steps.mean()) /
-                     authors.scored_steps, "n_band": int(band.sum()), "disagreements": _disagreements(agree, sources),
+                     "agreement": float(agree.mean()),
+                     "image_steps_fraction": float(steps.mean()) / authors.scored_steps, "n_band": int(band.sum()),
+                     "disagreements": disagreements(verdicts_ev, truth["evaluation"], sources),
                      "selection_agreement": sel_agree, "selection_image_steps": sel_steps,
                      "n_evaluation": len(agree), "n_calibration": len(kept["calibration"]),
                      "n_negatives": len(kept["negatives"]), "selection_folds": folds,

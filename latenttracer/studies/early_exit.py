@@ -22,8 +22,7 @@ Scores come from the shared store (computed if missing, with trajectories); earl
 the trajectories and checked live on ``timing_images`` evaluation images, which also give the wall-clock speed-up
 (all configs timed in this process, one after the other). Rows are merged into ``<out>.csv`` by (inspected,
 schedule, steps, lr, halve_every, mode, margin, band_margin, verdict_margin) under a lock and the Markdown is
-rebuilt from it
-(:class:`~latenttracer.studies.base.Merge`).
+rebuilt from it (:class:`~latenttracer.studies.base.Merge`).
 """
 
 from __future__ import annotations
@@ -175,7 +174,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
             "band_margin": float(band_margin) if mode == "cascade" else np.nan, "n_band": n_band,
             "verdict_margin": verdict_margin if mode == "cascade" else np.nan,
             "screen_steps_fraction": screen_steps / authors.scored_steps,
-            "disagreements": _disagreements(verdicts if verdicts is not None else scores <= t,
+            "disagreements": disagreements(verdicts if verdicts is not None else scores <= t,
                                             authors_scores <= t_authors, sources),
             "steps": inv.steps, "lr": inv.lr, "halve_every": inv.halve_every,
             **compare(authors_scores=authors_scores, authors_threshold=t_authors, schedule_scores=full_scores,
@@ -207,7 +206,7 @@ def verdict_exit_margin(cfg: Any, margin: float) -> float:
     return float(value)
 
 
-def _disagreements(verdicts: np.ndarray, authors: np.ndarray, sources: np.ndarray) -> str:
+def disagreements(verdicts: np.ndarray, authors: np.ndarray, sources: np.ndarray) -> str:
     """Where the verdicts differ from the authors' full run: ``source:n`` per evaluation source, most first
     (``""`` when none)."""
     names, counts = np.unique(sources[np.asarray(verdicts) != np.asarray(authors)], return_counts=True)
