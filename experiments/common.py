@@ -353,6 +353,9 @@ class Context:
     def inversion_preset(self) -> str:
         return inversion_preset()
 
+    def experiment_preset(self) -> str | None:
+        return _preset("experiment")
+
     def resolved(self, ae: Autoencoder, inv: InversionConfig,
                  calibration: Sequence[str | Path] | None = None) -> InversionConfig:
         return resolved(self.cfg, ae, inv, calibration)

@@ -29,7 +29,7 @@ def _row(name, verdict, bm, agreement, steps, sel_agreement, sel_steps):
             "band_margin": bm, "screen_margin": 1.5, "verdict_margin": 1.5, "agreement": agreement,
             "image_steps_fraction": steps, "n_band": 0, "disagreements": "", "selection_agreement": sel_agreement,
             "selection_image_steps": sel_steps, "n_evaluation": 350, "n_calibration": 50, "n_negatives": 250,
-            "selection_folds": 5, "goal_agreement": 0.99, "goal_image_steps": 0.1}
+            "selection_folds": 5, "goal_agreement": 0.99, "goal_image_steps": 0.1, "pinned": False}
 
 
 TABLE = pd.DataFrame([
@@ -57,6 +57,36 @@ def test_chosen_oracle_and_single_settings_on_a_hand_made_table():
     assert "| fast | authors | 1.10 | 1.50 | 1.50 | 1 | 2 | 0.9920 | 0.1100 |" in text
     none = TABLE.assign(agreement=0.5)
     assert "No setting reaches the agreement goal on: a, b." in cf.markdown(none, ["a note"])
+    assert "## Pinned" not in text
+
+
+def test_pinned_rows_get_a_table_of_their_own():
+    table = TABLE.assign(pinned=TABLE["band_margin"] == 1.1)
+    text = cf.markdown(table, ["a note"])
+    pinned = text.split("## Pinned")[1]
+    assert "both goals on 1 of 2 (model, setting) pairs" in pinned
+    assert "| a | fast | authors | 1.10 | 1.50 | 1.50 | 0.9950 | 0.0900 |  | yes |" in pinned
+    assert "| b | fast | authors | 1.10 | 1.50 | 1.50 | 0.9920 | 0.1100 |  | no |" in pinned
+    assert cf.pinned_rows(TABLE.drop(columns="pinned")).empty  # a CSV from before the column: nothing pinned
+
+
+GRID = {"verdicts": [{"name": "authors"}], "band_margins": [1.0, 1.1], "screen_margins": [1.2],
+        "verdict_margins": [1.0]}
+
+
+@pytest.mark.parametrize(("pinned", "words"), [
+    ([{"verdict": "authors", "band_margin": 1.1}], r"cascade_frontier.pinned\[0\]: needs exactly the keys"),
+    ([{"verdict": "authors", "band_margin": 1.1, "screen_margin": 1.2, "verdict_margin": 1.0},
+      {"verdict": "other", "band_margin": 1.1, "screen_margin": 1.2, "verdict_margin": 1.0}],
+     r"cascade_frontier.pinned\[1\].verdict: 'other' is not in the grid's verdicts \['authors'\]"),
+    ([{"verdict": "authors", "band_margin": 1.3, "screen_margin": 1.2, "verdict_margin": 1.0}],
+     r"cascade_frontier.pinned\[0\].band_margin: 1.3 is not in the grid's band_margins"),
+])
+def test_bad_pinned_settings_name_the_key(pinned, words):
+    with pytest.raises(ValueError, match=words):
+        cf.pinned_settings(OmegaConf.create({**GRID, "pinned": pinned}))
+    good = {"verdict": "authors", "band_margin": 1.1, "screen_margin": 1.2, "verdict_margin": 1.0}
+    assert cf.pinned_settings(OmegaConf.create({**GRID, "pinned": [good]})) == [("authors", 1.1, 1.2, 1.0)]
 
 
 @pytest.mark.parametrize(("verdicts", "words"), [
@@ -78,12 +108,13 @@ def test_bad_margins_name_the_key():
         cf._margins(OmegaConf.create({"band_margins": [0.9]}), "band_margins")
 
 
-@pytest.mark.parametrize("stem", ["cascade_frontier", "real_decoder_cascade_frontier"])
+@pytest.mark.parametrize("stem", ["cascade_frontier", "real_decoder_cascade_frontier", "cascade_frontier_holdout"])
 def test_published_markdown_is_its_csv_rendered(stem):
     """results/<stem>.md is results/<stem>.csv through :func:`markdown` (its notes and title read back)."""
-    published, notes = published_notes(RESULTS / f"{stem}.md", 4, f"python -m experiments.{stem}")
+    study_name = stem.removesuffix("_holdout")  # the holdout page: the same study, on fresh sets
+    published, notes = published_notes(RESULTS / f"{stem}.md", 4, f"python -m experiments.{study_name}")
     title = published.split("\n")[0].removeprefix("# ")
-    assert title == STUDIES.get(stem).title
+    assert title == STUDIES.get(study_name).title
     assert cf.markdown(pd.read_csv(RESULTS / f"{stem}.csv"), notes, title) == published
 
 
@@ -97,7 +128,8 @@ def test_registered_with_a_report_section():
 
 RUN = ["inspected=[kl-a]", "logger=none", "inversion=fast", "inversion.steps=3", "inversion.lr=0.1",
        "selection_folds=5", "band_margins=[1.0,1.3]", "screen_margins=[1.5]", "verdict_margins=[1.0]",
-       "verdicts=[{name:authors},{name:short,steps:20}]"]
+       "verdicts=[{name:authors},{name:short,steps:20}]",
+       "pinned=[{verdict:short,band_margin:1.3,screen_margin:1.5,verdict_margin:1.0}]"]
 
 
 def test_micro_run_rows_equal_a_cascade_replayed_by_hand(micro_zoo, workspace, tmp_path, monkeypatch):  # noqa: F811
@@ -106,6 +138,8 @@ def test_micro_run_rows_equal_a_cascade_replayed_by_hand(micro_zoo, workspace, t
     rows = study.run(cfg, "cascade_frontier").frame
     assert len(rows) == 4 and not rows.duplicated(list(cf.KEY)).any()
     assert set(rows["verdict"]) == {"authors", "short"} and (rows["screen"] == "fast").all()
+    pinned = rows[rows["pinned"]]
+    assert len(pinned) == 1 and (pinned["verdict"] == "short").all() and (pinned["band_margin"] == 1.3).all()
     # kl-a's own 3 calibration images; the other five members' calibration halves (3 each) as known negatives
     assert (rows["n_calibration"] == 3).all() and (rows["n_negatives"] == 5 * 3).all()
     assert (rows["selection_folds"] == 3).all()  # 5 asked, one per calibration image at most
@@ -143,6 +177,7 @@ def test_micro_run_rows_equal_a_cascade_replayed_by_hand(micro_zoo, workspace, t
     assert len(merged) == 4
     text = (results / "cascade_frontier.md").read_text()
     assert "## Chosen on the selection set" in text and "| kl-a | fast |" in text and SPEED in text
+    assert "| kl-a | fast | short | 1.30 | 1.50 | 1.00 |" in text.split("## Pinned")[1]
     assert (Path(cfg.outputs.figures) / "cascade_frontier.png").stat().st_size > 0
 
 

@@ -52,7 +52,7 @@ KEY = ("inspected", "screen", "screen_steps", "screen_lr", "verdict", "band_marg
        "verdict_margin")
 COLUMNS = [*KEY, "agreement", "image_steps_fraction", "n_band", "disagreements", "selection_agreement",
            "selection_image_steps", "n_evaluation", "n_calibration", "n_negatives", "selection_folds",
-           "goal_agreement", "goal_image_steps"]
+           "goal_agreement", "goal_image_steps", "pinned"]
 SETTING = ["screen", "verdict", "band_margin", "screen_margin", "verdict_margin"]
 FIGURE = "cascade_frontier"
 
@@ -77,6 +77,9 @@ class CascadeFrontierConfig:
     selection_folds: int = 5             # folds of the calibration half on the selection set (>= 2; at most one
                                          # per calibration image: fewer images, fewer folds, in the CSV)
     selection_seed: int = 0
+    pinned: list[dict[str, Any]] = field(default_factory=list)  # settings fixed before this run (e.g. chosen on
+                                         # another seed's sets): {verdict, band_margin, screen_margin,
+                                         # verdict_margin}, each a point of the grid; a table of their own
     out: str = MISSING                   # publishes <out>.{md,csv}
 
 
@@ -117,6 +120,29 @@ def verdict_schedules(cfg: Any, authors: InversionConfig) -> dict[str, Inversion
     return out
 
 
+PIN_KEYS = ("verdict", "band_margin", "screen_margin", "verdict_margin")
+
+
+def pinned_settings(cfg: Any) -> list[tuple[str, float, float, float]]:
+    """``cfg.pinned`` as (verdict, band_margin, screen_margin, verdict_margin) tuples, each checked to be a point of
+    the grid (so that its row is measured)."""
+    grid = {"verdict": [str(v.get("name")) for v in cfg.verdicts or []],
+            **{k[:-1]: _margins(cfg, k) for k in ("band_margins", "screen_margins", "verdict_margins")}}
+    out = []
+    for i, entry in enumerate(cfg.pinned or []):
+        where = f"cascade_frontier.pinned[{i}]"
+        entry = dict(entry or {})
+        if set(entry) != set(PIN_KEYS):
+            raise ValueError(f"{where}: needs exactly the keys {list(PIN_KEYS)}, got {sorted(entry)}")
+        point = (str(entry["verdict"]), *(float(entry[k]) for k in PIN_KEYS[1:]))
+        for key, value in zip(PIN_KEYS, point):
+            if value not in grid[key]:
+                raise ValueError(f"{where}.{key}: {value!r} is not in the grid's {key}s {grid[key]} (a pinned "
+                                 "setting must be one of the measured points)")
+        out.append(point)
+    return out
+
+
 def _score(screen: list, verdict: list, truth: np.ndarray, cascade: Any, s_cfg: InversionConfig,
            v_cfg: InversionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The cascade replayed: its verdicts, whether each equals ``truth``, the steps run, whether in the band."""
@@ -153,6 +179,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
     ae, calibration, evaluation = model.ae, model.calibration, model.evaluation
     screen, authors, tpr = model.schedule, model.authors, model.target_tpr
     verdicts = verdict_schedules(cfg, authors)
+    pinned = set(pinned_settings(cfg))
     negatives = pd.concat([protocol.image_rows(s, "calibration", parts["calibration"])
                            for s, parts in sets.items() if s != name and "calibration" in parts], ignore_index=True)
     groups = {"calibration": calibration, "evaluation": evaluation["path"].tolist(),
@@ -213,7 +240,8 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
                      "selection_agreement": sel_agree, "selection_image_steps": sel_steps,
                      "n_evaluation": len(agree), "n_calibration": len(kept["calibration"]),
                      "n_negatives": len(kept["negatives"]), "selection_folds": folds,
-                     "goal_agreement": float(cfg.goal_agreement), "goal_image_steps": float(cfg.goal_image_steps)})
+                     "goal_agreement": float(cfg.goal_agreement), "goal_image_steps": float(cfg.goal_image_steps),
+                     "pinned": (vname, bm, sm, vm) in pinned})
     best = min((r for r in rows if r["agreement"] >= cfg.goal_agreement), default=None,
                key=lambda r: r["image_steps_fraction"])
     log.info("%s: %d settings; cheapest at the agreement goal on evaluation: %s", name, len(rows),
@@ -257,6 +285,12 @@ def single_settings(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     return g.head(top).reset_index(drop=True)
 
 
+def pinned_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the pinned settings (a CSV without the column, from before it existed, has none)."""
+    flag = table["pinned"].fillna(False).astype(bool) if "pinned" in table else pd.Series(False, index=table.index)
+    return table[flag].reset_index(drop=True)
+
+
 def _f(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if v == v else ""
 
@@ -288,7 +322,13 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settin
                                 "models meeting both goals": s["meeting_both"], "of models": s["models"],
                                 "worst agreement": s["worst_agreement"].map(_f),
                                 "worst image_steps_fraction": s["worst_image_steps"].map(_f)})
-    for frame in (chosen_rows, oracle_rows, single_rows):
+    p = pinned_rows(table)
+    pinned_table = pd.DataFrame({"inspected": p["inspected"], **{k: p[k] for k in setting},
+                                 "agreement": p["agreement"].map(_f),
+                                 "image_steps_fraction": p["image_steps_fraction"].map(_f),
+                                 "disagreements": p["disagreements"].fillna(""),
+                                 "both goals": [meets(r) for _, r in p.iterrows()]})
+    for frame in (chosen_rows, oracle_rows, single_rows, pinned_table):
         for k in ("band_margin", "screen_margin", "verdict_margin"):
             if k in frame:
                 frame[k] = frame[k].map(lambda v: _f(v, 2))
@@ -302,6 +342,11 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settin
         parts += [f"No setting reaches the agreement goal on: {', '.join(missing)}.", ""]
     parts += ["## One setting for every model: the settings meeting both goals on the most models", "",
               tables.markdown_table(single_rows), ""]
+    if len(pinned_table):
+        met = sum(r == "yes" for r in pinned_table["both goals"])
+        parts += ["## Pinned: settings fixed before this run (`pinned`), on these evaluation images", "",
+                  f"Fixed without these images, so no selection on them: both goals on {met} of "
+                  f"{len(pinned_table)} (model, setting) pairs.", "", tables.markdown_table(pinned_table), ""]
     return "\n".join(parts)
 
 
@@ -309,7 +354,10 @@ def notes(p: dict, table: pd.DataFrame, wall: float, speed_text: str,
           command: str = "python -m experiments.cascade_frontier [inversion=<screen schedule>]") -> list[str]:
     """How the table was made; ``p``: the job's protocol (:meth:`Context.protocol`)."""
     r = table.iloc[0]
-    return [f"Suite `{p['suite']}`, Table 1's split; goals: agreement >= {r['goal_agreement']:g} with the authors' "
+    fresh = (f" (fresh sets: generation seed {p['generation_seed']}, real subset seed {p['real_seed']}"
+             + (f", {p['real_crops']}" if p.get("real_crops") else "") + ")"
+             if p["generation_seed"] or p["real_seed"] else "")
+    return [f"Suite `{p['suite']}`{fresh}, Table 1's split; goals: agreement >= {r['goal_agreement']:g} with the authors' "
             f"full run at <= {r['goal_image_steps']:g} of its image-steps. Every setting replayed from full-run "
             "trajectories (equal to a live run); the full grid is in the CSV.",
             "Evaluation columns: the cascade learnt from the whole calibration half, on the evaluation images. "
@@ -338,6 +386,10 @@ def figure(table: pd.DataFrame) -> Any:
         pick = c[c["inspected"] == name]
         ax.scatter(pick["image_steps_fraction"], pick["agreement"], s=110, facecolors="none", edgecolors="black",
                    linewidths=1.4, label="chosen on selection set")
+        pin = pinned_rows(g)
+        if len(pin):
+            ax.scatter(pin["image_steps_fraction"], pin["agreement"], s=90, marker="*", color="crimson",
+                       label="pinned (fixed in advance)")
         ax.axhline(g["goal_agreement"].iloc[0], color="grey", ls="--", lw=0.9)
         ax.axvline(g["goal_image_steps"].iloc[0], color="grey", ls="--", lw=0.9)
         ax.set_title(name)
@@ -372,12 +424,16 @@ class CascadeFrontier(Study):
         if screen_name == "paper":
             raise ValueError("cascade_frontier: the screen is the `inversion` node; the authors' schedule screens "
                              "nothing (choose a faster one, e.g. inversion=fast_rms)")
+        pinned_settings(cfg)  # a bad pinned entry fails before any inversion
         sets, models = self.targets(cfg, ctx)
         rows = []
         for name, ae in models.items():
             rows.extend(measure(cfg, ctx, name, sets, screen_name, ae=ae))
         new = pd.DataFrame(rows)[COLUMNS]
-        told = notes(ctx.protocol(), new, time.time() - started, speed_text, self.command)
+        preset = ctx.experiment_preset()  # a preset beyond the config's default is part of the command
+        command = (f"python -m experiments.{self.name} experiment={preset}" if preset not in (None, "table1_zoo")
+                   else self.command)
+        told = notes(ctx.protocol(), new, time.time() - started, speed_text, command)
         stem = Path(cfg.out)
         title = self.title
         return StudyResult(new, stem=stem, tables={"": new},
