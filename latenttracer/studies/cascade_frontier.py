@@ -327,7 +327,7 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settin
                                  "agreement": p["agreement"].map(_f),
                                  "image_steps_fraction": p["image_steps_fraction"].map(_f),
                                  "disagreements": p["disagreements"].fillna(""),
-                                 "both goals": [meets(r) for _, r in p.iterrows()]})
+                                 "both goals (pinned)": [meets(r) for _, r in p.iterrows()]})
     for frame in (chosen_rows, oracle_rows, single_rows, pinned_table):
         for k in ("band_margin", "screen_margin", "verdict_margin"):
             if k in frame:
@@ -343,7 +343,7 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settin
     parts += ["## One setting for every model: the settings meeting both goals on the most models", "",
               tables.markdown_table(single_rows), ""]
     if len(pinned_table):
-        met = sum(r == "yes" for r in pinned_table["both goals"])
+        met = sum(r == "yes" for r in pinned_table["both goals (pinned)"])
         parts += ["## Pinned: settings fixed before this run (`pinned`), on these evaluation images", "",
                   f"Fixed without these images, so no selection on them: both goals on {met} of "
                   f"{len(pinned_table)} (model, setting) pairs.", "", tables.markdown_table(pinned_table), ""]
