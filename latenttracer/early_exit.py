@@ -10,6 +10,16 @@ A calibration image whose full-run verdict is belonging (score ``s <= t``) has `
 <= ratio_k * t <= b_k`` at every step, so the bound never rejects it early (:func:`rejected_early` checks it).
 Images not seen in calibration have no such guarantee: ``margin`` (>= 1) buys room for them.
 
+**Early accept** is the mirror image, learnt from images known *not* to belong (other generators' images, real
+photos: ``negatives``) and the calibration images the full run rejects. An image leaves as belonging at step
+``k`` once its running minimum is ``< max(t, a_k * t / accept_margin)``, where
+
+    a_k = min over those rejected images of  running_min_k / t      (> 1: each ends above t)
+
+so none of them would have been accepted early (:func:`accepted_early` checks it). The accept bound needs images
+the model did not make: its own calibration images alone make it unsafe (they improve long after a negative has
+flattened), so :func:`learn_bounds` learns it only when ``negatives`` are given.
+
     bounds = learn_bounds(calibration_trajectories, target_tpr=0.95)   # threshold at 95% TPR, ratios
     bounds.save("bounds.json"); bounds = ExitBounds.load("bounds.json")
     cfg = bounds.apply(InversionConfig(), margin=1.5)                   # early_exit on, t and ratios set
@@ -29,10 +39,11 @@ import numpy as np
 import torch
 
 from latenttracer import atomic
-from latenttracer.inversion import EXIT_CODES, InversionConfig, exit_bounds, exit_codes
+from latenttracer.inversion import EXIT_CODES, InversionConfig, accept_bounds, exit_bounds, exit_codes
 from latenttracer.metrics import calibrate_threshold
 
-__all__ = ["ExitBounds", "learn_bounds", "learn_ratios", "rejected_early", "replay", "replay_frame", "running_min"]
+__all__ = ["ExitBounds", "accepted_early", "learn_accept_ratios", "learn_bounds", "learn_ratios", "rejected_early",
+           "replay", "replay_frame", "running_min"]
 
 
 def running_min(trajectory: Sequence[float]) -> np.ndarray:
@@ -55,13 +66,7 @@ def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | Non
     mins = [running_min(t) for t in trajectories]
     if not mins:
         raise ValueError("early exit: no calibration trajectories to learn bounds from")
-    lengths = {m.size for m in mins}
-    if len(lengths) != 1:
-        raise ValueError(f"early exit: calibration trajectories differ in length ({sorted(lengths)}): learn from "
-                         "full runs of one schedule")
-    stacked = np.stack(mins)
-    if not np.isfinite(stacked).all():
-        raise ValueError("early exit: a calibration trajectory has a non-finite loss (leave failed images out)")
+    stacked = _stacked(mins, "calibration")
     final = stacked[:, -1:]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(final > 0, stacked / np.where(final > 0, final, 1.0), math.inf)
@@ -69,6 +74,32 @@ def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | Non
         pending = (final <= threshold) & (stacked > threshold)
         ratios = np.where(pending, stacked / threshold, 1.0)
     return tuple(float(max(r, 1.0)) for r in ratios.max(0))
+
+
+def _stacked(mins: list[np.ndarray], what: str) -> np.ndarray:
+    lengths = {m.size for m in mins}
+    if len(lengths) != 1:
+        raise ValueError(f"early exit: {what} trajectories differ in length ({sorted(lengths)}): learn from "
+                         "full runs of one schedule")
+    stacked = np.stack(mins)
+    if not np.isfinite(stacked).all():
+        raise ValueError(f"early exit: a {what} trajectory has a non-finite loss (leave failed images out)")
+    return stacked
+
+
+def learn_accept_ratios(trajectories: Sequence[Sequence[float]], threshold: float) -> tuple[float, ...]:
+    """``a_k = min running_min_i[k] / threshold`` over the full-run trajectories whose final score is above
+    ``threshold`` (the rejected ones; others are ignored): the accept bound's ratios (module docstring). Each is
+    > 1, so an image below ``a_k * threshold`` at step ``k`` is lower than every rejected image was there."""
+    if not float(threshold) > 0:
+        raise ValueError(f"early accept: needs a positive threshold, got {threshold!r}")
+    mins = [running_min(t) for t in trajectories]
+    stacked = _stacked(mins, "negative") if mins else np.zeros((0, 0))
+    rejected = stacked[stacked[:, -1] > threshold] if stacked.size else stacked
+    if not len(rejected):
+        raise ValueError("early accept: no image above the threshold to learn the accept bound from (give images "
+                         "the model did not make: --negatives, or the other generators' calibration sets)")
+    return tuple(float(r) for r in rejected.min(0) / float(threshold))
 
 
 @dataclass(frozen=True)
@@ -79,26 +110,37 @@ class ExitBounds:
     ratios: tuple[float, ...]
     n_calibration: int = 0
     config_hash: str = ""  # the inversion settings the trajectories came from (a check on load/apply)
+    accept_ratios: tuple[float, ...] | None = None  # early accept (module docstring); None: not learnt
+    n_negatives: int = 0   # known-negative trajectories the accept ratios were learnt from (besides calibration)
 
     def bounds(self, margin: float = 1.0) -> np.ndarray:
         """``b_k = margin * ratio_k * threshold``."""
         return np.asarray(self.ratios, dtype=float) * float(margin) * float(self.threshold)
 
-    def apply(self, config: InversionConfig, margin: float | None = None, exact_only: bool = False) -> InversionConfig:
-        """``config`` with early exit on: this threshold, these ratios (none with ``exact_only``), ``margin``.
+    def apply(self, config: InversionConfig, margin: float | None = None, exact_only: bool = False,
+              accept_margin: float | None = None) -> InversionConfig:
+        """``config`` with early exit on: this threshold, these ratios (none with ``exact_only``), ``margin``; the
+        accept ratios too when learnt and ``accept_margin`` is given (early accept is then on).
 
         Raises ValueError when the ratios were learnt under other inversion settings than ``config``'s.
         """
         if self.config_hash and self.config_hash != _schedule_hash(config):
             raise ValueError("early exit: these bounds were learnt from trajectories of other inversion settings "
                              f"(hash {self.config_hash}, this config {_schedule_hash(config)}); learn them again")
+        accept = not exact_only and accept_margin is not None
+        if accept and self.accept_ratios is None:
+            raise ValueError("early accept: these bounds have no accept ratios (learn them with negatives)")
         return dataclasses.replace(config, early_exit=True, exit_threshold=float(self.threshold),
                                    exit_ratios=None if exact_only else tuple(self.ratios),
-                                   exit_margin=config.exit_margin if margin is None else float(margin))
+                                   exit_margin=config.exit_margin if margin is None else float(margin),
+                                   exit_accept_ratios=tuple(self.accept_ratios) if accept else None,
+                                   exit_accept_margin=float(accept_margin) if accept else config.exit_accept_margin)
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "ratios": list(self.ratios), "n_calibration": self.n_calibration,
-                "config_hash": self.config_hash}
+                "config_hash": self.config_hash,
+                "accept_ratios": None if self.accept_ratios is None else list(self.accept_ratios),
+                "n_negatives": self.n_negatives}
 
     def save(self, path: str | Path) -> Path:
         return atomic.write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -107,31 +149,40 @@ class ExitBounds:
     def load(cls, path: str | Path) -> ExitBounds:
         try:
             data = json.loads(Path(path).read_text())
+            accept = data.get("accept_ratios")
             return cls(threshold=float(data["threshold"]), ratios=tuple(float(r) for r in data["ratios"]),
-                       n_calibration=int(data.get("n_calibration", 0)), config_hash=str(data.get("config_hash", "")))
+                       n_calibration=int(data.get("n_calibration", 0)), config_hash=str(data.get("config_hash", "")),
+                       accept_ratios=None if accept is None else tuple(float(r) for r in accept),
+                       n_negatives=int(data.get("n_negatives", 0)))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"early-exit bounds file {path}: cannot read it ({type(err).__name__}: {err})") from err
 
 
 def _schedule_hash(config: InversionConfig) -> str:
     """The settings a trajectory depends on (early exit off, so the hash is the full run's)."""
-    return dataclasses.replace(config, early_exit=False, exit_threshold=None, exit_ratios=None).hash()
+    return dataclasses.replace(config, early_exit=False, exit_threshold=None, exit_ratios=None,
+                               exit_accept_ratios=None).hash()
 
 
 def learn_bounds(trajectories: Sequence[Sequence[float]], threshold: float | None = None, target_tpr: float = 0.95,
-                 config: InversionConfig | None = None, pending_only: bool = True) -> ExitBounds:
+                 config: InversionConfig | None = None, pending_only: bool = True,
+                 negatives: Sequence[Sequence[float]] | None = None) -> ExitBounds:
     """Bounds from full-run trajectories of calibration images (one list of losses per image).
 
     The threshold is ``threshold`` if given, else the calibration rule at ``target_tpr`` on the trajectories'
     minima (:func:`~latenttracer.metrics.calibrate_threshold`: the scores a full run gives). ``config``: the
     settings the trajectories were made with (recorded, checked by :meth:`ExitBounds.apply`). ``pending_only``:
     learn each step's ratio only from the images a bound there could wrongly reject (:func:`learn_ratios`).
+    ``negatives``: full-run trajectories of images known not to belong (same schedule): the accept ratios are
+    learnt from them and the calibration images the threshold rejects (:func:`learn_accept_ratios`).
     """
     if threshold is None:
         threshold = calibrate_threshold([float(np.min(t)) for t in trajectories], target_tpr)
     ratios = learn_ratios(trajectories, float(threshold) if pending_only else None)
+    accept = None if negatives is None else learn_accept_ratios([*negatives, *trajectories], float(threshold))
     return ExitBounds(threshold=float(threshold), ratios=ratios, n_calibration=len(trajectories),
-                      config_hash=_schedule_hash(config) if config is not None else "")
+                      config_hash=_schedule_hash(config) if config is not None else "", accept_ratios=accept,
+                      n_negatives=0 if negatives is None else len(negatives))
 
 
 def replay(trajectory: Sequence[float], config: InversionConfig) -> tuple[float, int | None, str]:
@@ -142,9 +193,9 @@ def replay(trajectory: Sequence[float], config: InversionConfig) -> tuple[float,
     if not config.early_exit:
         raise ValueError("replay: the config has early_exit off")
     mins = torch.tensor(running_min(trajectory), dtype=torch.float32)
-    bounds = exit_bounds(config)
+    bounds, accept = exit_bounds(config), accept_bounds(config)
     for k in range(mins.numel() - 1):  # the last scored iteration ends the run anyway
-        code = int(exit_codes(mins[k:k + 1], k, float(config.exit_threshold), bounds)[0])
+        code = int(exit_codes(mins[k:k + 1], k, float(config.exit_threshold), bounds, accept)[0])
         if code:
             return float(mins[k]), k, EXIT_CODES[code]
     return float(mins[-1]), None, ""
@@ -162,7 +213,7 @@ def replay_frame(trajectories: Sequence[Sequence[float]], config: InversionConfi
     by_length: dict[int, list[int]] = {}
     for i, t in enumerate(trajectories):
         by_length.setdefault(len(t), []).append(i)
-    bounds = exit_bounds(config)
+    bounds, accept = exit_bounds(config), accept_bounds(config)
     for length, rows in by_length.items():
         mins = torch.tensor(np.stack([running_min(trajectories[i]) for i in rows]), dtype=torch.float32)
         running = torch.ones(len(rows), dtype=torch.bool)
@@ -171,7 +222,7 @@ def replay_frame(trajectories: Sequence[Sequence[float]], config: InversionConfi
             if not running.any():
                 break
             idx = torch.nonzero(running).flatten()
-            codes = exit_codes(mins[idx, k], k, float(config.exit_threshold), bounds)
+            codes = exit_codes(mins[idx, k], k, float(config.exit_threshold), bounds, accept)
             for j, code in zip(idx[codes > 0].tolist(), codes[codes > 0].tolist()):
                 done_at[j] = k
                 exit_kind[rows[j]] = EXIT_CODES[int(code)]
@@ -186,3 +237,9 @@ def rejected_early(trajectories: Sequence[Sequence[float]], config: InversionCon
     """Indices of trajectories whose full run is belonging (min <= t) but which a bound would reject early."""
     return [i for i, t in enumerate(trajectories)
             if float(np.min(t)) <= float(config.exit_threshold) and replay(t, config)[2] == "bound"]
+
+
+def accepted_early(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> list[int]:
+    """Indices of trajectories whose full run is non-belonging (min > t) but which the accept bound would accept."""
+    return [i for i, t in enumerate(trajectories)
+            if float(np.min(t)) > float(config.exit_threshold) and replay(t, config)[2] == "accept"]

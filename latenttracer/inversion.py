@@ -35,7 +35,11 @@ Deployment options (off by default; ``docs/deployment.md``):
   as its running minimum is ``<= t`` (its verdict is then final and equal to the full run's: the minimum only
   falls; its score is the minimum reached, an upper bound of the full run's), or, with ``exit_ratios`` (learnt
   from calibration trajectories by :mod:`latenttracer.early_exit`), when its running minimum at step ``k`` is
-  above ``exit_margin * exit_ratios[k] * t``. Images that leave are removed from the batch (the latent and Adam's
+  above ``exit_margin * exit_ratios[k] * t``, or, with ``exit_accept_ratios`` (learnt from the full runs of images
+  known *not* to belong: :func:`latenttracer.early_exit.learn_accept_ratios`), as belonging when its running
+  minimum at step ``k`` is ``< max(t, exit_accept_ratios[k] * t / exit_accept_margin)``: lower than any of those
+  images was at step ``k``. That exit's score is above ``t`` and its verdict is belonging all the same (``exit``
+  says ``accept``; :func:`verdict`). Images that leave are removed from the batch (the latent and Adam's
   per-element state are compacted), so they stop costing; every other image's trajectory is unchanged, because
   the rows are independent. An exited image's result says so (``exit``, ``exit_step``, ``steps_run``).
 """
@@ -61,7 +65,7 @@ Schedule = Literal["authors", "constant", "cosine"]
 LrScale = Literal["absolute", "latent_rms"]
 Distance = Literal["l2", "l1"]
 Strategy = Literal["min", "last"]
-Exit = Literal["", "threshold", "bound"]
+Exit = Literal["", "threshold", "bound", "accept"]
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (decoded, target) -> one loss per image
 
 _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "constant", "cosine"),
@@ -70,7 +74,8 @@ _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "con
 # Fields that change how fast results come, not what they are (batch independence is tested).
 _NOT_IN_HASH = ("batch_size", "device", "record_trajectory", "record_latent")
 # Early-exit settings decide the scores only when early exit is on (an early-exited score is not a full-run score).
-_EXIT_FIELDS = ("early_exit", "exit_threshold", "exit_ratios", "exit_margin")
+_EXIT_FIELDS = ("early_exit", "exit_threshold", "exit_ratios", "exit_margin", "exit_accept_ratios",
+                "exit_accept_margin")
 AUTHORS_HALVE_EVERY = 50
 
 
@@ -96,6 +101,8 @@ class InversionConfig:
     exit_threshold: float | None = None  # t: belonging iff score <= t (e.g. calibrated at 95% TPR)
     exit_ratios: tuple[float, ...] | None = None  # per scored step; None: only the exact (below-t) exit
     exit_margin: float = 1.0  # the bound at step k is exit_margin * exit_ratios[k] * exit_threshold
+    exit_accept_ratios: tuple[float, ...] | None = None  # per scored step (>= 1); None: no early accept
+    exit_accept_margin: float = 1.0  # accept at step k below max(t, exit_accept_ratios[k] * t / this)
 
     def __post_init__(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -116,15 +123,19 @@ class InversionConfig:
     def _check_early_exit(self) -> None:
         if not isinstance(self.early_exit, bool):
             raise ValueError(f"inversion.early_exit: must be true or false, got {self.early_exit!r}")
-        if not (isinstance(self.exit_margin, (int, float)) and not isinstance(self.exit_margin, bool)
-                and self.exit_margin >= 1):
-            raise ValueError(f"inversion.exit_margin: must be a number >= 1, got {self.exit_margin!r}")
-        if self.exit_ratios is not None:
-            if not isinstance(self.exit_ratios, tuple):  # lists (YAML, JSON) become tuples: hashable, frozen
-                object.__setattr__(self, "exit_ratios", tuple(self.exit_ratios))
-            bad = [r for r in self.exit_ratios if not isinstance(r, (int, float)) or not r >= 1]
+        for key in ("exit_margin", "exit_accept_margin"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"inversion.{key}: must be a number >= 1, got {value!r}")
+        for key in ("exit_ratios", "exit_accept_ratios"):
+            ratios = getattr(self, key)
+            if ratios is None:
+                continue
+            if not isinstance(ratios, tuple):  # lists (YAML, JSON) become tuples: hashable, frozen
+                object.__setattr__(self, key, tuple(ratios))
+            bad = [r for r in getattr(self, key) if not isinstance(r, (int, float)) or not r >= 1]
             if bad:
-                raise ValueError(f"inversion.exit_ratios: every ratio must be >= 1 (a running minimum over the "
+                raise ValueError(f"inversion.{key}: every ratio must be >= 1 (a running minimum over the "
                                  f"threshold or a final score), got {bad[:3]}")
         if not self.early_exit:
             return
@@ -136,9 +147,11 @@ class InversionConfig:
         if self.strategy != "min":
             raise ValueError(f"inversion.early_exit: needs strategy 'min' (the running minimum), got "
                              f"{self.strategy!r}")
-        if self.exit_ratios is not None and len(self.exit_ratios) != self.scored_steps:
-            raise ValueError(f"inversion.exit_ratios: {len(self.exit_ratios)} ratios for {self.scored_steps} scored "
-                             "steps; learn them from trajectories of this very schedule (lr, steps, halve_every)")
+        for key in ("exit_ratios", "exit_accept_ratios"):
+            ratios = getattr(self, key)
+            if ratios is not None and len(ratios) != self.scored_steps:
+                raise ValueError(f"inversion.{key}: {len(ratios)} ratios for {self.scored_steps} scored steps; "
+                                 "learn them from trajectories of this very schedule (lr, steps, halve_every)")
 
     @classmethod
     def from_dict(cls, values: dict) -> InversionConfig:
@@ -150,6 +163,8 @@ class InversionConfig:
         skip = set(_NOT_IN_HASH) | ({"seed"} if self.init != "random" else set())
         if not self.early_exit:
             skip |= set(_EXIT_FIELDS)
+        elif self.exit_accept_ratios is None:
+            skip |= {"exit_accept_ratios", "exit_accept_margin"}  # keys made before early accept existed stay valid
         if self.schedule != "authors" or self.halve_every == AUTHORS_HALVE_EVERY:
             skip.add("halve_every")  # the authors' rule: keys made before the option existed stay valid
         if self.lr_scale == "absolute":
@@ -183,7 +198,8 @@ class InversionResult:
     # ``decode(best_latent)`` reproduces the score. Only with ``record_latent``.
     best_latent: torch.Tensor | None = field(default=None, repr=False)
     # Early exit (InversionConfig.early_exit): "threshold" (running minimum <= t: belonging, exact), "bound" (above
-    # the learnt bound: non-belonging) or "" (ran every step); exit_step is the last scored iteration.
+    # the learnt bound: non-belonging), "accept" (below the learnt accept bound: belonging, score above t) or ""
+    # (ran every step); exit_step is the last scored iteration. The verdict: :func:`verdict`.
     exit: Exit = ""
     exit_step: int | None = None
     steps_run: int = 0  # scored iterations this image ran (forward passes)
@@ -247,17 +263,27 @@ def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors",
     return base_lr * 0.5 ** (0 if step == 0 else 1 + (step - 1) // halve_every)
 
 
-EXIT_CODES = ("", "threshold", "bound")
+EXIT_CODES = ("", "threshold", "bound", "accept")
+
+
+def verdict(score: float, exit: str, threshold: float) -> bool:
+    """An image's verdict: belonging iff its score is ``<= threshold`` or it left by the learnt accept bound."""
+    return exit == "accept" or score <= threshold
 
 
 def exit_codes(running_min: torch.Tensor, step: int, threshold: float,
-               bounds: torch.Tensor | None) -> torch.Tensor:
+               bounds: torch.Tensor | None, accept: torch.Tensor | None = None) -> torch.Tensor:
     """The early-exit rule at scored iteration ``step``, per image: 0 stay, 1 exit belonging (running minimum
-    ``<= threshold``: exact), 2 exit non-belonging (running minimum above ``bounds[step]``). The one place the
-    rule is written: the loop applies it, :mod:`latenttracer.early_exit` replays it on recorded trajectories."""
+    ``<= threshold``: exact), 2 exit non-belonging (running minimum above ``bounds[step]``), 3 exit belonging
+    (running minimum below ``accept[step]``, the learnt accept bound: strictly, so the lowest rejected image it
+    was learnt from stays). An image both above the bound and below the
+    accept bound stays. The one place the rule is written: the loop applies it, :mod:`latenttracer.early_exit`
+    replays it on recorded trajectories."""
     codes = torch.zeros(running_min.shape, dtype=torch.int8, device=running_min.device)
-    if bounds is not None:
-        codes[running_min > bounds[step]] = 2
+    above = running_min > bounds[step] if bounds is not None else torch.zeros_like(codes, dtype=torch.bool)
+    below = running_min < accept[step] if accept is not None else torch.zeros_like(codes, dtype=torch.bool)
+    codes[above & ~below] = 2
+    codes[below & ~above] = 3
     codes[running_min <= threshold] = 1
     return codes
 
@@ -268,6 +294,15 @@ def exit_bounds(cfg: InversionConfig, device: torch.device | str = "cpu") -> tor
         return None
     ratios = torch.tensor(cfg.exit_ratios, dtype=torch.float64)
     return (ratios * float(cfg.exit_margin) * float(cfg.exit_threshold)).to(device, torch.float32)
+
+
+def accept_bounds(cfg: InversionConfig, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``max(t, exit_accept_ratios[k] * t / exit_accept_margin)`` per scored step (None without accept ratios)."""
+    if not cfg.early_exit or cfg.exit_accept_ratios is None:
+        return None
+    t = float(cfg.exit_threshold)
+    ratios = torch.tensor(cfg.exit_accept_ratios, dtype=torch.float64)
+    return torch.clamp(ratios * t / float(cfg.exit_accept_margin), min=t).to(device, torch.float32)
 
 
 def _compact(optimiser: torch.optim.Optimizer, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -321,7 +356,7 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
     best_z = z.detach().clone() if cfg.record_latent else None
     exits = torch.zeros(n, dtype=torch.int8, device=dev)
     steps_run = torch.full((n,), n_scored, dtype=torch.long, device=dev)
-    bounds = exit_bounds(cfg, dev)
+    bounds, accept = exit_bounds(cfg, dev), accept_bounds(cfg, dev)
 
     for i in range(n_scored):
         recon = ae.decode(z)
@@ -351,7 +386,7 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
         stay = None
         if cfg.early_exit:
             with torch.no_grad():
-                codes = exit_codes(best[rows], i, float(cfg.exit_threshold), bounds)
+                codes = exit_codes(best[rows], i, float(cfg.exit_threshold), bounds, accept)
                 leave = (codes > 0) | row_failed  # a failed image's result is final too
                 if leave.any():
                     gone = rows[leave]

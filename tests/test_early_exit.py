@@ -11,6 +11,8 @@ from conftest import decoded_images, natural_crops
 from latenttracer.autoencoders import load_autoencoder
 from latenttracer.early_exit import (
     ExitBounds,
+    accepted_early,
+    learn_accept_ratios,
     learn_bounds,
     learn_ratios,
     rejected_early,
@@ -18,7 +20,7 @@ from latenttracer.early_exit import (
     replay_frame,
     running_min,
 )
-from latenttracer.inversion import InversionConfig, authors_lr, invert
+from latenttracer.inversion import InversionConfig, authors_lr, invert, verdict
 
 STEPS = 30
 FULL = InversionConfig(steps=STEPS, batch_size=64, record_trajectory=True)
@@ -224,3 +226,65 @@ def test_replay_frame_is_replay_per_trajectory():
         score, k, kind = replay(t, cfg)
         assert (mixed["score"][i], mixed["exit"][i]) == (score, kind)
         assert mixed["steps_run"][i] == (k + 1 if k is not None else len(t))
+
+
+# -- early accept: a bound learnt from images known not to belong ---------------------------------------------------
+def test_learn_accept_ratios_is_the_lowest_running_min_of_the_rejected():
+    trajectories = [[8.0, 4.0, 6.0, 3.0], [5.0, 5.0, 5.0, 5.0], [9.0, 1.0, 1.0, 1.0]]  # the third ends below t=2
+    # rejected (final > 2): running minima [8, 4, 4, 3] and [5, 5, 5, 5]; their minimum per step / t
+    assert learn_accept_ratios(trajectories, 2.0) == (2.5, 2.0, 2.0, 1.5)
+    with pytest.raises(ValueError, match="no image above the threshold"):
+        learn_accept_ratios([[1.0, 0.5]], 2.0)
+    with pytest.raises(ValueError, match="negative trajectories differ in length"):
+        learn_accept_ratios([[3.0, 3.0], [3.0]], 2.0)
+
+
+def test_accept_rule_in_the_loop_and_the_replay():
+    cfg = InversionConfig(steps=4, early_exit=True, exit_threshold=1.0, exit_ratios=(4.0, 3.0, 2.0, 1.0),
+                          exit_accept_ratios=(3.0, 2.0, 1.5, 1.0), exit_accept_margin=1.0)
+    # step 0: 2.5 < 3 (accept bound) and not above 4 -> accept; 1.0 <= t -> the exact exit, not accept
+    assert replay([2.5, 2.0, 2.0, 2.0], cfg)[1:] == (0, "accept")
+    assert replay([1.0, 1.0, 1.0, 1.0], cfg)[1:] == (0, "threshold")
+    assert replay([3.5, 2.9, 3.1, 3.0], cfg)[1:] == (2, "bound")  # running minimum 2.9 > 2 * 1 at step 2
+    both = dataclasses.replace(cfg, exit_ratios=(1.5, 1.5, 1.5, 1.0))  # 2.5 is above the bound and below accept
+    assert replay([2.5, 2.5, 2.5, 2.5], both)[1:] == (1, "bound")  # step 0: both -> stays; step 1: above only
+    wide = dataclasses.replace(cfg, exit_accept_margin=3.0)  # accept bound max(t, 3 * t / 3) = t: nothing extra
+    assert replay([2.5, 2.0, 1.5, 1.2], wide)[2] != "accept"
+    with pytest.raises(ValueError, match="inversion.exit_accept_ratios: 2 ratios for 4 scored steps"):
+        dataclasses.replace(cfg, exit_accept_ratios=(2.0, 1.0))
+    with pytest.raises(ValueError, match="inversion.exit_accept_margin: must be a number >= 1"):
+        dataclasses.replace(cfg, exit_accept_margin=0.5)
+    with pytest.raises(ValueError, match=r"inversion.exit_accept_ratios: every ratio must be >= 1"):
+        dataclasses.replace(cfg, exit_accept_ratios=(2.0, 1.0, 0.5, 1.0))
+    # hashes: a config without accept ratios keeps the key it had before the option existed
+    plain = dataclasses.replace(cfg, exit_accept_ratios=None)
+    assert plain.hash() == dataclasses.replace(plain, exit_accept_margin=2.0).hash()
+    assert cfg.hash() not in (plain.hash(), dataclasses.replace(cfg, exit_accept_margin=1.2).hash())
+
+
+def test_learnt_accept_bound_never_accepts_a_rejected_calibration_image_and_the_loop_agrees(setting, tmp_path):
+    """Accept ratios learnt from known negatives (the sibling's and natural images' full runs) and the calibration
+    images above the threshold: none of those would be accepted early, and the live loop (batch compaction with
+    learnt exits of both kinds) gives every image the replay's exit, its trajectory up to the exit unchanged."""
+    ae, cal_full, full = setting["ae"], setting["cal_full"], setting["full"]
+    negatives = full[6:]  # the sibling's decodes and natural crops
+    bounds = learn_bounds([r.trajectory for r in cal_full], target_tpr=0.8, config=FULL,
+                          negatives=[r.trajectory for r in negatives])
+    assert bounds.n_negatives == len(negatives) and all(a > 1 for a in bounds.accept_ratios)
+    cfg = bounds.apply(FULL, margin=1.5, accept_margin=1.0)
+    rejected = [r.trajectory for r in [*cal_full, *negatives] if r.score > bounds.threshold]
+    assert rejected and accepted_early(rejected, cfg) == []
+    assert rejected_early([r.trajectory for r in cal_full], cfg) == []
+    live = invert(ae, setting["evaluation"], cfg)
+    for e, f in zip(live, full):
+        score, k, kind = replay(f.trajectory, cfg)
+        assert (e.exit, e.exit_step) == (kind, k)
+        torch.testing.assert_close(torch.tensor(e.trajectory), torch.tensor(f.trajectory[:e.steps_run]), rtol=1e-5,
+                                   atol=0)
+        if e.exit == "accept":
+            assert verdict(e.score, e.exit, bounds.threshold) and e.score > bounds.threshold
+    assert {e.exit for e in live} >= {"accept", "bound"}  # both learnt exits were exercised
+    # a file round trip keeps the accept ratios; bounds without them refuse an accept margin
+    assert ExitBounds.load(bounds.save(tmp_path / "bounds.json")) == bounds
+    with pytest.raises(ValueError, match="no accept ratios"):
+        dataclasses.replace(bounds, accept_ratios=None).apply(FULL, accept_margin=1.0)
