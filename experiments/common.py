@@ -353,8 +353,8 @@ class Context:
     def inversion_preset(self) -> str:
         return inversion_preset()
 
-    def experiment_preset(self) -> str | None:
-        return _preset("experiment")
+    def preset(self, group: str) -> str | None:
+        return _preset(group)
 
     def resolved(self, ae: Autoencoder, inv: InversionConfig,
                  calibration: Sequence[str | Path] | None = None) -> InversionConfig:

@@ -128,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--screen-margin", type=float, metavar="M",
                    help="with --cascade: the screen's early-exit margin (>= 1; default: --exit-margin, which then "
                         "sets both stages'); results/cascade_frontier.md measures the pairs")
+    t.add_argument("--negatives", type=Path, metavar="DIR",
+                   help="with --early-exit and --calibrate: images known NOT to come from the model (other "
+                        "generators, photos); their full runs set a per-step accept bound, so that an image lower "
+                        "than any of them (and than every rejected calibration image) stops early as belonging")
+    t.add_argument("--accept-margin", type=float, metavar="M",
+                   help="with --negatives: the accept bound is divided by this (>= 1; default 1.0: no extra "
+                        "room); results/early_exit.md measures 1.2")
     _add_common_args(t)
     t.add_argument("--html", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
 
@@ -296,7 +303,7 @@ def _threshold(ae, method, cal_dir: Path, args, options, store, family=()) -> tu
     return threshold, ok
 
 
-def _exit_method(method, threshold: float, calibration, args):
+def _exit_method(method, threshold: float, calibration, args, ae=None, options=None, store=None):
     """The method with early exit on; says on stderr where its threshold (and bounds) came from."""
     from latenttracer.early_exit import learn_bounds
 
@@ -309,11 +316,34 @@ def _exit_method(method, threshold: float, calibration, args):
     trajectories = [t for t in trajectories if len(t) == n_steps]
     if not trajectories:
         raise ValueError(f"--early-exit: no full-run trajectory among the --calibrate {args.calibrate} scores")
-    bounds = learn_bounds(trajectories, threshold=threshold, config=method.config)
+    negatives = None if args.negatives is None else _negative_trajectories(ae, method, args, options, store)
+    bounds = learn_bounds(trajectories, threshold=threshold, config=method.config, negatives=negatives)
     print(f"early exit: threshold {threshold:.4g} and per-step bounds (margin {method.config.exit_margin:g}) learnt "
           f"from the full runs of {len(trajectories)} calibration images (--calibrate {args.calibrate})",
           file=sys.stderr)
-    return _with_early_exit(method, threshold, bounds.ratios)
+    if negatives is None:
+        return _with_early_exit(method, threshold, bounds.ratios)
+    margin = 1.0 if args.accept_margin is None else args.accept_margin
+    print(f"early accept: per-step accept bound (margin {margin:g}) learnt from the full runs of {len(negatives)} "
+          f"--negatives images ({args.negatives}) and the calibration images above the threshold", file=sys.stderr)
+    return type(method).from_settings(bounds.apply(method.config, accept_margin=margin))
+
+
+def _negative_trajectories(ae, method, args, options, store) -> list[list[float]]:
+    """Full-run trajectories of the ``--negatives`` images (scored with ``method``, through the store)."""
+    from latenttracer.images import list_images
+    from latenttracer.tracing import score_images
+
+    paths = list_images(args.negatives, recursive=args.recursive)
+    frame, _ = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
+                            image_options=options, on_bad_image=args.on_bad_image,
+                            progress=not args.quiet, desc="negatives")
+    n_steps = method.config.scored_steps
+    out = [list(t) for t, st in zip(frame["trajectory"], frame["status"])
+           if st == "ok" and t is not None and len(t) == n_steps]
+    if not out:
+        raise ValueError(f"--negatives {args.negatives}: no image could be scored")
+    return out
 
 
 EARLY_EXIT_FLAG = "method_option_early_exit"  # the dest of --early-exit (an InversionConfig field's flag)
@@ -332,6 +362,23 @@ def _early_exit_request(args: argparse.Namespace) -> bool:
                          "is <= T)")
     setattr(args, EARLY_EXIT_FLAG, None)
     return True
+
+
+def _check_negatives(args: argparse.Namespace, early_exit: bool) -> None:
+    """One-line errors for ``--negatives`` / ``--accept-margin`` out of place (before any work)."""
+    if args.accept_margin is not None:
+        if args.negatives is None:
+            raise ValueError("--accept-margin needs --negatives DIR (the images the accept bound is learnt from)")
+        if not (math.isfinite(args.accept_margin) and args.accept_margin >= 1):
+            raise ValueError(f"--accept-margin: must be a number >= 1, got {args.accept_margin:g}")
+    if args.negatives is None:
+        return
+    if not early_exit or args.calibrate is None:
+        raise ValueError("--negatives needs --early-exit and --calibrate DIR (the accept bound joins the early-exit "
+                         "bounds learnt from the calibration images' full runs)")
+    from latenttracer.images import list_images
+
+    list_images(args.negatives, recursive=args.recursive)  # fail early on an empty or missing folder
 
 
 def _check_exits_early(method: str, flag_name: str) -> None:
@@ -572,11 +619,13 @@ def trace(args: argparse.Namespace) -> int:
     from latenttracer.autoencoders import load_autoencoder
     from latenttracer.calibration import parse_family
     from latenttracer.images import list_images
+    from latenttracer.inversion import verdict
     from latenttracer.methods import LatentTracer
     from latenttracer.tracing import score_images, steps_per_second
 
     screen_settings = _cascade_request(args)  # before --early-exit's check: the cascade always exits early
     early_exit = _early_exit_request(args)
+    _check_negatives(args, early_exit)
     family = ()
     if args.calibrate_perturb is not None:
         if args.calibrate is None:
@@ -613,14 +662,16 @@ def trace(args: argparse.Namespace) -> int:
             method = _resolve_lr(method, ae, args.calibrate, args, options)
             threshold, calibration = _threshold(ae, method, args.calibrate, args, options, store, family=family)
         if early_exit:
-            method = _exit_method(method, threshold, calibration, args)
+            method = _exit_method(method, threshold, calibration, args, ae, options, store)
         frame, skipped = score_images(ae, paths, method=method, batch_size=args.batch_size, store=store,
                                       image_options=options, on_bad_image=args.on_bad_image,
                                       progress=not args.quiet, desc="trace")
     elapsed = time.perf_counter() - t0
     if cascade is None:  # (a cascade's rows carry its verdicts)
-        frame["belonging"] = None if threshold is None else [bool(s <= threshold) if st == "ok" else None
-                                                             for s, st in zip(frame["score"], frame["status"])]
+        exits = frame["exit"].fillna("") if "exit" in frame else [""] * len(frame)
+        frame["belonging"] = None if threshold is None else [verdict(s, e, threshold) if st == "ok" else None
+                                                             for s, e, st in zip(frame["score"], exits,
+                                                                                 frame["status"])]
     if skipped:
         frame = pd.concat([frame, pd.DataFrame([{"path": p, "status": "skipped", "reason": r} for p, r in skipped])],
                           ignore_index=True)
@@ -649,13 +700,16 @@ def trace(args: argparse.Namespace) -> int:
         counts = ok["exit_reason"].value_counts()
         lines.append(f"early exit: {float(ok['steps_run'].mean()):.1f} of {method.config.scored_steps} steps per "
                      f"image on average; {int(counts.get('threshold', 0))} stopped below the threshold, "
-                     f"{int(counts.get('bound', 0))} above the bound, {int(counts.get('', 0))} ran to the end")
+                     f"{int(counts.get('bound', 0))} above the bound, "
+                     + (f"{int(counts.get('accept', 0))} below the accept bound, " if args.negatives else "")
+                     + f"{int(counts.get('', 0))} ran to the end")
     if n_ok and cascade is None:
         s = frame.loc[frame["status"] == "ok", "score"]
         lines.append(f"score ({method.label}): median {s.median():.3g}, min {s.min():.3g}, max {s.max():.3g}")
     if cascade is None and threshold is not None:
         n_bel = int((frame["belonging"] == True).sum())  # noqa: E712
-        lines.append(f"belonging (score <= {threshold:.4g}): {n_bel} of {n_ok}")
+        lines.append(f"belonging (score <= {threshold:.4g}" + (", or below the accept bound" if args.negatives
+                                                                 else "") + f"): {n_bel} of {n_ok}")
     elif cascade is None:
         lines.append("no threshold given: 'belonging' left empty (use --threshold or --calibrate)")
     lines.append(f"wrote {args.out}")

@@ -42,10 +42,11 @@ def compare(*, authors_scores: Sequence[float], authors_threshold: float, schedu
             schedule_threshold: float, scores: Sequence[float] | None = None, steps_run: Sequence[int],
             belonging: Sequence[bool], authors_steps: int, verdicts: Sequence[bool] | None = None) -> dict:
     """One option against the authors' full run and against its own schedule's full run (module docstring).
-    ``verdicts`` instead of ``scores``: an option whose output is a verdict per image with no one score scale
-    (a cascade, :mod:`latenttracer.cascade`); its ``auc`` is then NaN."""
-    if (scores is None) == (verdicts is None):
-        raise ValueError("compare: give the option's scores or its verdicts, not both")
+    ``verdicts``: an option whose verdict is not ``score <= threshold`` (early accept, whose accepted images keep
+    scores above it), or which has no one score scale (a cascade, :mod:`latenttracer.cascade`: no ``scores``, so
+    its ``auc`` is NaN)."""
+    if scores is None and verdicts is None:
+        raise ValueError("compare: give the option's scores, its verdicts, or both")
     a = np.asarray(authors_scores, dtype=float) <= float(authors_threshold)
     s = np.asarray(schedule_scores, dtype=float) <= float(schedule_threshold)
     o = (np.asarray(verdicts, dtype=bool) if verdicts is not None

@@ -64,6 +64,53 @@ def test_early_exit_with_calibration_learns_bounds(tmp_path, tiny_dirs, folders,
     assert (cal.loc[belonging, "exit_reason"] != "bound").all()
 
 
+def test_negatives_learn_an_accept_bound_that_never_accepts_them(tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
+    """``--negatives``: the accept bound learnt from their full runs; traced with the same flags, none of them is
+    accepted early unless its full run is belonging too; an accepted image is belonging in the CSV."""
+    model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
+    negatives = tmp_path / "negatives"
+    negatives.mkdir()
+    for name in ("other", "real"):
+        for f in sorted(folders[name].iterdir()):
+            (negatives / f"{name}_{f.name}").write_bytes(f.read_bytes())
+    flags = ["--calibrate", folders["cal"], "--early-exit", "--negatives", negatives, "--accept-margin", 1.2,
+             "--cache", tmp_path / "cache", "--resolution", 32, *FAST]
+    out = tmp_path / "early.csv"
+    assert _run("--model", model, "--images", mixed, "--out", out, *flags) == 0
+    printed = capsys.readouterr()
+    assert "early accept: per-step accept bound (margin 1.2) learnt from the full runs of 12 --negatives" in printed.err
+    assert "below the accept bound" in printed.out
+    df = pd.read_csv(out, keep_default_na=False)
+    accepted = df[df["exit_reason"] == "accept"]
+    assert len(accepted) and accepted["belonging"].astype(str).eq("True").all()
+    threshold = float(printed.err.split("threshold ")[1].split(":")[0])
+    assert (df.loc[df["exit_reason"] != "accept", "belonging"].astype(str)
+            == (df.loc[df["exit_reason"] != "accept", "score"].astype(float) <= threshold).astype(str)).all()
+    # the negatives themselves: their full runs (the store's) and their early-exit run with the same bounds
+    full, neg = tmp_path / "full.csv", tmp_path / "neg.csv"
+    assert _run("--model", model, "--images", negatives, "--out", full, "--calibrate", folders["cal"], "--cache",
+                tmp_path / "cache", "--resolution", 32, *FAST) == 0
+    assert _run("--model", model, "--images", negatives, "--out", neg, *flags) == 0
+    full_verdict = pd.read_csv(full).set_index("path")["belonging"]
+    neg = pd.read_csv(neg, keep_default_na=False).set_index("path")
+    assert not full_verdict[neg.index[neg["exit_reason"] == "accept"]].eq(False).any()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--threshold", "0.01", "--early-exit", "--negatives", "."], "--negatives needs --early-exit and --calibrate"),
+    (["--calibrate", ".", "--negatives", "."], "--negatives needs --early-exit and --calibrate"),
+    (["--calibrate", ".", "--early-exit", "--accept-margin", "1.2"], "--accept-margin needs --negatives DIR"),
+    (["--calibrate", ".", "--early-exit", "--negatives", ".", "--accept-margin", "0.5"],
+     "--accept-margin: must be a number >= 1, got 0.5"),
+])
+def test_bad_negatives_combinations_fail_before_any_work(tmp_path, folders, capsys, extra, words):  # noqa: F811
+    code = _run("--model", tmp_path / "no_model", "--images", folders["own"], "--out", tmp_path / "s.csv",
+                "--no-cache", *extra)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
 @pytest.mark.parametrize("extra, words", [
     ([], "--early-exit needs --calibrate DIR"),
     (["--threshold", "0.01", "--method", "aedr"], "--method aedr does not take --early-exit"),

@@ -208,6 +208,8 @@ TYPOS = [
     ("perturbation/default.yaml", "robustness", []),
     ("perturbation/aeroblade_grid.yaml", "robustness", ["perturbation=aeroblade_grid"]),
     ("experiment/robustness_full.yaml", "robustness", ["experiment=robustness_full"]),
+    ("suite/zoo_fresh.yaml", "early_exit", ["suite=zoo_fresh"]),
+    ("experiment/frontier_holdout.yaml", "cascade_frontier", ["experiment=frontier_holdout"]),
     *[(f"{entry}.yaml", entry, []) for entry in ENTRY_POINTS],
 ]
 
@@ -219,7 +221,8 @@ def test_a_typo_in_any_yaml_names_the_key_and_the_file(yaml, entry, overrides, t
     path = conf / yaml
     text = path.read_text()
     # a mistyped key inside a nested node where there is one (suite.generated.nn, as in the issue), else on top
-    nested = {"suite/zoo.yaml": "generated", "suite/paper.yaml": "real", "experiment/full.yaml": "generated"}
+    nested = {"suite/zoo.yaml": "generated", "suite/paper.yaml": "real", "experiment/full.yaml": "generated",
+              "suite/zoo_fresh.yaml": "real"}
     lines = text.splitlines()
     if yaml in nested:
         (i,) = [i for i, line in enumerate(lines) if line.lstrip().startswith(f"{nested[yaml]}:")]

@@ -22,11 +22,15 @@ SPEED = "123 KL-decoder image-steps/s (a stand-in for the test)"
 RUN = ["inspected=[kl-a]", "timing_images=4", "logger=none"]
 
 
-def test_published_markdown_is_its_csv_rendered():
-    """results/early_exit.md is results/early_exit.csv through :func:`markdown` (its notes, with the run's wall
-    time, are read back from the file): the table cannot drift from the CSV."""
-    published, notes = published_notes(RESULTS / "early_exit.md", 4, "python -m experiments.early_exit")
-    assert ee.markdown(pd.read_csv(RESULTS / "early_exit.csv"), notes) == published
+@pytest.mark.parametrize("stem", ["early_exit", "early_exit_holdout"])
+def test_published_markdown_is_its_csv_rendered(stem):
+    """results/<stem>.md is results/<stem>.csv through :func:`markdown` (its notes, with the run's wall time, are
+    read back from the file): the table cannot drift from the CSV. The holdout page: the same study on
+    suite=zoo_fresh, and its notes say so."""
+    published, notes = published_notes(RESULTS / f"{stem}.md", 4, "python -m experiments.early_exit")
+    assert ee.markdown(pd.read_csv(RESULTS / f"{stem}.csv"), notes) == published
+    assert ("fresh sets: generation seed 1" in notes[0]) == stem.endswith("_holdout")
+    assert ("suite=zoo_fresh" in notes[-1]) == stem.endswith("_holdout")
 
 
 def test_registered_with_a_report_section():
@@ -100,9 +104,23 @@ def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch): 
     merged = pd.read_csv(results / "early_exit.csv")
     assert len(merged) == 8 and sorted(merged["verdict_margin"].dropna()) == [1.0, cfg.inversion.exit_margin]
     assert "| cascade | 1.50 | 1.10 | 1.00 |" in (results / "early_exit.md").read_text()
+    # early accept: its bound learnt from the other members' calibration halves; the live run is the replay
+    accept = study.run(job("early_exit", workspace, micro_zoo, tmp_path / "fourth", [*RUN, "accept_margin=1.0"]),
+                       "early_exit").frame.set_index("mode")
+    assert list(accept.index) == ["full", "exact", "early_exit", "early_accept"]
+    row = accept.loc["early_accept"]
+    assert row["accept_margin"] == 1.0 and row["margin"] == cfg.inversion.exit_margin
+    assert row["live_mismatches"] == 0 and row["calibration_rejected_early"] == 0
+    assert 0 < row["image_steps_fraction"] <= accept.loc["full", "image_steps_fraction"]
+    assert np.isnan(accept.loc["early_exit", "accept_margin"])
+    merged = pd.read_csv(results / "early_exit.csv")
+    assert len(merged) == 9 and list(merged["accept_margin"].dropna()) == [1.0]
+    assert "| early_accept | 1.50 |  |  | 1.00 |" in (results / "early_exit.md").read_text()
 
 
 def test_a_bad_verdict_margin_names_the_key():
     with pytest.raises(ValueError, match=r"cascade_verdict_margin: must be a number >= 1 \(or null"):
         ee.verdict_exit_margin({"cascade_verdict_margin": 0.5}, 1.5)
+    with pytest.raises(ValueError, match=r"accept_margin: must be a number >= 1 \(or null: none\), got True"):
+        ee.margin_or_none({"accept_margin": True}, "accept_margin")
     assert ee.verdict_exit_margin({"cascade_verdict_margin": None}, 1.5) == 1.5

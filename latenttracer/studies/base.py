@@ -125,7 +125,8 @@ class Context(Protocol):
     def image_options(self): ...                                # images.ImageOptions of the job
     def inversion_config(self, dtype: str = "float32", **changes): ...  # cfg.inversion as an InversionConfig
     def inversion_preset(self) -> str: ...                      # the name of the ``inversion/`` preset of this job
-    def experiment_preset(self) -> str | None: ...              # the ``experiment/`` preset (None outside Hydra)
+    def preset(self, group: str) -> str | None: ...             # the preset of config group ``group`` (None
+                                                                # outside Hydra), e.g. "experiment", "suite"
     def resolved(self, ae, inv, calibration=None): ...          # lr_scale=latent_rms made absolute
     def invert_paths(self, ae, paths, inv, *, trajectory_steps=None) -> pd.DataFrame: ...  # protocol.invert_paths
     def split_settings(self): ...                               # protocol.SplitSettings of the suite

@@ -44,7 +44,7 @@ from latenttracer.cascade import learn_cascade, replay_cascade
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult
-from latenttracer.studies.early_exit import disagreements, inspected
+from latenttracer.studies.early_exit import disagreements, inspected, suite_label
 
 log = logging.getLogger(__name__)
 
@@ -354,10 +354,7 @@ def notes(p: dict, table: pd.DataFrame, wall: float, speed_text: str,
           command: str = "python -m experiments.cascade_frontier [inversion=<screen schedule>]") -> list[str]:
     """How the table was made; ``p``: the job's protocol (:meth:`Context.protocol`)."""
     r = table.iloc[0]
-    fresh = (f" (fresh sets: generation seed {p['generation_seed']}, real subset seed {p['real_seed']}"
-             + (f", {p['real_crops']}" if p.get("real_crops") else "") + ")"
-             if p["generation_seed"] or p["real_seed"] else "")
-    return [f"Suite `{p['suite']}`{fresh}, Table 1's split; goals: agreement >= {r['goal_agreement']:g} with the authors' "
+    return [f"{suite_label(p)}, Table 1's split; goals: agreement >= {r['goal_agreement']:g} with the authors' "
             f"full run at <= {r['goal_image_steps']:g} of its image-steps. Every setting replayed from full-run "
             "trajectories (equal to a live run); the full grid is in the CSV.",
             "Evaluation columns: the cascade learnt from the whole calibration half, on the evaluation images. "
@@ -430,7 +427,7 @@ class CascadeFrontier(Study):
         for name, ae in models.items():
             rows.extend(measure(cfg, ctx, name, sets, screen_name, ae=ae))
         new = pd.DataFrame(rows)[COLUMNS]
-        preset = ctx.experiment_preset()  # a preset beyond the config's default is part of the command
+        preset = ctx.preset("experiment")  # a preset beyond the config's default is part of the command
         command = (f"python -m experiments.{self.name} experiment={preset}" if preset not in (None, "table1_zoo")
                    else self.command)
         told = notes(ctx.protocol(), new, time.time() - started, speed_text, command)

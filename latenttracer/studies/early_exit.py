@@ -16,12 +16,17 @@ source's evaluation half and the real set = non-belonging) are scored. Rows (:mo
   early exit and the images in its learnt band run the authors' schedule with early exit
   (:mod:`latenttracer.cascade`; ``band_margin`` column; the screen's bounds at ``inversion.exit_margin``, the
   verdict stage's at ``cascade_verdict_margin``, by default the same: ``verdict_margin`` column). Its
-  output is a verdict per image, so its ``auc_early_exit`` is empty.
+  output is a verdict per image, so its ``auc_early_exit`` is empty;
+* ``early_accept`` (with ``accept_margin`` set): ``early_exit`` plus the accept bound
+  (:func:`latenttracer.early_exit.learn_accept_ratios`) learnt from this schedule's full runs of the other
+  generators' calibration halves (known negatives, no evaluation image) and the calibration images the threshold
+  rejects, at ``accept_margin`` (column of the same name). An accepted image's verdict is belonging although its
+  score is above the threshold (:func:`latenttracer.inversion.verdict`).
 
 Scores come from the shared store (computed if missing, with trajectories); early-exit results are replayed from
 the trajectories and checked live on ``timing_images`` evaluation images, which also give the wall-clock speed-up
 (all configs timed in this process, one after the other). Rows are merged into ``<out>.csv`` by (inspected,
-schedule, steps, lr, halve_every, mode, margin, band_margin, verdict_margin) under a lock and the Markdown is
+schedule, steps, lr, halve_every, mode, margin, band_margin, verdict_margin, accept_margin) under a lock and the Markdown is
 rebuilt from it (:class:`~latenttracer.studies.base.Merge`).
 """
 
@@ -41,15 +46,16 @@ from data_gen import zoo
 from latenttracer import protocol, tables
 from latenttracer.cascade import learn_cascade, replay_cascade, run_cascade
 from latenttracer.deployment import compare, pooled_auc, time_cascade, time_inversions, timing_subset
-from latenttracer.early_exit import learn_bounds, rejected_early, replay_frame
+from latenttracer.early_exit import accepted_early, learn_bounds, rejected_early, replay_frame
 from latenttracer.images import load_images
-from latenttracer.inversion import InversionConfig
+from latenttracer.inversion import InversionConfig, verdict
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, Study, StudyResult
 
 log = logging.getLogger(__name__)
 
-KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin", "verdict_margin")
+KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin", "verdict_margin",
+       "accept_margin")
 COLUMNS = [*KEY, "agreement", "image_steps_fraction", "speedup", "auc_full",
            "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold", "n_evaluation",
            "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds", "live_mismatches",
@@ -63,6 +69,7 @@ class EarlyExitConfig:
     timing_seed: int = 0                # which evaluation images are timed
     cascade_band_margin: float | None = None  # cascade rows with this band margin (>= 1); null: none
     cascade_verdict_margin: float | None = None  # the cascade's verdict-stage exit margin (>= 1); null: the screen's
+    accept_margin: float | None = None  # an `early_accept` row at this accept margin (>= 1); null: none
     out: str = MISSING                  # publishes <out>.{md,csv}
 
 
@@ -128,6 +135,14 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     margin = float(inv.exit_margin)
     options = {"full": None, "exact": bounds.apply(inv, margin=margin, exact_only=True),
                "early_exit": bounds.apply(inv, margin=margin)}
+    accept_margin = margin_or_none(cfg, "accept_margin")
+    negatives = pd.DataFrame(columns=["trajectory", "score"])
+    if accept_margin is not None:  # known negatives: the other generators' calibration halves (no evaluation image)
+        paths = [p for s, parts in sets.items() if s != name for p in parts.get("calibration", [])]
+        negatives = _ok(scored(inv, paths))
+        accepting = learn_bounds(cal["trajectory"].tolist(), threshold=t, config=inv,
+                                 negatives=negatives["trajectory"].tolist())
+        options["early_accept"] = accepting.apply(inv, margin=margin, accept_margin=accept_margin)
 
     # Wall time, in this process, on a seeded subset of the evaluation images; the live runs check the replay.
     subset = timing_subset(len(ok), int(cfg.timing_images), int(cfg.timing_seed))
@@ -139,14 +154,15 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     timed.setdefault("full", timed["authors"])  # the authors' schedule: its full run is the authors' run
     band_margin = cfg.cascade_band_margin
     verdict_margin = verdict_exit_margin(cfg, margin)
-    verdict = replace(authors, exit_margin=verdict_margin)  # the cascade's second stage: the authors' schedule, exiting
+    verdict_cfg = replace(authors, exit_margin=verdict_margin)  # the cascade's second stage: the authors', exiting
     if band_margin is not None and inv.hash() != authors.hash():
         both = [p for p in cal.index if p in cal_authors.index]
         cascade = learn_cascade(cal.loc[both, "trajectory"].tolist(), cal_authors.loc[both, "trajectory"].tolist(),
-                                threshold=t_authors, band_margin=float(band_margin), screen=inv, verdict=verdict)
+                                threshold=t_authors, band_margin=float(band_margin), screen=inv,
+                                verdict=verdict_cfg)
         log.info("%s cascade: band (%.4g, %.4g], verdict threshold %.4g, from %d calibration images", name,
                  cascade.low, cascade.high, cascade.verdict.threshold, len(both))
-        timed["cascade"] = time_cascade(ae, images, lambda x, c: run_cascade(ae, x, cascade, inv, verdict, c))
+        timed["cascade"] = time_cascade(ae, images, lambda x, c: run_cascade(ae, x, cascade, inv, verdict_cfg, c))
         options["cascade"] = cascade
 
     rows = []
@@ -155,24 +171,24 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
         if option is None:
             scores, steps_run = full_scores, np.full(len(ok), inv.scored_steps)
         elif mode == "cascade":
-            replayed = replay_cascade(trajectories, ev_authors.loc[ok, "trajectory"].tolist(), option, inv, verdict)
+            replayed = replay_cascade(trajectories, ev_authors.loc[ok, "trajectory"].tolist(), option, inv,
+                                      verdict_cfg)
             scores, verdicts, steps_run = None, replayed["belonging"], replayed["steps_run"]
             n_band = int(np.sum(replayed["stage"] == "verdict"))
             screen_steps = float(np.mean(replayed["screen_steps"]))
         else:
             replayed = replay_frame(trajectories, option)
             scores, steps_run = replayed["score"], replayed["steps_run"]
+            verdicts = np.array([verdict(s, e, t) for s, e in zip(scores, replayed["exit"])])
         seconds, live = timed[mode]
-        if verdicts is None:
-            live_verdict = np.array([r.score <= t for r in live])
-            live_mismatches = int(np.sum(live_verdict != (scores[subset] <= t)))
-        else:
-            live_mismatches = int(np.sum(np.array([r.belonging for r in live]) != verdicts[subset]))
+        live_verdicts = np.array([r.belonging if mode == "cascade" else verdict(r.score, r.exit, t) for r in live])
+        live_mismatches = int(np.sum(live_verdicts != (verdicts if verdicts is not None else scores <= t)[subset]))
         rows.append({
             "inspected": name, "schedule": schedule, "mode": mode,
-            "margin": margin if mode in ("early_exit", "cascade") else 1.0,
+            "margin": margin if mode in ("early_exit", "cascade", "early_accept") else 1.0,
             "band_margin": float(band_margin) if mode == "cascade" else np.nan, "n_band": n_band,
             "verdict_margin": verdict_margin if mode == "cascade" else np.nan,
+            "accept_margin": accept_margin if mode == "early_accept" else np.nan,
             "screen_steps_fraction": screen_steps / authors.scored_steps,
             "disagreements": disagreements(verdicts if verdicts is not None else scores <= t,
                                             authors_scores <= t_authors, sources),
@@ -182,8 +198,9 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
                       belonging=belonging, authors_steps=authors.scored_steps),
             "speedup": timed["authors"][0] / seconds, "auc_authors": np.nan, "threshold": t, "n_evaluation": len(ok),
             "n_calibration": len(cal),
-            "calibration_rejected_early": _rejected_early(mode, option, cal, cal_authors, inv, verdict)
-            if mode in ("early_exit", "cascade") else 0,
+            "calibration_rejected_early": _rejected_early(mode, option, cal, cal_authors, inv, verdict_cfg,
+                                                          negatives)
+            if mode in ("early_exit", "cascade", "early_accept") else 0,
             "n_timed": len(subset), "seconds_authors": timed["authors"][0], "seconds": seconds,
             "live_mismatches": live_mismatches, "machine_speed": speed})
     auc_full = next(r["auc"] for r in rows if r["mode"] == "full")
@@ -198,11 +215,17 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
 
 def verdict_exit_margin(cfg: Any, margin: float) -> float:
     """The cascade's verdict-stage early-exit margin: ``cascade_verdict_margin``, else the screen's ``margin``."""
-    value = cfg.get("cascade_verdict_margin")
+    value = margin_or_none(cfg, "cascade_verdict_margin", "the screen's margin")
+    return float(margin) if value is None else value
+
+
+def margin_or_none(cfg: Any, key: str, null: str = "none") -> float | None:
+    """``cfg[key]``: a number >= 1, or None (unset)."""
+    value = cfg.get(key)
     if value is None:
-        return float(margin)
-    if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 1):
-        raise ValueError(f"cascade_verdict_margin: must be a number >= 1 (or null: the screen's margin), got {value!r}")
+        return None
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 1):
+        raise ValueError(f"{key}: must be a number >= 1 (or null: {null}), got {value!r}")
     return float(value)
 
 
@@ -214,14 +237,17 @@ def disagreements(verdicts: np.ndarray, authors: np.ndarray, sources: np.ndarray
 
 
 def _rejected_early(mode: str, option: Any, cal: pd.DataFrame, cal_authors: pd.DataFrame, screen: InversionConfig,
-                    verdict: InversionConfig) -> int:
-    """Calibration images the full run accepts but the option rejects: early exit's bound against its own
-    schedule's full run; a cascade (both stages) against the authors' full run. Zero by construction."""
-    if mode == "early_exit":
-        return len(rejected_early(cal["trajectory"].tolist(), option))
+                    verdict_cfg: InversionConfig, negatives: pd.DataFrame) -> int:
+    """Calibration images the option decides against a full run: early exit's bound against its own schedule's
+    full run; early accept's bounds likewise, the known negatives counted too; a cascade (both stages) against the
+    authors' full run. Zero by construction."""
+    if mode in ("early_exit", "early_accept"):
+        known = [*cal["trajectory"].tolist(), *negatives["trajectory"].tolist()]
+        return len(rejected_early(cal["trajectory"].tolist(), option)) + (
+            len(accepted_early(known, option)) if mode == "early_accept" else 0)
     both = [p for p in cal.index if p in cal_authors.index]
     out = replay_cascade(cal.loc[both, "trajectory"].tolist(), cal_authors.loc[both, "trajectory"].tolist(), option,
-                         screen, verdict)
+                         screen, verdict_cfg)
     accepted = cal_authors.loc[both, "score"].to_numpy(float) <= option.verdict.threshold
     return int(np.sum(accepted & ~out["belonging"]))
 
@@ -229,18 +255,18 @@ def _rejected_early(mode: str, option: Any, cal: pd.DataFrame, cal_authors: pd.D
 def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and faster schedules") -> str:
     """The published table: every row of ``table`` (the merged CSV), after the ``notes``."""
     table = table.copy()
-    for col in ("band_margin", "disagreements", "verdict_margin"):  # columns newer than some published rows
+    for col in ("band_margin", "disagreements", "verdict_margin", "accept_margin"):  # newer than some rows
         if col not in table:
             table[col] = np.nan
     table["disagreements"] = table["disagreements"].fillna("")
     shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin",
-                   "verdict_margin", "agreement", "agreement_schedule", "disagreements",
+                   "verdict_margin", "accept_margin", "agreement", "agreement_schedule", "disagreements",
                    "image_steps_fraction", "speedup", "auc_full", "auc_early_exit", "auc_authors", "seconds_authors",
                    "seconds", "machine_speed"]].rename(columns={"machine_speed": "machine_speed (img-steps/s)"})
     for col in ("agreement", "agreement_schedule", "image_steps_fraction", "auc_full", "auc_early_exit",
                 "auc_authors"):
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
-    for col in ("speedup", "seconds_authors", "seconds", "margin", "band_margin", "verdict_margin"):
+    for col in ("speedup", "seconds_authors", "seconds", "margin", "band_margin", "verdict_margin", "accept_margin"):
         shown[col] = shown[col].map(lambda v: f"{v:.2f}" if v == v else "")
     shown["auc_early_exit"] = shown["auc_early_exit"].replace("nan", "")
     shown["lr"] = shown["lr"].map(lambda v: f"{v:.4g}")  # a latent_rms rate resolved: lr x RMS (4 digits each)
@@ -248,10 +274,19 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and
                       tables.markdown_table(shown), ""])
 
 
+def suite_label(p: dict) -> str:
+    """``Suite `zoo```, and the seeds when the sets are not the published ones (e.g. ``suite=zoo_fresh``);
+    ``p``: the job's protocol (:meth:`Context.protocol`)."""
+    fresh = (f" (fresh sets: generation seed {p['generation_seed']}, real subset seed {p['real_seed']}"
+             + (f", {p['real_crops']}" if p.get("real_crops") else "") + ")"
+             if p["generation_seed"] or p["real_seed"] else "")
+    return f"Suite `{p['suite']}`{fresh}"
+
+
 def notes(p: dict, wall: float, speed_text: str,
           command: str = "python -m experiments.early_exit inversion=<schedule>") -> list[str]:
     """How the table was made; ``p``: the job's protocol (:meth:`Context.protocol`)."""
-    return [f"Suite `{p['suite']}`, Table 1's split: threshold ({p['target_tpr']:.0%} TPR) and early-exit bounds "
+    return [f"{suite_label(p)}, Table 1's split: threshold ({p['target_tpr']:.0%} TPR) and early-exit bounds "
             "from each inspected model's calibration half; every other column on the evaluation images.",
             "agreement: verdicts equal to the authors' full run (100 steps, its own threshold); disagreements: "
             "the evaluation images whose verdict differs from it, counted by source; "
@@ -261,7 +296,9 @@ def notes(p: dict, wall: float, speed_text: str,
             "Modes: full = the schedule to the end; exact = stop once the running minimum is <= the threshold; "
             "early_exit = also stop above the learnt bound margin x ratio_k x threshold; cascade = this schedule "
             "with early exit screens, the images in its band (learnt on calibration, widened by band_margin) run "
-            "the authors' schedule with early exit (a verdict per image: no AUC).",
+            "the authors' schedule with early exit (a verdict per image: no AUC); early_accept = early_exit plus "
+            "an accept bound learnt from the other generators' calibration images (known negatives) at "
+            "accept_margin.",
             f"Command: `{command}`; this run: "
             f"{wall:.0f} s wall; machine speed {speed_text}."]
 
@@ -290,7 +327,10 @@ class EarlyExit(Study):
         for name, ae in models.items():
             rows.extend(measure(cfg, ctx, name, sets, schedule, speed, ae=ae))
         new = pd.DataFrame(rows)[COLUMNS]
-        told = notes(ctx.protocol(), time.time() - started, speed_text, self.command)
+        suite = ctx.preset("suite")  # fresh sets (suite=zoo_fresh): part of the command
+        p = ctx.protocol()
+        command = self.command + (f" suite={suite}" if p["generation_seed"] or p["real_seed"] else "")
+        told = notes(p, time.time() - started, speed_text, command)
         title = self.title
         return StudyResult(new, stem=Path(cfg.out), tables={"": new},
                            merge=Merge(KEY, lambda table: markdown(table, told, title)))

@@ -28,6 +28,7 @@ class RealDecoderEarlyExitConfig(real_decoder.DecodedSuiteConfig):
     timing_seed: int = 0
     cascade_band_margin: float | None = None  # cascade rows with this band margin (>= 1); null: none
     cascade_verdict_margin: float | None = None  # the cascade's verdict-stage exit margin; null: the screen's
+    accept_margin: float | None = None  # an `early_accept` row (the sibling's calibration half: known negatives)
     out: str = MISSING                   # publishes <out>.{md,csv}
 
 
