@@ -120,7 +120,8 @@ def test_published_markdown_is_its_csv_rendered(stem):
 
 def test_registered_with_a_report_section():
     s = STUDIES.get("cascade_frontier")
-    assert s is cf.CascadeFrontier and s.section.tables == ("cascade_frontier.csv",)
+    assert s is cf.CascadeFrontier and s.section.tables == ("cascade_frontier.csv", "cascade_frontier_holdout.csv")
+    assert s.section.figures == ("cascade_frontier.png", "cascade_frontier_holdout.png")
     rd = STUDIES.get("real_decoder_cascade_frontier")
     assert issubclass(rd, cf.CascadeFrontier) and rd.section.tables == ("real_decoder_cascade_frontier.csv",)
     assert rd.section.figures == ("real_decoder_cascade_frontier.png",)

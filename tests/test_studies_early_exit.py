@@ -35,7 +35,7 @@ def test_published_markdown_is_its_csv_rendered(stem):
 
 def test_registered_with_a_report_section():
     s = STUDIES.get("early_exit")
-    assert s is ee.EarlyExit and s.section.tables == ("early_exit.csv",)
+    assert s is ee.EarlyExit and s.section.tables == ("early_exit.csv", "early_exit_holdout.csv")
 
 
 def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch):  # noqa: F811

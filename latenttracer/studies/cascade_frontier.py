@@ -408,7 +408,8 @@ class CascadeFrontier(Study):
     config = CascadeFrontierConfig
     title = "Cascade settings: the measured frontier"
     command = "python -m experiments.cascade_frontier [inversion=<screen schedule>]"
-    section = ReportSection(title, ("cascade_frontier.csv",), (f"{FIGURE}.png",), command, order=60.5)
+    section = ReportSection(title, ("cascade_frontier.csv", "cascade_frontier_holdout.csv"),  # + fresh sets
+                            (f"{FIGURE}.png", f"{FIGURE}_holdout.png"), command, order=60.5)
 
     def targets(self, cfg: Any, ctx: Context) -> tuple[dict, dict[str, Any]]:
         """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
