@@ -367,9 +367,9 @@ def notes(p: dict, table: pd.DataFrame, wall: float, speed_text: str,
             f"them); machine speed {speed_text}."]
 
 
-def figure(table: pd.DataFrame) -> Any:
+def figure(table: pd.DataFrame, sets: str = "") -> Any:
     """Per inspected model: every setting's agreement against its image-steps, the goals as lines, the setting
-    chosen on the selection set ringed."""
+    chosen on the selection set ringed, pinned settings starred; ``sets``: which sets, for the title."""
     plt = tables._pyplot()
     names = list(dict.fromkeys(table["inspected"]))
     cols = min(3, len(names))
@@ -396,8 +396,8 @@ def figure(table: pd.DataFrame) -> Any:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Cascade settings: agreement against cost" + ("\n" if cols == 1 else " ") + "(dashed: the goals)",
-                 fontsize=11 if cols > 1 else 10)
+    fig.suptitle("Cascade settings: agreement against cost" + ("\n" if cols == 1 else " ") + "(dashed: the goals)"
+                 + (f"\n{sets}" if sets else ""), fontsize=11 if cols > 1 else 10)
     fig.tight_layout()
     return fig
 
@@ -431,9 +431,12 @@ class CascadeFrontier(Study):
         preset = ctx.preset("experiment")  # a preset beyond the config's default is part of the command
         command = (f"python -m experiments.{self.name} experiment={preset}" if preset not in (None, "table1_zoo")
                    else self.command)
-        told = notes(ctx.protocol(), new, time.time() - started, speed_text, command)
+        p = ctx.protocol()
+        told = notes(p, new, time.time() - started, speed_text, command)
+        sets = (f"fresh sets: generation seed {p['generation_seed']}, real subset seed {p['real_seed']}"
+                if p["generation_seed"] or p["real_seed"] else "")
         stem = Path(cfg.out)
         title = self.title
         return StudyResult(new, stem=stem, tables={"": new},
                            merge=Merge(KEY, lambda table: markdown(table, told, title)),
-                           figures=[FigureOut(figure(new), [Path(cfg.outputs.figures) / stem.name])])
+                           figures=[FigureOut(figure(new, sets), [Path(cfg.outputs.figures) / stem.name])])
