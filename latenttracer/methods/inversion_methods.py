@@ -43,8 +43,10 @@ class LatentTracer(Method):
     name = "latenttracer"
     needs_grad = True
     # record_*: always on (the rows carry both); exit_threshold / exit_ratios: set by the caller from a threshold
-    # or calibration trajectories (trace --early-exit with --threshold or --calibrate), never typed by hand
-    hidden_options = ("record_trajectory", "record_latent", "exit_threshold", "exit_ratios")
+    # or calibration trajectories (trace --early-exit with --threshold or --calibrate), never typed by hand; the
+    # accept ratios and margin likewise (trace --negatives, --accept-margin)
+    hidden_options = ("record_trajectory", "record_latent", "exit_threshold", "exit_ratios", "exit_accept_ratios",
+                      "exit_accept_margin")
 
     @classmethod
     def settings_type(cls) -> type:
