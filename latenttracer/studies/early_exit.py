@@ -26,8 +26,8 @@ source's evaluation half and the real set = non-belonging) are scored. Rows (:mo
 Scores come from the shared store (computed if missing, with trajectories); early-exit results are replayed from
 the trajectories and checked live on ``timing_images`` evaluation images, which also give the wall-clock speed-up
 (all configs timed in this process, one after the other). Rows are merged into ``<out>.csv`` by (inspected,
-schedule, steps, lr, halve_every, mode, margin, band_margin, verdict_margin, accept_margin) under a lock and the Markdown is
-rebuilt from it (:class:`~latenttracer.studies.base.Merge`).
+schedule, steps, lr, halve_every, mode, margin, band_margin, verdict_margin, accept_margin) under a lock and the
+Markdown is rebuilt from it (:class:`~latenttracer.studies.base.Merge`).
 """
 
 from __future__ import annotations
