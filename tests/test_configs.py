@@ -65,6 +65,9 @@ def test_the_frontier_holdout_preset_draws_fresh_sets_and_pins_grid_points(tmp_p
     cfg, hydra_cfg = compose_resolved("cascade_frontier", ["experiment=frontier_holdout"], tmp_path)
     assert hydra_cfg.runtime.choices["inversion"] == "fast_rms"
     assert cfg.suite.generated.seed != base.suite.generated.seed and cfg.suite.real.seed != base.suite.real.seed
+    # image i uses seed + i: no generated image is shared with the seed-0 sets, even experiment=full's 1000
+    full, _ = compose_resolved("table1", ["experiment=full"], tmp_path)
+    assert cfg.suite.generated.seed >= base.suite.generated.seed + max(base.suite.generated.n, full.suite.generated.n)
     assert cfg.suite.real.crops.seed != base.suite.real.crops.seed and cfg.suite.real.dir != base.suite.real.dir
     # everything else that decides the sets and splits is Table 1's
     for key in ("generated.n", "split", "real.n", "real.crops.n", "real.crops.size", "real.origin"):
