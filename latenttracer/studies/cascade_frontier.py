@@ -44,7 +44,7 @@ from latenttracer.cascade import learn_cascade, replay_cascade
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult
-from latenttracer.studies.early_exit import disagreements, inspected, suite_label
+from latenttracer.studies.early_exit import disagreements, fresh_sets, inspected, suite_label
 
 log = logging.getLogger(__name__)
 
@@ -433,10 +433,8 @@ class CascadeFrontier(Study):
                    else self.command)
         p = ctx.protocol()
         told = notes(p, new, time.time() - started, speed_text, command)
-        sets = (f"fresh sets: generation seed {p['generation_seed']}, real subset seed {p['real_seed']}"
-                if p["generation_seed"] or p["real_seed"] else "")
         stem = Path(cfg.out)
         title = self.title
         return StudyResult(new, stem=stem, tables={"": new},
                            merge=Merge(KEY, lambda table: markdown(table, told, title)),
-                           figures=[FigureOut(figure(new, sets), [Path(cfg.outputs.figures) / stem.name])])
+                           figures=[FigureOut(figure(new, fresh_sets(p)), [Path(cfg.outputs.figures) / stem.name])])

@@ -274,13 +274,20 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and
                       tables.markdown_table(shown), ""])
 
 
+def fresh_sets(p: dict) -> str:
+    """``fresh sets: generation seed ..., real subset seed ...`` when the sets are not the published ones (e.g.
+    ``suite=zoo_fresh``), else ``""``; ``p``: the job's protocol (:meth:`Context.protocol`)."""
+    if not (p["generation_seed"] or p["real_seed"]):
+        return ""
+    return f"fresh sets: generation seed {p['generation_seed']}, real subset seed {p['real_seed']}"
+
+
 def suite_label(p: dict) -> str:
-    """``Suite `zoo```, and the seeds when the sets are not the published ones (e.g. ``suite=zoo_fresh``);
-    ``p``: the job's protocol (:meth:`Context.protocol`)."""
-    fresh = (f" (fresh sets: generation seed {p['generation_seed']}, real subset seed {p['real_seed']}"
-             + (f", {p['real_crops']}" if p.get("real_crops") else "") + ")"
-             if p["generation_seed"] or p["real_seed"] else "")
-    return f"Suite `{p['suite']}`{fresh}"
+    """``Suite `zoo```, and which fresh sets with their crop settings when not the published ones."""
+    fresh = fresh_sets(p)
+    if fresh and p.get("real_crops"):
+        fresh += f", {p['real_crops']}"
+    return f"Suite `{p['suite']}`" + (f" ({fresh})" if fresh else "")
 
 
 def notes(p: dict, wall: float, speed_text: str,
@@ -329,7 +336,7 @@ class EarlyExit(Study):
         new = pd.DataFrame(rows)[COLUMNS]
         suite = ctx.preset("suite")  # fresh sets (suite=zoo_fresh): part of the command
         p = ctx.protocol()
-        command = self.command + (f" suite={suite}" if p["generation_seed"] or p["real_seed"] else "")
+        command = self.command + (f" suite={suite}" if fresh_sets(p) else "")
         told = notes(p, time.time() - started, speed_text, command)
         title = self.title
         return StudyResult(new, stem=Path(cfg.out), tables={"": new},
