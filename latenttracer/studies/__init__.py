@@ -8,11 +8,13 @@ from latenttracer.studies.base import (
     FigureOut,
     Merge,
     MethodEntry,
+    OtherSetsError,
     ReportSection,
     Study,
     StudyResult,
+    check_sets,
     publish,
 )
 
-__all__ = ["STUDIES", "Context", "FigureOut", "Merge", "MethodEntry", "ReportSection", "Study", "StudyResult",
-           "publish"]
+__all__ = ["STUDIES", "Context", "FigureOut", "Merge", "MethodEntry", "OtherSetsError", "ReportSection", "Study",
+           "StudyResult", "check_sets", "publish"]

@@ -17,6 +17,8 @@ docs/extending_studies.md adds a study step by step.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +32,10 @@ from latenttracer import atomic, tables
 from latenttracer.locks import locked
 from latenttracer.registry import Registry
 
-__all__ = ["STUDIES", "Context", "FigureOut", "Merge", "MethodEntry", "ReportSection", "Study", "StudyResult",
-           "publish"]
+__all__ = ["STUDIES", "Context", "FigureOut", "Merge", "MethodEntry", "OtherSetsError", "ReportSection", "Study",
+           "StudyResult", "check_sets", "publish"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,16 @@ class Merge:
     """Publish a result's tables by merging them into the CSVs already at its ``stem`` (for the jobs of a multirun,
     which write one table concurrently): under a lock on ``<stem>.lock``, each table's rows replace the rows with
     the same ``key`` and the others are kept (:func:`latenttracer.tables.upsert_csv`); ``sort``: the merged tables
-    are then sorted by ``key``. ``render`` turns the merged main table (suffix ``""``) into the published Markdown."""
+    are then sorted by ``key``. ``render`` turns the merged main table (suffix ``""``) into the published Markdown.
+
+    ``sets``: what decides the image sets the rows were measured on (e.g. :meth:`Context.protocol`). The key columns
+    do not name the sets, so rows of other sets would otherwise replace or sit beside each other unseen: the sets
+    are recorded in ``<stem>.sets.json`` and a result on other sets is refused (:func:`check_sets`)."""
 
     key: tuple[str, ...]
     render: Callable[[pd.DataFrame], str]
     sort: bool = False
+    sets: dict[str, Any] | None = None
 
 
 @dataclass
@@ -159,6 +168,14 @@ def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Pat
             written += tables.publish(stem, job_dir, markdown, result.tables)
         else:
             with locked(stem.with_name(stem.name + ".lock")):
+                if result.merge.sets is not None:
+                    try:
+                        check_sets(stem, result.merge.sets)
+                    except OtherSetsError as err:  # keep this job's rows, unmerged, in its own folder
+                        kept = [atomic.write_frame(frame, Path(job_dir) / f"{stem.name}{suffix}.csv")
+                                for suffix, frame in result.tables.items()]
+                        raise OtherSetsError(f"{err}; this run's rows are kept unmerged in {kept[0]}") from None
+                    written.append(atomic.write_text(sets_path(stem), _sets_text(result.merge.sets)))
                 merged = {suffix: _merged(stem.with_name(stem.name + suffix + ".csv"), frame, result.merge)
                           for suffix, frame in result.tables.items()}
                 markdown = result.merge.render(merged[""])
@@ -185,6 +202,45 @@ def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Pat
         if images:
             tracker.log_images(images)
     return written
+
+
+class OtherSetsError(ValueError):
+    """A merged table's rows were measured on other image sets than the result about to be merged into it."""
+
+
+def sets_path(stem: str | Path) -> Path:
+    """Where the image sets of the rows merged at ``stem`` are recorded: ``<stem>.sets.json``."""
+    stem = Path(stem)
+    return stem.with_name(stem.name + ".sets.json")
+
+
+def _sets_text(sets: dict[str, Any]) -> str:
+    return json.dumps(sets, indent=1, sort_keys=True, default=str) + "\n"
+
+
+def check_sets(stem: str | Path, sets: dict[str, Any]) -> None:
+    """Refuse to merge rows measured on image sets ``sets`` into the table at ``stem`` when its rows were measured
+    on other sets (raises :class:`OtherSetsError` naming the file and each setting that differs). Studies call it
+    before their work too, so that a wrong ``out=`` fails at once. A table published before the sets were
+    recorded (a CSV without ``<stem>.sets.json``) is taken as being on these sets, with a warning."""
+    stem = Path(stem)
+    csv, record = stem.with_name(stem.name + ".csv"), sets_path(stem)
+    if not record.is_file():
+        if csv.is_file():
+            log.warning("%s: no record of the image sets its rows were measured on (%s); taking them to be this "
+                        "run's sets and recording them", csv, record.name)
+        return
+    try:
+        old = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise OtherSetsError(f"{record}: unreadable record of the image sets of {csv.name} ({err}); move both "
+                             "files away or restore it") from None
+    new = json.loads(_sets_text(sets))
+    differ = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} in this run" for k in sorted(set(old) | set(new))
+              if old.get(k) != new.get(k)]
+    if differ:
+        raise OtherSetsError(f"{csv}: its rows were measured on other image sets ({'; '.join(differ)}; recorded in "
+                             f"{record.name}); publish to another out= or move {csv.name} and {record.name} away")
 
 
 def _merged(path: Path, rows: pd.DataFrame, merge: Merge) -> pd.DataFrame:

@@ -43,7 +43,7 @@ from latenttracer import protocol, tables
 from latenttracer.cascade import learn_cascade, replay_cascade
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
-from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult
+from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult, check_sets
 from latenttracer.studies.early_exit import disagreements, fresh_sets, inspected, suite_label
 
 log = logging.getLogger(__name__)
@@ -415,8 +415,14 @@ class CascadeFrontier(Study):
         """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
         return ctx.image_sets(), {name: None for name in ctx.inspected_models()}
 
+    def sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
+        """What decides :meth:`targets`' sets, recorded beside the merged table (:class:`Merge` ``sets``)."""
+        return ctx.protocol()
+
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         started = time.time()
+        record = self.sets_record(cfg, ctx)
+        check_sets(Path(cfg.out), record)  # a table of other sets at out= fails before any work
         speed_text = zoo.machine_speed(1)  # beside the wall time (benchmarks/decoder_speed.py)
         screen_name = ctx.inversion_preset()
         if screen_name == "paper":
@@ -436,5 +442,5 @@ class CascadeFrontier(Study):
         stem = Path(cfg.out)
         title = self.title
         return StudyResult(new, stem=stem, tables={"": new},
-                           merge=Merge(KEY, lambda table: markdown(table, told, title)),
+                           merge=Merge(KEY, lambda table: markdown(table, told, title), sets=record),
                            figures=[FigureOut(figure(new, fresh_sets(p)), [Path(cfg.outputs.figures) / stem.name])])

@@ -50,7 +50,7 @@ from latenttracer.early_exit import accepted_early, learn_bounds, rejected_early
 from latenttracer.images import load_images
 from latenttracer.inversion import InversionConfig, verdict
 from latenttracer.metrics import calibrate_threshold
-from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, Study, StudyResult
+from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, Study, StudyResult, check_sets
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +322,15 @@ class EarlyExit(Study):
         """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
         return ctx.image_sets(), {name: None for name in ctx.inspected_models()}
 
+    def sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
+        """What decides :meth:`targets`' sets, recorded beside the merged table (:class:`Merge` ``sets``)."""
+        return ctx.protocol()
+
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """Returns this job's rows (the published table is every row of ``<out>.csv``, these merged in)."""
         started = time.time()
+        record = self.sets_record(cfg, ctx)
+        check_sets(Path(cfg.out), record)  # a table of other sets at out= fails before any work
         speed_text = zoo.machine_speed(1)
         speed = int(speed_text.split()[0])  # KL-decoder image-steps/s, 1 thread (benchmarks/decoder_speed.py)
         log.info("machine speed: %s", speed_text)
@@ -340,4 +346,4 @@ class EarlyExit(Study):
         told = notes(p, time.time() - started, speed_text, command)
         title = self.title
         return StudyResult(new, stem=Path(cfg.out), tables={"": new},
-                           merge=Merge(KEY, lambda table: markdown(table, told, title)))
+                           merge=Merge(KEY, lambda table: markdown(table, told, title), sets=record))

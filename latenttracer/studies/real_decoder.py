@@ -93,6 +93,13 @@ def set_settings(cfg: Any, ctx: Context, **changes: Any) -> DecodedSetSettings:
     return DecodedSetSettings.from_dict({**values, **changes})
 
 
+def sets_record(cfg: Any, ctx: Context) -> dict[str, Any]:
+    """What decides the decoded sets of a study on this suite: the suite's protocol, the base, its sibling's
+    steps and recipe and the sets' settings (recorded beside merged tables: :class:`~.base.Merge` ``sets``)."""
+    return {**ctx.protocol(), "base": str(cfg.base), "sibling_steps": int(cfg.sibling_steps),
+            "finetune": dataclasses.asdict(recipe(cfg)), "sets": dataclasses.asdict(set_settings(cfg, ctx))}
+
+
 def decoders(cfg: Any, ctx: Context, steps: list[int], resolution: int | None = None) -> dict:
     """{name: Autoencoder}: the base and its ``<base>-ftN`` siblings for N in ``steps`` (built if missing)."""
     spec = ctx.model_spec(str(cfg.base))

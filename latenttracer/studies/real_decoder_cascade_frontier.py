@@ -37,3 +37,7 @@ class RealDecoderCascadeFrontier(CascadeFrontier):
         aes = real_decoder.decoders(cfg, ctx, [int(cfg.sibling_steps)])
         sets = real_decoder.image_sets(cfg, ctx, aes, real_decoder.set_settings(cfg, ctx))
         return sets, {str(cfg.base): aes[str(cfg.base)]}
+
+    def sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
+        """The suite's protocol plus what builds the decoded sets and the sibling."""
+        return real_decoder.sets_record(cfg, ctx)

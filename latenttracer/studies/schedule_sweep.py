@@ -27,7 +27,7 @@ from omegaconf import MISSING
 from latenttracer import protocol, tables
 from latenttracer.deployment import pooled_auc
 from latenttracer.inversion import InversionConfig
-from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, Study, StudyResult
+from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, Study, StudyResult, check_sets
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class ScheduleSweep(Study):
 
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """Returns this job's rows; the objective is the worst AUC over inspected models at ``inversion.steps``."""
+        record = {**ctx.protocol(), "n_per_source": int(cfg.n_per_source), "subset_seed": int(cfg.subset_seed)}
+        check_sets(Path(cfg.out), record)  # a table of other images at out= fails before any work
         sets = ctx.image_sets()
         rows = []
         for name in ctx.inspected_models():
@@ -109,4 +111,5 @@ class ScheduleSweep(Study):
         n_per_source = int(cfg.n_per_source)
         return StudyResult(new, objective=float(new.loc[new["steps"] == int(cfg.inversion.steps), "auc"].min()),
                            stem=Path(cfg.out), tables={"": new},
-                           merge=Merge(KEY, lambda table: sweep_markdown(table, n_per_source), sort=True))
+                           merge=Merge(KEY, lambda table: sweep_markdown(table, n_per_source), sort=True,
+                                       sets=record))
