@@ -16,7 +16,13 @@ photos: ``negatives``) and the calibration images the full run rejects. An image
 
     a_k = min over those rejected images of  running_min_k / t      (> 1: each ends above t)
 
-so none of them would have been accepted early (:func:`accepted_early` checks it). The accept bound needs images
+so none of them would have been accepted early (:func:`accepted_early` checks it). A bound below ``t`` adds
+nothing: the exact exit takes those images first.
+
+**Trend** (``trend`` b > 0, :func:`~latenttracer.inversion.exit_statistic`): both ratios are learnt, and the
+bounds applied, on ``s_k = m_k * (m_k / m_ceil(k/2)) ** b`` instead of the running minimum ``m_k``: the same
+guarantees hold on the images learnt from, and an image that is still falling fast is judged by where it is
+heading. The exact exit still compares ``m_k``. The accept bound needs images
 the model did not make: its own calibration images alone make it unsafe (they improve long after a negative has
 flattened), so :func:`learn_bounds` learns it only when ``negatives`` are given.
 
@@ -39,11 +45,11 @@ import numpy as np
 import torch
 
 from latenttracer import atomic
-from latenttracer.inversion import EXIT_CODES, InversionConfig, accept_bounds, exit_bounds, exit_codes
+from latenttracer.inversion import EXIT_CODES, InversionConfig, accept_bounds, exit_bounds, exit_codes, exit_statistic
 from latenttracer.metrics import calibrate_threshold
 
 __all__ = ["ExitBounds", "accepted_early", "learn_accept_ratios", "learn_bounds", "learn_ratios", "rejected_early",
-           "replay", "replay_frame", "running_min"]
+           "replay", "replay_frame", "running_min", "statistics"]
 
 
 def running_min(trajectory: Sequence[float]) -> np.ndarray:
@@ -51,7 +57,17 @@ def running_min(trajectory: Sequence[float]) -> np.ndarray:
     return np.minimum.accumulate(np.asarray(trajectory, dtype=float))
 
 
-def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | None = None) -> tuple[float, ...]:
+def statistics(mins: np.ndarray, trend: float = 0.0) -> np.ndarray:
+    """:func:`~latenttracer.inversion.exit_statistic` at every step of stacked running minima (images x steps),
+    computed as the loop computes it (float32)."""
+    if not trend:
+        return np.asarray(mins, dtype=float)
+    history = torch.tensor(np.asarray(mins), dtype=torch.float32)
+    return torch.stack([exit_statistic(history, k, trend) for k in range(history.shape[1])], 1).double().numpy()
+
+
+def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | None = None,
+                 trend: float = 0.0) -> tuple[float, ...]:
     """``ratio_k = max_i running_min_i[k] / final_i`` over full-run trajectories of equal length (>= 1 each).
 
     With ``threshold`` (tighter, the default of :func:`learn_bounds`): ``ratio_k = max running_min_i[k] /
@@ -61,18 +77,20 @@ def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | Non
     calibration image that the full run calls belonging is above ``ratio_k * threshold`` while it is still running.
 
     A trajectory whose final score is 0 makes its ratios infinite (no bound rejects anything); a non-finite
-    value is an error (a failed image has no trajectory to learn from: leave it out).
+    value is an error (a failed image has no trajectory to learn from: leave it out). ``trend``: the ratios of the
+    trend statistic (module docstring) instead of the running minimum's.
     """
     mins = [running_min(t) for t in trajectories]
     if not mins:
         raise ValueError("early exit: no calibration trajectories to learn bounds from")
     stacked = _stacked(mins, "calibration")
+    stat = statistics(stacked, trend)
     final = stacked[:, -1:]
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(final > 0, stacked / np.where(final > 0, final, 1.0), math.inf)
+        ratios = np.where(final > 0, stat / np.where(final > 0, final, 1.0), math.inf)
     if threshold is not None:
         pending = (final <= threshold) & (stacked > threshold)
-        ratios = np.where(pending, stacked / threshold, 1.0)
+        ratios = np.where(pending, stat / threshold, 1.0)
     return tuple(float(max(r, 1.0)) for r in ratios.max(0))
 
 
@@ -87,10 +105,12 @@ def _stacked(mins: list[np.ndarray], what: str) -> np.ndarray:
     return stacked
 
 
-def learn_accept_ratios(trajectories: Sequence[Sequence[float]], threshold: float) -> tuple[float, ...]:
+def learn_accept_ratios(trajectories: Sequence[Sequence[float]], threshold: float,
+                        trend: float = 0.0) -> tuple[float, ...]:
     """``a_k = min running_min_i[k] / threshold`` over the full-run trajectories whose final score is above
     ``threshold`` (the rejected ones; others are ignored): the accept bound's ratios (module docstring). Each is
-    > 1, so an image below ``a_k * threshold`` at step ``k`` is lower than every rejected image was there."""
+    > 1, so an image below ``a_k * threshold`` at step ``k`` is lower than every rejected image was there.
+    ``trend``: of the trend statistic instead (module docstring; a ratio may then be below 1)."""
     if not float(threshold) > 0:
         raise ValueError(f"early accept: needs a positive threshold, got {threshold!r}")
     mins = [running_min(t) for t in trajectories]
@@ -99,7 +119,7 @@ def learn_accept_ratios(trajectories: Sequence[Sequence[float]], threshold: floa
     if not len(rejected):
         raise ValueError("early accept: no image above the threshold to learn the accept bound from (give images "
                          "the model did not make: --negatives, or the other generators' calibration sets)")
-    return tuple(float(r) for r in rejected.min(0) / float(threshold))
+    return tuple(float(r) for r in statistics(rejected, trend).min(0) / float(threshold))
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,7 @@ class ExitBounds:
     config_hash: str = ""  # the inversion settings the trajectories came from (a check on load/apply)
     accept_ratios: tuple[float, ...] | None = None  # early accept (module docstring); None: not learnt
     n_negatives: int = 0   # known-negative trajectories the accept ratios were learnt from (besides calibration)
+    trend: float = 0.0     # the statistic both ratios are of (module docstring); applied with them
 
     def bounds(self, margin: float = 1.0) -> np.ndarray:
         """``b_k = margin * ratio_k * threshold``."""
@@ -120,13 +141,17 @@ class ExitBounds:
     def apply(self, config: InversionConfig, margin: float | None = None, exact_only: bool = False,
               accept_margin: float | None = None) -> InversionConfig:
         """``config`` with early exit on: this threshold, these ratios (none with ``exact_only``), ``margin``; the
-        accept ratios too when learnt and ``accept_margin`` is given (early accept is then on).
+        accept ratios too when learnt and ``accept_margin`` is given (early accept is then on); this ``trend``.
 
-        Raises ValueError when the ratios were learnt under other inversion settings than ``config``'s.
+        Raises ValueError when the ratios were learnt under other inversion settings than ``config``'s, or for
+        another trend than a ``config.exit_trend`` other than 0.
         """
         if self.config_hash and self.config_hash != _schedule_hash(config):
             raise ValueError("early exit: these bounds were learnt from trajectories of other inversion settings "
                              f"(hash {self.config_hash}, this config {_schedule_hash(config)}); learn them again")
+        if config.exit_trend and not exact_only and float(config.exit_trend) != float(self.trend):
+            raise ValueError(f"early exit: these bounds were learnt for exit_trend {self.trend:g}, the config asks "
+                             f"for {config.exit_trend:g}; learn them again with it")
         accept = not exact_only and accept_margin is not None
         if accept and self.accept_ratios is None:
             raise ValueError("early accept: these bounds have no accept ratios (learn them with negatives)")
@@ -134,13 +159,14 @@ class ExitBounds:
                                    exit_ratios=None if exact_only else tuple(self.ratios),
                                    exit_margin=config.exit_margin if margin is None else float(margin),
                                    exit_accept_ratios=tuple(self.accept_ratios) if accept else None,
-                                   exit_accept_margin=float(accept_margin) if accept else config.exit_accept_margin)
+                                   exit_accept_margin=float(accept_margin) if accept else config.exit_accept_margin,
+                                   exit_trend=0.0 if exact_only else float(self.trend))
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "ratios": list(self.ratios), "n_calibration": self.n_calibration,
                 "config_hash": self.config_hash,
                 "accept_ratios": None if self.accept_ratios is None else list(self.accept_ratios),
-                "n_negatives": self.n_negatives}
+                "n_negatives": self.n_negatives, "trend": self.trend}
 
     def save(self, path: str | Path) -> Path:
         return atomic.write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -153,7 +179,7 @@ class ExitBounds:
             return cls(threshold=float(data["threshold"]), ratios=tuple(float(r) for r in data["ratios"]),
                        n_calibration=int(data.get("n_calibration", 0)), config_hash=str(data.get("config_hash", "")),
                        accept_ratios=None if accept is None else tuple(float(r) for r in accept),
-                       n_negatives=int(data.get("n_negatives", 0)))
+                       n_negatives=int(data.get("n_negatives", 0)), trend=float(data.get("trend", 0.0)))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"early-exit bounds file {path}: cannot read it ({type(err).__name__}: {err})") from err
 
@@ -161,12 +187,12 @@ class ExitBounds:
 def _schedule_hash(config: InversionConfig) -> str:
     """The settings a trajectory depends on (early exit off, so the hash is the full run's)."""
     return dataclasses.replace(config, early_exit=False, exit_threshold=None, exit_ratios=None,
-                               exit_accept_ratios=None).hash()
+                               exit_accept_ratios=None, exit_trend=0.0).hash()
 
 
 def learn_bounds(trajectories: Sequence[Sequence[float]], threshold: float | None = None, target_tpr: float = 0.95,
                  config: InversionConfig | None = None, pending_only: bool = True,
-                 negatives: Sequence[Sequence[float]] | None = None) -> ExitBounds:
+                 negatives: Sequence[Sequence[float]] | None = None, trend: float | None = None) -> ExitBounds:
     """Bounds from full-run trajectories of calibration images (one list of losses per image).
 
     The threshold is ``threshold`` if given, else the calibration rule at ``target_tpr`` on the trajectories'
@@ -174,15 +200,19 @@ def learn_bounds(trajectories: Sequence[Sequence[float]], threshold: float | Non
     settings the trajectories were made with (recorded, checked by :meth:`ExitBounds.apply`). ``pending_only``:
     learn each step's ratio only from the images a bound there could wrongly reject (:func:`learn_ratios`).
     ``negatives``: full-run trajectories of images known not to belong (same schedule): the accept ratios are
-    learnt from them and the calibration images the threshold rejects (:func:`learn_accept_ratios`).
+    learnt from them and the calibration images the threshold rejects (:func:`learn_accept_ratios`). ``trend``:
+    the statistic's (module docstring; default ``config.exit_trend``, else 0).
     """
     if threshold is None:
         threshold = calibrate_threshold([float(np.min(t)) for t in trajectories], target_tpr)
-    ratios = learn_ratios(trajectories, float(threshold) if pending_only else None)
-    accept = None if negatives is None else learn_accept_ratios([*negatives, *trajectories], float(threshold))
+    if trend is None:
+        trend = float(config.exit_trend) if config is not None else 0.0
+    ratios = learn_ratios(trajectories, float(threshold) if pending_only else None, trend)
+    accept = (None if negatives is None else
+              learn_accept_ratios([*negatives, *trajectories], float(threshold), trend))
     return ExitBounds(threshold=float(threshold), ratios=ratios, n_calibration=len(trajectories),
                       config_hash=_schedule_hash(config) if config is not None else "", accept_ratios=accept,
-                      n_negatives=0 if negatives is None else len(negatives))
+                      n_negatives=0 if negatives is None else len(negatives), trend=float(trend))
 
 
 def replay(trajectory: Sequence[float], config: InversionConfig) -> tuple[float, int | None, str]:
@@ -194,8 +224,10 @@ def replay(trajectory: Sequence[float], config: InversionConfig) -> tuple[float,
         raise ValueError("replay: the config has early_exit off")
     mins = torch.tensor(running_min(trajectory), dtype=torch.float32)
     bounds, accept = exit_bounds(config), accept_bounds(config)
+    trend = float(config.exit_trend)
     for k in range(mins.numel() - 1):  # the last scored iteration ends the run anyway
-        code = int(exit_codes(mins[k:k + 1], k, float(config.exit_threshold), bounds, accept)[0])
+        stat = exit_statistic(mins[None], k, trend) if trend else None
+        code = int(exit_codes(mins[k:k + 1], k, float(config.exit_threshold), bounds, accept, stat)[0])
         if code:
             return float(mins[k]), k, EXIT_CODES[code]
     return float(mins[-1]), None, ""
@@ -222,7 +254,8 @@ def replay_frame(trajectories: Sequence[Sequence[float]], config: InversionConfi
             if not running.any():
                 break
             idx = torch.nonzero(running).flatten()
-            codes = exit_codes(mins[idx, k], k, float(config.exit_threshold), bounds, accept)
+            stat = exit_statistic(mins[idx], k, float(config.exit_trend)) if config.exit_trend else None
+            codes = exit_codes(mins[idx, k], k, float(config.exit_threshold), bounds, accept, stat)
             for j, code in zip(idx[codes > 0].tolist(), codes[codes > 0].tolist()):
                 done_at[j] = k
                 exit_kind[rows[j]] = EXIT_CODES[int(code)]

@@ -37,9 +37,13 @@ Deployment options (off by default; ``docs/deployment.md``):
   from calibration trajectories by :mod:`latenttracer.early_exit`), when its running minimum at step ``k`` is
   above ``exit_margin * exit_ratios[k] * t``, or, with ``exit_accept_ratios`` (learnt from the full runs of images
   known *not* to belong: :func:`latenttracer.early_exit.learn_accept_ratios`), as belonging when its running
-  minimum at step ``k`` is ``< max(t, exit_accept_ratios[k] * t / exit_accept_margin)``: lower than any of those
+  minimum at step ``k`` is ``< exit_accept_ratios[k] * t / exit_accept_margin``: lower than any of those
   images was at step ``k``. That exit's score is above ``t`` and its verdict is belonging all the same (``exit``
-  says ``accept``; :func:`verdict`). Images that leave are removed from the batch (the latent and Adam's
+  says ``accept``; :func:`verdict`). With ``exit_trend`` (``b > 0``) both learnt bounds compare, instead of the
+  running minimum ``m_k``, the running minimum carried forward by its recent fall:
+  ``m_k * (m_k / m_j) ** b`` with ``j = ceil(k / 2)`` (:func:`exit_statistic`); an image still falling fast is
+  then judged by where it is heading, not only by where it is. The exact exit always compares ``m_k`` itself.
+  Images that leave are removed from the batch (the latent and Adam's
   per-element state are compacted), so they stop costing; every other image's trajectory is unchanged, because
   the rows are independent. An exited image's result says so (``exit``, ``exit_step``, ``steps_run``).
 """
@@ -75,7 +79,7 @@ _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "con
 _NOT_IN_HASH = ("batch_size", "device", "record_trajectory", "record_latent")
 # Early-exit settings decide the scores only when early exit is on (an early-exited score is not a full-run score).
 _EXIT_FIELDS = ("early_exit", "exit_threshold", "exit_ratios", "exit_margin", "exit_accept_ratios",
-                "exit_accept_margin")
+                "exit_accept_margin", "exit_trend")
 AUTHORS_HALVE_EVERY = 50
 
 
@@ -102,7 +106,8 @@ class InversionConfig:
     exit_ratios: tuple[float, ...] | None = None  # per scored step; None: only the exact (below-t) exit
     exit_margin: float = 1.0  # the bound at step k is exit_margin * exit_ratios[k] * exit_threshold
     exit_accept_ratios: tuple[float, ...] | None = None  # per scored step (>= 1); None: no early accept
-    exit_accept_margin: float = 1.0  # accept at step k below max(t, exit_accept_ratios[k] * t / this)
+    exit_accept_margin: float = 1.0  # accept at step k below exit_accept_ratios[k] * t / this
+    exit_trend: float = 0.0  # >= 0; b > 0: the learnt bounds compare m_k * (m_k / m_ceil(k/2)) ** b (docstring)
 
     def __post_init__(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -127,16 +132,23 @@ class InversionConfig:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"inversion.{key}: must be a number >= 1, got {value!r}")
-        for key in ("exit_ratios", "exit_accept_ratios"):
+        trend = self.exit_trend
+        if not (isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend)
+                and trend >= 0):
+            raise ValueError(f"inversion.exit_trend: must be a number >= 0 (0: the running minimum itself), got "
+                             f"{trend!r}")
+        for key, least in (("exit_ratios", 1.0), ("exit_accept_ratios", 0.0)):
             ratios = getattr(self, key)
             if ratios is None:
                 continue
             if not isinstance(ratios, tuple):  # lists (YAML, JSON) become tuples: hashable, frozen
                 object.__setattr__(self, key, tuple(ratios))
-            bad = [r for r in getattr(self, key) if not isinstance(r, (int, float)) or not r >= 1]
+            bad = [r for r in getattr(self, key) if not isinstance(r, (int, float)) or not (
+                r >= least if least else r > 0) or not math.isfinite(r)]
             if bad:
-                raise ValueError(f"inversion.{key}: every ratio must be >= 1 (a running minimum over the "
-                                 f"threshold or a final score), got {bad[:3]}")
+                what = (">= 1 (a running minimum over the threshold or a final score)" if least else
+                        "a finite number > 0 (a rejected image's statistic over the threshold)")
+                raise ValueError(f"inversion.{key}: every ratio must be {what}, got {bad[:3]}")
         if not self.early_exit:
             return
         if self.exit_threshold is None:
@@ -163,8 +175,11 @@ class InversionConfig:
         skip = set(_NOT_IN_HASH) | ({"seed"} if self.init != "random" else set())
         if not self.early_exit:
             skip |= set(_EXIT_FIELDS)
-        elif self.exit_accept_ratios is None:
-            skip |= {"exit_accept_ratios", "exit_accept_margin"}  # keys made before early accept existed stay valid
+        else:
+            if self.exit_accept_ratios is None:  # keys made before early accept existed stay valid
+                skip |= {"exit_accept_ratios", "exit_accept_margin"}
+            if not self.exit_trend:  # likewise before the trend statistic
+                skip.add("exit_trend")
         if self.schedule != "authors" or self.halve_every == AUTHORS_HALVE_EVERY:
             skip.add("halve_every")  # the authors' rule: keys made before the option existed stay valid
         if self.lr_scale == "absolute":
@@ -271,17 +286,34 @@ def verdict(score: float, exit: str, threshold: float) -> bool:
     return exit == "accept" or score <= threshold
 
 
+def exit_statistic(history: torch.Tensor, step: int, trend: float) -> torch.Tensor:
+    """What the learnt bounds compare at scored iteration ``step``, per image (a row of ``history``: its running
+    minima at iterations ``0 .. step`` or more): the running minimum ``m_k`` itself when ``trend`` is 0, else
+    ``m_k * (m_k / m_j) ** trend`` with ``j = ceil(k / 2)``: the minimum carried forward by how much it fell since
+    iteration ``j`` (never above ``m_k``). The one definition: the loop, the replay and the learnt ratios use it."""
+    m = history[:, step]
+    if not trend:
+        return m
+    earlier = history[:, (step + 1) // 2]
+    fall = torch.where(earlier > 0, m / torch.where(earlier > 0, earlier, torch.ones_like(earlier)),
+                       torch.ones_like(m))
+    return m * fall.clamp(max=1.0) ** float(trend)
+
+
 def exit_codes(running_min: torch.Tensor, step: int, threshold: float,
-               bounds: torch.Tensor | None, accept: torch.Tensor | None = None) -> torch.Tensor:
+               bounds: torch.Tensor | None, accept: torch.Tensor | None = None,
+               statistic: torch.Tensor | None = None) -> torch.Tensor:
     """The early-exit rule at scored iteration ``step``, per image: 0 stay, 1 exit belonging (running minimum
-    ``<= threshold``: exact), 2 exit non-belonging (running minimum above ``bounds[step]``), 3 exit belonging
-    (running minimum below ``accept[step]``, the learnt accept bound: strictly, so the lowest rejected image it
-    was learnt from stays). An image both above the bound and below the
-    accept bound stays. The one place the rule is written: the loop applies it, :mod:`latenttracer.early_exit`
-    replays it on recorded trajectories."""
+    ``<= threshold``: exact), 2 exit non-belonging (``statistic`` above ``bounds[step]``), 3 exit belonging
+    (``statistic`` below ``accept[step]``, the learnt accept bound: strictly, so the lowest rejected image it
+    was learnt from stays). ``statistic``: :func:`exit_statistic` (default: the running minimum, ``exit_trend``
+    0). An image both above the bound and below the accept bound stays; the exact exit takes precedence. The one
+    place the rule is written: the loop applies it, :mod:`latenttracer.early_exit` replays it on recorded
+    trajectories."""
     codes = torch.zeros(running_min.shape, dtype=torch.int8, device=running_min.device)
-    above = running_min > bounds[step] if bounds is not None else torch.zeros_like(codes, dtype=torch.bool)
-    below = running_min < accept[step] if accept is not None else torch.zeros_like(codes, dtype=torch.bool)
+    stat = running_min if statistic is None else statistic
+    above = stat > bounds[step] if bounds is not None else torch.zeros_like(codes, dtype=torch.bool)
+    below = stat < accept[step] if accept is not None else torch.zeros_like(codes, dtype=torch.bool)
     codes[above & ~below] = 2
     codes[below & ~above] = 3
     codes[running_min <= threshold] = 1
@@ -297,12 +329,12 @@ def exit_bounds(cfg: InversionConfig, device: torch.device | str = "cpu") -> tor
 
 
 def accept_bounds(cfg: InversionConfig, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """``max(t, exit_accept_ratios[k] * t / exit_accept_margin)`` per scored step (None without accept ratios)."""
+    """``exit_accept_ratios[k] * t / exit_accept_margin`` per scored step (None without accept ratios). A bound
+    below ``t`` accepts, by the running minimum, only what the exact exit takes first anyway (it has precedence)."""
     if not cfg.early_exit or cfg.exit_accept_ratios is None:
         return None
-    t = float(cfg.exit_threshold)
     ratios = torch.tensor(cfg.exit_accept_ratios, dtype=torch.float64)
-    return torch.clamp(ratios * t / float(cfg.exit_accept_margin), min=t).to(device, torch.float32)
+    return (ratios * float(cfg.exit_threshold) / float(cfg.exit_accept_margin)).to(device, torch.float32)
 
 
 def _compact(optimiser: torch.optim.Optimizer, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -357,6 +389,8 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
     exits = torch.zeros(n, dtype=torch.int8, device=dev)
     steps_run = torch.full((n,), n_scored, dtype=torch.long, device=dev)
     bounds, accept = exit_bounds(cfg, dev), accept_bounds(cfg, dev)
+    # the running minima so far, per image: the trend statistic looks back (exit_statistic)
+    history = torch.full((n, n_scored), math.nan, device=dev) if cfg.early_exit and cfg.exit_trend else None
 
     for i in range(n_scored):
         recon = ae.decode(z)
@@ -376,6 +410,8 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
             best[rows] = torch.where(improved, values, best[rows])
             best_step[rows] = torch.where(improved, torch.full_like(rows, i), best_step[rows])
             last[rows] = values
+            if history is not None:
+                history[rows, i] = best[rows]
             if best_z is not None:
                 keep = improved if cfg.strategy == "min" else ~row_failed
                 best_z[rows[keep]] = z.detach()[keep]
@@ -386,7 +422,8 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
         stay = None
         if cfg.early_exit:
             with torch.no_grad():
-                codes = exit_codes(best[rows], i, float(cfg.exit_threshold), bounds, accept)
+                stat = None if history is None else exit_statistic(history[rows], i, cfg.exit_trend)
+                codes = exit_codes(best[rows], i, float(cfg.exit_threshold), bounds, accept, stat)
                 leave = (codes > 0) | row_failed  # a failed image's result is final too
                 if leave.any():
                     gone = rows[leave]

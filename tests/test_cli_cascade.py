@@ -68,7 +68,12 @@ def test_cascade_verdicts_are_the_replay_of_both_schedules(tmp_path, tiny_dirs, 
     replay = replay_cascade(_trajectories(ae, paths, SCREEN_CONFIG), _trajectories(ae, paths, VERDICT_CONFIG),
                             cascade, SCREEN_CONFIG, VERDICT_CONFIG)
     assert (df["status"] == "ok").all()
-    assert (df["belonging"].astype(str) == "True").tolist() == replay["belonging"].tolist()
+    # An image scored exactly at the threshold (a calibration image: at 50% TPR the threshold is one of their
+    # scores) may land on either side when scored among other images (a convolution's last bits depend on the
+    # batch): that tie is left out of the verdicts compared; every other verdict must be the replay's.
+    clear = ~np.isclose(replay["score"], threshold, rtol=1e-6, atol=0)
+    assert clear.sum() >= len(df) - 1
+    assert (df["belonging"].astype(str) == "True")[clear].tolist() == replay["belonging"][clear].tolist()
     assert df["stage"].tolist() == replay["stage"].tolist()
     assert df["steps_run"].astype(int).tolist() == replay["steps_run"].tolist()
     assert df["score"].astype(float).to_numpy() == pytest.approx(replay["score"], rel=1e-5)
@@ -109,7 +114,12 @@ def test_screen_margin_is_the_screens_own(tmp_path, tiny_dirs, folders):  # noqa
     paths = list_images(mixed)
     replay = replay_cascade(_trajectories(ae, paths, screen), _trajectories(ae, paths, verdict), cascade, screen,
                             verdict)
-    assert (df["belonging"].astype(str) == "True").tolist() == replay["belonging"].tolist()
+    # An image scored exactly at the threshold (a calibration image: at 50% TPR the threshold is one of their
+    # scores) may land on either side when scored among other images (a convolution's last bits depend on the
+    # batch): that tie is left out of the verdicts compared; every other verdict must be the replay's.
+    clear = ~np.isclose(replay["score"], threshold, rtol=1e-6, atol=0)
+    assert clear.sum() >= len(df) - 1
+    assert (df["belonging"].astype(str) == "True")[clear].tolist() == replay["belonging"][clear].tolist()
     assert df["stage"].tolist() == replay["stage"].tolist()
     assert df["steps_run"].astype(int).tolist() == replay["steps_run"].tolist()
     # the same run with the margin at 2.0 for both stages: the screen's bounds are looser, never cheaper

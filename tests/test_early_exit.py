@@ -19,8 +19,9 @@ from latenttracer.early_exit import (
     replay,
     replay_frame,
     running_min,
+    statistics,
 )
-from latenttracer.inversion import InversionConfig, authors_lr, invert, verdict
+from latenttracer.inversion import InversionConfig, authors_lr, exit_statistic, invert, verdict
 
 STEPS = 30
 FULL = InversionConfig(steps=STEPS, batch_size=64, record_trajectory=True)
@@ -248,14 +249,14 @@ def test_accept_rule_in_the_loop_and_the_replay():
     assert replay([3.5, 2.9, 3.1, 3.0], cfg)[1:] == (2, "bound")  # running minimum 2.9 > 2 * 1 at step 2
     both = dataclasses.replace(cfg, exit_ratios=(1.5, 1.5, 1.5, 1.0))  # 2.5 is above the bound and below accept
     assert replay([2.5, 2.5, 2.5, 2.5], both)[1:] == (1, "bound")  # step 0: both -> stays; step 1: above only
-    wide = dataclasses.replace(cfg, exit_accept_margin=3.0)  # accept bound max(t, 3 * t / 3) = t: nothing extra
+    wide = dataclasses.replace(cfg, exit_accept_margin=3.0)  # accept bound <= t: the exact exit takes those first
     assert replay([2.5, 2.0, 1.5, 1.2], wide)[2] != "accept"
     with pytest.raises(ValueError, match="inversion.exit_accept_ratios: 2 ratios for 4 scored steps"):
         dataclasses.replace(cfg, exit_accept_ratios=(2.0, 1.0))
     with pytest.raises(ValueError, match="inversion.exit_accept_margin: must be a number >= 1"):
         dataclasses.replace(cfg, exit_accept_margin=0.5)
-    with pytest.raises(ValueError, match=r"inversion.exit_accept_ratios: every ratio must be >= 1"):
-        dataclasses.replace(cfg, exit_accept_ratios=(2.0, 1.0, 0.5, 1.0))
+    with pytest.raises(ValueError, match=r"inversion.exit_accept_ratios: every ratio must be a finite number > 0"):
+        dataclasses.replace(cfg, exit_accept_ratios=(2.0, 1.0, 0.0, 1.0))
     # hashes: a config without accept ratios keeps the key it had before the option existed
     plain = dataclasses.replace(cfg, exit_accept_ratios=None)
     assert plain.hash() == dataclasses.replace(plain, exit_accept_margin=2.0).hash()
@@ -288,3 +289,58 @@ def test_learnt_accept_bound_never_accepts_a_rejected_calibration_image_and_the_
     assert ExitBounds.load(bounds.save(tmp_path / "bounds.json")) == bounds
     with pytest.raises(ValueError, match="no accept ratios"):
         dataclasses.replace(bounds, accept_ratios=None).apply(FULL, accept_margin=1.0)
+
+
+# -- trend: the learnt bounds judge the running minimum carried forward by its recent fall --------------------------
+def test_exit_statistic_is_the_running_minimum_carried_forward_by_its_fall():
+    history = torch.tensor([[8.0, 4.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
+    # j = ceil(k / 2): k=0 -> 0, 1 -> 1, 2 -> 1, 3 -> 2
+    assert exit_statistic(history, 3, 0.0).tolist() == [1.0, 5.0]  # trend 0: the running minimum itself
+    assert exit_statistic(history, 2, 1.0).tolist() == [1.0, 5.0]  # 2 * (2 / 4); a flat one stays where it is
+    assert exit_statistic(history, 3, 2.0).tolist() == [0.25, 5.0]  # 1 * (1 / 2) ** 2
+    assert exit_statistic(history, 0, 2.0).tolist() == [8.0, 5.0]  # nothing to look back on
+    assert statistics(history.numpy(), 1.0).tolist() == [[8.0, 4.0, 1.0, 0.5], [5.0, 5.0, 5.0, 5.0]]
+    # the ratios are of the statistic (reject ratios at least 1: raising one only loosens its bound; accept ones
+    # may fall below 1: a rejected image still falling fast at step 2 is heading below t)
+    assert learn_ratios([[8.0, 4.0, 2.0, 1.0]], threshold=1.5, trend=1.0) == (8 / 1.5, 4 / 1.5, 1.0, 1.0)
+    assert learn_accept_ratios([[8.0, 4.0, 2.0, 2.0]], 1.5, trend=1.0) == (8 / 1.5, 4 / 1.5, 1 / 1.5, 2 / 1.5)
+
+
+def test_trend_bounds_keep_their_guarantees_and_the_loop_equals_the_replay(setting, tmp_path):
+    """Bounds learnt on the trend statistic: no calibration image the full run calls belonging is rejected early
+    and no rejected image learnt from is accepted early; the live loop (compaction, both learnt exits, the history
+    it looks back on) gives every image the replay's exit and keeps its trajectory up to the exit."""
+    ae, cal_full, full = setting["ae"], setting["cal_full"], setting["full"]
+    negatives = full[6:]
+    config = dataclasses.replace(FULL, exit_trend=2.0)
+    bounds = learn_bounds([r.trajectory for r in cal_full], target_tpr=0.8, config=config,
+                          negatives=[r.trajectory for r in negatives])
+    assert bounds.trend == 2.0
+    plain = learn_bounds([r.trajectory for r in cal_full], target_tpr=0.8, config=FULL,
+                         negatives=[r.trajectory for r in negatives])
+    assert bounds.ratios != plain.ratios and bounds.threshold == plain.threshold
+    cfg = bounds.apply(config, margin=1.0, accept_margin=1.0)
+    assert cfg.exit_trend == 2.0
+    rejected = [r.trajectory for r in [*cal_full, *negatives] if r.score > bounds.threshold]
+    assert rejected and accepted_early(rejected, cfg) == []
+    assert rejected_early([r.trajectory for r in cal_full], cfg) == []
+    live = invert(ae, setting["evaluation"], cfg)
+    replayed = replay_frame([f.trajectory for f in full], cfg)
+    for i, (e, f) in enumerate(zip(live, full)):
+        score, k, kind = replay(f.trajectory, cfg)
+        assert (e.exit, e.exit_step) == (kind, k) and replayed["exit"][i] == kind
+        torch.testing.assert_close(torch.tensor(e.trajectory), torch.tensor(f.trajectory[:e.steps_run]), rtol=1e-5,
+                                   atol=0)
+    assert {e.exit for e in live} >= {"accept", "bound"}
+    # the trend changes when images leave, and the hash; 0 keeps the keys made before the option
+    assert [e.steps_run for e in live] != [e.steps_run for e in invert(ae, setting["evaluation"],
+                                                                     plain.apply(FULL, 1.0, accept_margin=1.0))]
+    assert cfg.hash() != dataclasses.replace(cfg, exit_trend=1.0).hash()
+    off = plain.apply(FULL, margin=1.0)
+    assert off.hash() == dataclasses.replace(off, exit_trend=0.0).hash() and "exit_trend" not in off.identity()
+    # the file keeps the trend; bounds applied with another trend are refused
+    assert ExitBounds.load(bounds.save(tmp_path / "bounds.json")) == bounds
+    with pytest.raises(ValueError, match="learnt for exit_trend 2, the config asks for 1"):
+        bounds.apply(dataclasses.replace(FULL, exit_trend=1.0))
+    with pytest.raises(ValueError, match="inversion.exit_trend: must be a number >= 0"):
+        dataclasses.replace(FULL, exit_trend=-1.0)

@@ -23,10 +23,15 @@ source's evaluation half and the real set = non-belonging) are scored. Rows (:mo
   rejects, at ``accept_margin`` (column of the same name). An accepted image's verdict is belonging although its
   score is above the threshold (:func:`latenttracer.inversion.verdict`).
 
+With ``inversion.exit_trend`` b > 0 the learnt bounds of the ``early_exit``, ``early_accept`` and ``cascade`` rows
+(its screen's) judge the running minimum carried forward by its recent fall
+(:func:`latenttracer.inversion.exit_statistic`): column ``trend`` (empty for ``full`` and ``exact``, which have
+no learnt bound).
+
 Scores come from the shared store (computed if missing, with trajectories); early-exit results are replayed from
 the trajectories and checked live on ``timing_images`` evaluation images, which also give the wall-clock speed-up
 (all configs timed in this process, one after the other). Rows are merged into ``<out>.csv`` by (inspected,
-schedule, steps, lr, halve_every, mode, margin, band_margin, verdict_margin, accept_margin) under a lock and the
+schedule, steps, lr, halve_every, mode, margin, band_margin, verdict_margin, accept_margin, trend) under a lock and the
 Markdown is rebuilt from it (:class:`~latenttracer.studies.base.Merge`).
 """
 
@@ -55,7 +60,7 @@ from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, St
 log = logging.getLogger(__name__)
 
 KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin", "verdict_margin",
-       "accept_margin")
+       "accept_margin", "trend")
 COLUMNS = [*KEY, "agreement", "image_steps_fraction", "speedup", "auc_full",
            "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold", "n_evaluation",
            "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds", "live_mismatches",
@@ -189,6 +194,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
             "band_margin": float(band_margin) if mode == "cascade" else np.nan, "n_band": n_band,
             "verdict_margin": verdict_margin if mode == "cascade" else np.nan,
             "accept_margin": accept_margin if mode == "early_accept" else np.nan,
+            "trend": float(inv.exit_trend) if mode in ("early_exit", "cascade", "early_accept") else np.nan,
             "screen_steps_fraction": screen_steps / authors.scored_steps,
             "disagreements": disagreements(verdicts if verdicts is not None else scores <= t,
                                             authors_scores <= t_authors, sources),
@@ -255,18 +261,19 @@ def _rejected_early(mode: str, option: Any, cal: pd.DataFrame, cal_authors: pd.D
 def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and faster schedules") -> str:
     """The published table: every row of ``table`` (the merged CSV), after the ``notes``."""
     table = table.copy()
-    for col in ("band_margin", "disagreements", "verdict_margin", "accept_margin"):  # newer than some rows
+    for col in ("band_margin", "disagreements", "verdict_margin", "accept_margin", "trend"):  # newer than some rows
         if col not in table:
             table[col] = np.nan
     table["disagreements"] = table["disagreements"].fillna("")
     shown = table[["inspected", "schedule", "steps", "lr", "halve_every", "mode", "margin", "band_margin",
-                   "verdict_margin", "accept_margin", "agreement", "agreement_schedule", "disagreements",
+                   "verdict_margin", "accept_margin", "trend", "agreement", "agreement_schedule", "disagreements",
                    "image_steps_fraction", "speedup", "auc_full", "auc_early_exit", "auc_authors", "seconds_authors",
                    "seconds", "machine_speed"]].rename(columns={"machine_speed": "machine_speed (img-steps/s)"})
     for col in ("agreement", "agreement_schedule", "image_steps_fraction", "auc_full", "auc_early_exit",
                 "auc_authors"):
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
-    for col in ("speedup", "seconds_authors", "seconds", "margin", "band_margin", "verdict_margin", "accept_margin"):
+    for col in ("speedup", "seconds_authors", "seconds", "margin", "band_margin", "verdict_margin", "accept_margin",
+                "trend"):
         shown[col] = shown[col].map(lambda v: f"{v:.2f}" if v == v else "")
     shown["auc_early_exit"] = shown["auc_early_exit"].replace("nan", "")
     shown["lr"] = shown["lr"].map(lambda v: f"{v:.4g}")  # a latent_rms rate resolved: lr x RMS (4 digits each)
@@ -305,7 +312,8 @@ def notes(p: dict, wall: float, speed_text: str,
             "with early exit screens, the images in its band (learnt on calibration, widened by band_margin) run "
             "the authors' schedule with early exit (a verdict per image: no AUC); early_accept = early_exit plus "
             "an accept bound learnt from the other generators' calibration images (known negatives) at "
-            "accept_margin.",
+            "accept_margin. trend: the learnt bounds judge the running minimum carried forward by its recent fall, "
+            "m_k x (m_k / m_ceil(k/2)) ** trend (inversion.exit_trend; 0: the running minimum itself).",
             f"Command: `{command}`; this run: "
             f"{wall:.0f} s wall; machine speed {speed_text}."]
 
