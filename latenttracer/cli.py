@@ -318,8 +318,9 @@ def _exit_method(method, threshold: float, calibration, args, ae=None, options=N
         raise ValueError(f"--early-exit: no full-run trajectory among the --calibrate {args.calibrate} scores")
     negatives = None if args.negatives is None else _negative_trajectories(ae, method, args, options, store)
     bounds = learn_bounds(trajectories, threshold=threshold, config=method.config, negatives=negatives)
-    print(f"early exit: threshold {threshold:.4g} and per-step bounds (margin {method.config.exit_margin:g}) learnt "
-          f"from the full runs of {len(trajectories)} calibration images (--calibrate {args.calibrate})",
+    trend = f", trend {method.config.exit_trend:g}" if method.config.exit_trend else ""
+    print(f"early exit: threshold {threshold:.4g} and per-step bounds (margin {method.config.exit_margin:g}{trend}) "
+          f"learnt from the full runs of {len(trajectories)} calibration images (--calibrate {args.calibrate})",
           file=sys.stderr)
     if negatives is None:
         return _with_early_exit(method, threshold, bounds.ratios)

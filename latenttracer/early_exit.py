@@ -20,7 +20,7 @@ so none of them would have been accepted early (:func:`accepted_early` checks it
 nothing: the exact exit takes those images first.
 
 **Trend** (``trend`` b > 0, :func:`~latenttracer.inversion.exit_statistic`): both ratios are learnt, and the
-bounds applied, on ``s_k = m_k * (m_k / m_ceil(k/2)) ** b`` instead of the running minimum ``m_k``: the same
+bounds applied, on ``s_k = m_k * (m_k / m_floor(k/2)) ** b`` instead of the running minimum ``m_k``: the same
 guarantees hold on the images learnt from, and an image that is still falling fast is judged by where it is
 heading. The exact exit still compares ``m_k``. The accept bound needs images
 the model did not make: its own calibration images alone make it unsafe (they improve long after a negative has
@@ -68,7 +68,8 @@ def statistics(mins: np.ndarray, trend: float = 0.0) -> np.ndarray:
 
 def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | None = None,
                  trend: float = 0.0) -> tuple[float, ...]:
-    """``ratio_k = max_i running_min_i[k] / final_i`` over full-run trajectories of equal length (>= 1 each).
+    """``ratio_k = max_i running_min_i[k] / final_i`` over full-run trajectories of equal length (>= 1 each; of the
+    trend statistic instead with ``trend``, which may be below 1).
 
     With ``threshold`` (tighter, the default of :func:`learn_bounds`): ``ratio_k = max running_min_i[k] /
     threshold`` over the images a bound at step ``k`` could wrongly reject only: those whose full run is belonging
@@ -90,8 +91,9 @@ def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | Non
         ratios = np.where(final > 0, stat / np.where(final > 0, final, 1.0), math.inf)
     if threshold is not None:
         pending = (final <= threshold) & (stacked > threshold)
-        ratios = np.where(pending, stat / threshold, 1.0)
-    return tuple(float(max(r, 1.0)) for r in ratios.max(0))
+        highest = np.where(pending, stat / threshold, -math.inf).max(0)
+        return tuple(float(r) if r > -math.inf else 1.0 for r in highest)  # none pending: the bound margin * t
+    return tuple(float(r) for r in ratios.max(0))
 
 
 def _stacked(mins: list[np.ndarray], what: str) -> np.ndarray:

@@ -41,7 +41,7 @@ Deployment options (off by default; ``docs/deployment.md``):
   images was at step ``k``. That exit's score is above ``t`` and its verdict is belonging all the same (``exit``
   says ``accept``; :func:`verdict`). With ``exit_trend`` (``b > 0``) both learnt bounds compare, instead of the
   running minimum ``m_k``, the running minimum carried forward by its recent fall:
-  ``m_k * (m_k / m_j) ** b`` with ``j = ceil(k / 2)`` (:func:`exit_statistic`); an image still falling fast is
+  ``m_k * (m_k / m_j) ** b`` with ``j = floor(k / 2)`` (:func:`exit_statistic`); an image still falling fast is
   then judged by where it is heading, not only by where it is. The exact exit always compares ``m_k`` itself.
   Images that leave are removed from the batch (the latent and Adam's
   per-element state are compacted), so they stop costing; every other image's trajectory is unchanged, because
@@ -107,7 +107,7 @@ class InversionConfig:
     exit_margin: float = 1.0  # the bound at step k is exit_margin * exit_ratios[k] * exit_threshold
     exit_accept_ratios: tuple[float, ...] | None = None  # per scored step (>= 1); None: no early accept
     exit_accept_margin: float = 1.0  # accept at step k below exit_accept_ratios[k] * t / this
-    exit_trend: float = 0.0  # >= 0; b > 0: the learnt bounds compare m_k * (m_k / m_ceil(k/2)) ** b (docstring)
+    exit_trend: float = 0.0  # >= 0; b > 0: the learnt bounds compare m_k * (m_k / m_floor(k/2)) ** b (docstring)
 
     def __post_init__(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -137,18 +137,17 @@ class InversionConfig:
                 and trend >= 0):
             raise ValueError(f"inversion.exit_trend: must be a number >= 0 (0: the running minimum itself), got "
                              f"{trend!r}")
-        for key, least in (("exit_ratios", 1.0), ("exit_accept_ratios", 0.0)):
+        for key in ("exit_ratios", "exit_accept_ratios"):
             ratios = getattr(self, key)
             if ratios is None:
                 continue
             if not isinstance(ratios, tuple):  # lists (YAML, JSON) become tuples: hashable, frozen
                 object.__setattr__(self, key, tuple(ratios))
-            bad = [r for r in getattr(self, key) if not isinstance(r, (int, float)) or not (
-                r >= least if least else r > 0) or not math.isfinite(r)]
+            # > 0; infinite allowed (a calibration image whose final loss is 0: no bound rejects anything)
+            bad = [r for r in getattr(self, key) if not isinstance(r, (int, float)) or not r > 0]
             if bad:
-                what = (">= 1 (a running minimum over the threshold or a final score)" if least else
-                        "a finite number > 0 (a rejected image's statistic over the threshold)")
-                raise ValueError(f"inversion.{key}: every ratio must be {what}, got {bad[:3]}")
+                raise ValueError(f"inversion.{key}: every ratio must be a number > 0 (a statistic over the "
+                                 f"threshold or a final score), got {bad[:3]}")
         if not self.early_exit:
             return
         if self.exit_threshold is None:
@@ -178,8 +177,8 @@ class InversionConfig:
         else:
             if self.exit_accept_ratios is None:  # keys made before early accept existed stay valid
                 skip |= {"exit_accept_ratios", "exit_accept_margin"}
-            if not self.exit_trend:  # likewise before the trend statistic
-                skip.add("exit_trend")
+            if not self.exit_trend or (self.exit_ratios is None and self.exit_accept_ratios is None):
+                skip.add("exit_trend")  # likewise before the trend statistic, and where no learnt bound uses it
         if self.schedule != "authors" or self.halve_every == AUTHORS_HALVE_EVERY:
             skip.add("halve_every")  # the authors' rule: keys made before the option existed stay valid
         if self.lr_scale == "absolute":
@@ -289,12 +288,12 @@ def verdict(score: float, exit: str, threshold: float) -> bool:
 def exit_statistic(history: torch.Tensor, step: int, trend: float) -> torch.Tensor:
     """What the learnt bounds compare at scored iteration ``step``, per image (a row of ``history``: its running
     minima at iterations ``0 .. step`` or more): the running minimum ``m_k`` itself when ``trend`` is 0, else
-    ``m_k * (m_k / m_j) ** trend`` with ``j = ceil(k / 2)``: the minimum carried forward by how much it fell since
+    ``m_k * (m_k / m_j) ** trend`` with ``j = floor(k / 2)``: the minimum carried forward by how much it fell since
     iteration ``j`` (never above ``m_k``). The one definition: the loop, the replay and the learnt ratios use it."""
     m = history[:, step]
     if not trend:
         return m
-    earlier = history[:, (step + 1) // 2]
+    earlier = history[:, step // 2]
     fall = torch.where(earlier > 0, m / torch.where(earlier > 0, earlier, torch.ones_like(earlier)),
                        torch.ones_like(m))
     return m * fall.clamp(max=1.0) ** float(trend)

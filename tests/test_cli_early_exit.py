@@ -64,9 +64,12 @@ def test_early_exit_with_calibration_learns_bounds(tmp_path, tiny_dirs, folders,
     assert (cal.loc[belonging, "exit_reason"] != "bound").all()
 
 
-def test_negatives_learn_an_accept_bound_that_never_accepts_them(tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
+@pytest.mark.parametrize("trend", [0, 2])
+def test_negatives_learn_an_accept_bound_that_never_accepts_them(tmp_path, tiny_dirs, folders, capsys,  # noqa: F811
+                                                                 trend):
     """``--negatives``: the accept bound learnt from their full runs; traced with the same flags, none of them is
-    accepted early unless its full run is belonging too; an accepted image is belonging in the CSV."""
+    accepted early unless its full run is belonging too; an accepted image is belonging in the CSV. The same
+    with ``--exit-trend 2`` (both bounds learnt on the trend statistic)."""
     model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
     negatives = tmp_path / "negatives"
     negatives.mkdir()
@@ -74,10 +77,11 @@ def test_negatives_learn_an_accept_bound_that_never_accepts_them(tmp_path, tiny_
         for f in sorted(folders[name].iterdir()):
             (negatives / f"{name}_{f.name}").write_bytes(f.read_bytes())
     flags = ["--calibrate", folders["cal"], "--early-exit", "--negatives", negatives, "--accept-margin", 1.2,
-             "--cache", tmp_path / "cache", "--resolution", 32, *FAST]
+             "--cache", tmp_path / "cache", "--resolution", 32, *FAST, *(["--exit-trend", trend] if trend else [])]
     out = tmp_path / "early.csv"
     assert _run("--model", model, "--images", mixed, "--out", out, *flags) == 0
     printed = capsys.readouterr()
+    assert ("per-step bounds (margin 1, trend 2)" in printed.err) == bool(trend)
     assert "early accept: per-step accept bound (margin 1.2) learnt from the full runs of 12 --negatives" in printed.err
     assert "below the accept bound" in printed.out
     df = pd.read_csv(out, keep_default_na=False)

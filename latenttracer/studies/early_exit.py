@@ -313,7 +313,7 @@ def notes(p: dict, wall: float, speed_text: str,
             "the authors' schedule with early exit (a verdict per image: no AUC); early_accept = early_exit plus "
             "an accept bound learnt from the other generators' calibration images (known negatives) at "
             "accept_margin. trend: the learnt bounds judge the running minimum carried forward by its recent fall, "
-            "m_k x (m_k / m_ceil(k/2)) ** trend (inversion.exit_trend; 0: the running minimum itself).",
+            "m_k x (m_k / m_floor(k/2)) ** trend (inversion.exit_trend; 0: the running minimum itself).",
             f"Command: `{command}`; this run: "
             f"{wall:.0f} s wall; machine speed {speed_text}."]
 
