@@ -79,6 +79,23 @@ def test_the_frontier_holdout_preset_draws_fresh_sets_and_pins_grid_points(tmp_p
                                                       top["verdict_margin"])]
 
 
+def test_the_fresh_suites_share_no_image_with_each_other_or_the_zoo(tmp_path):
+    """Image i of a set uses seed + i: the generated seed ranges of the zoo (and experiment=full's 1000 images),
+    zoo_fresh and zoo_fresh2 do not overlap; each draws its own real crops (own folder) and subset."""
+    full, _ = compose_resolved("table1", ["experiment=full"], tmp_path)
+    suites = [full.suite, *[compose_resolved("early_exit", [f"suite={s}"], tmp_path)[0].suite
+                            for s in ("zoo", "zoo_fresh", "zoo_fresh2")]]
+    zoo, fresh, fresh2 = suites[1:]
+    seeds = [set(range(int(s.generated.seed), int(s.generated.seed) + int(s.generated.n)))
+             for s in (full.suite, fresh, fresh2)]  # the full suite's seeds include the zoo's
+    assert seeds[1] and seeds[2] and not (seeds[0] & seeds[1] or seeds[0] & seeds[2] or seeds[1] & seeds[2])
+    assert len({int(s.real.seed) for s in (zoo, fresh, fresh2)}) == 3
+    assert len({int(s.real.crops.seed) for s in (zoo, fresh, fresh2)}) == 3
+    assert len({str(s.real.dir) for s in (zoo, fresh, fresh2)}) == 3
+    for key in ("generated.n", "split", "real.n", "real.crops.n", "real.crops.size", "real.origin"):
+        assert OmegaConf.select(fresh2, key) == OmegaConf.select(zoo, key), key
+
+
 @pytest.mark.parametrize("entry", ["invert", "table1", "figures"])
 @pytest.mark.parametrize("preset", ["table1_zoo", "table1_paper", "full"])
 def test_table1_presets_compose(entry, preset, tmp_path):
@@ -212,6 +229,7 @@ TYPOS = [
     ("perturbation/aeroblade_grid.yaml", "robustness", ["perturbation=aeroblade_grid"]),
     ("experiment/robustness_full.yaml", "robustness", ["experiment=robustness_full"]),
     ("suite/zoo_fresh.yaml", "early_exit", ["suite=zoo_fresh"]),
+    ("suite/zoo_fresh2.yaml", "early_exit", ["suite=zoo_fresh2"]),
     ("experiment/frontier_holdout.yaml", "cascade_frontier", ["experiment=frontier_holdout"]),
     *[(f"{entry}.yaml", entry, []) for entry in ENTRY_POINTS],
 ]
@@ -225,7 +243,7 @@ def test_a_typo_in_any_yaml_names_the_key_and_the_file(yaml, entry, overrides, t
     text = path.read_text()
     # a mistyped key inside a nested node where there is one (suite.generated.nn, as in the issue), else on top
     nested = {"suite/zoo.yaml": "generated", "suite/paper.yaml": "real", "experiment/full.yaml": "generated",
-              "suite/zoo_fresh.yaml": "real"}
+              "suite/zoo_fresh.yaml": "real", "suite/zoo_fresh2.yaml": "real"}
     lines = text.splitlines()
     if yaml in nested:
         (i,) = [i for i, line in enumerate(lines) if line.lstrip().startswith(f"{nested[yaml]}:")]

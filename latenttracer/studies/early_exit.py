@@ -324,7 +324,8 @@ class EarlyExit(Study):
     config = EarlyExitConfig
     title = "Early exit and faster schedules"
     command = "python -m experiments.early_exit inversion=<schedule>"
-    section = ReportSection(title, ("early_exit.csv", "early_exit_holdout.csv"), (), command, order=60)  # + fresh
+    section = ReportSection(title, ("early_exit.csv", "early_exit_holdout.csv", "early_exit_holdout2.csv"), (), command,
+                            order=60)  # + both fresh draws
 
     def targets(self, cfg: Any, ctx: Context) -> tuple[dict, dict[str, Any]]:
         """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
