@@ -105,7 +105,7 @@ class InversionConfig:
     exit_threshold: float | None = None  # t: belonging iff score <= t (e.g. calibrated at 95% TPR)
     exit_ratios: tuple[float, ...] | None = None  # per scored step; None: only the exact (below-t) exit
     exit_margin: float = 1.0  # the bound at step k is exit_margin * exit_ratios[k] * exit_threshold
-    exit_accept_ratios: tuple[float, ...] | None = None  # per scored step (>= 1); None: no early accept
+    exit_accept_ratios: tuple[float, ...] | None = None  # per scored step (> 0); None: no early accept
     exit_accept_margin: float = 1.0  # accept at step k below exit_accept_ratios[k] * t / this
     exit_trend: float = 0.0  # >= 0; b > 0: the learnt bounds compare m_k * (m_k / m_floor(k/2)) ** b (docstring)
 

@@ -22,20 +22,24 @@ SPEED = "123 KL-decoder image-steps/s (a stand-in for the test)"
 RUN = ["inspected=[kl-a]", "timing_images=4", "logger=none"]
 
 
-@pytest.mark.parametrize("stem", ["early_exit", "early_exit_holdout"])
-def test_published_markdown_is_its_csv_rendered(stem):
+@pytest.mark.parametrize(("stem", "seed", "suite"), [("early_exit", None, None),
+                                                     ("early_exit_holdout", 1000, "zoo_fresh"),
+                                                     ("early_exit_holdout2", 2000, "zoo_fresh2")])
+def test_published_markdown_is_its_csv_rendered(stem, seed, suite):
     """results/<stem>.md is results/<stem>.csv through :func:`markdown` (its notes, with the run's wall time, are
-    read back from the file): the table cannot drift from the CSV. The holdout page: the same study on
-    suite=zoo_fresh, and its notes say so."""
+    read back from the file): the table cannot drift from the CSV. The holdout pages: the same study on
+    suite=zoo_fresh / zoo_fresh2, and their notes say so."""
     published, notes = published_notes(RESULTS / f"{stem}.md", 4, "python -m experiments.early_exit")
     assert ee.markdown(pd.read_csv(RESULTS / f"{stem}.csv"), notes) == published
-    assert ("fresh sets: generation seed 1000" in notes[0]) == stem.endswith("_holdout")
-    assert ("suite=zoo_fresh" in notes[-1]) == stem.endswith("_holdout")
+    assert ("fresh sets: generation seed" in notes[0]) == (seed is not None)
+    if seed is not None:
+        assert f"fresh sets: generation seed {seed}," in notes[0] and f" suite={suite}`;" in notes[-1]
 
 
 def test_registered_with_a_report_section():
     s = STUDIES.get("early_exit")
-    assert s is ee.EarlyExit and s.section.tables == ("early_exit.csv", "early_exit_holdout.csv")
+    assert s is ee.EarlyExit and s.section.tables == ("early_exit.csv", "early_exit_holdout.csv",
+                                                       "early_exit_holdout2.csv")
 
 
 def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch):  # noqa: F811

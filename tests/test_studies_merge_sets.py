@@ -69,6 +69,7 @@ def test_an_unreadable_record_is_an_error_naming_it(tmp_path):
 @pytest.mark.parametrize(("name", "overrides", "stem"), [
     ("early_exit", [], "early_exit"),
     ("early_exit", ["suite=zoo_fresh"], "early_exit_holdout"),
+    ("early_exit", ["suite=zoo_fresh2"], "early_exit_holdout2"),
     ("cascade_frontier", [], "cascade_frontier"),
     ("cascade_frontier", ["experiment=frontier_holdout"], "cascade_frontier_holdout"),
     ("schedule_sweep", [], "schedule_sweep"),
