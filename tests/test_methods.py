@@ -460,7 +460,9 @@ def test_aeroblade_ssim_against_scikit_image_per_channel(tiny_dirs, tmp_path):
         # image = the mean of its three channels' SSIM (each channel computed on its own here).
         per_channel = [structural_similarity(a[c], b[c], data_range=1.0, gaussian_weights=True, sigma=1.5,
                                              use_sample_covariance=False) for c in range(3)]
-        assert score == pytest.approx(1 - np.mean(per_channel), rel=1e-9, abs=1e-12)
+        # the reconstruction is float32 and decoded here alone, in the method within a batch: last-bit differences
+        # of the decoder (they depend on the CPU's kernels and the batch) reach the SSIM at about 1e-9
+        assert score == pytest.approx(1 - np.mean(per_channel), rel=1e-7, abs=1e-12)
         assert 0 < score < 1
     from latenttracer.methods.aeroblade import ssim_distance
 

@@ -52,7 +52,10 @@ def check_batch_independence(name: str, ae, paths: list) -> None:
     together = _values(scores(method, ae, paths, batch_size=len(paths)), method)
     for k, path in enumerate(paths):
         alone = _values(scores(method, ae, [path], batch_size=1), method)
-        np.testing.assert_allclose(alone[0], together[k], rtol=1e-5, atol=1e-8,
+        # 1e-4 relative, as the autoencoder contract: convolution kernels round differently at another batch size,
+        # by up to a few 1e-5 on some CPUs for the distances that run a network (aeroblade) or filter (lowpass);
+        # an image mixed up with its batch mates differs by far more
+        np.testing.assert_allclose(alone[0], together[k], rtol=1e-4, atol=1e-8,
                                    err_msg=f"{name}: image {k} alone vs in a batch of {len(paths)}")
 
 
