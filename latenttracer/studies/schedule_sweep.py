@@ -83,9 +83,13 @@ class ScheduleSweep(Study):
                             "python -m experiments.schedule_sweep -m inversion.steps=25 inversion.lr=0.1,0.2",
                             order=65)
 
+    def sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
+        """What decides the images scored, recorded beside the merged table (:class:`Merge` ``sets``)."""
+        return {**ctx.protocol(), "n_per_source": int(cfg.n_per_source), "subset_seed": int(cfg.subset_seed)}
+
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """Returns this job's rows; the objective is the worst AUC over inspected models at ``inversion.steps``."""
-        record = {**ctx.protocol(), "n_per_source": int(cfg.n_per_source), "subset_seed": int(cfg.subset_seed)}
+        record = self.sets_record(cfg, ctx)
         check_sets(Path(cfg.out), record)  # a table of other images at out= fails before any work
         sets = ctx.image_sets()
         rows = []
