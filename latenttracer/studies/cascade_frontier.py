@@ -250,11 +250,11 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
 
 
 # -- what the table says ----------------------------------------------------------------------------------------
-def chosen(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (inspected, screen): the setting chosen on the selection set: the cheapest there at the agreement goal,
-    else the one agreeing most (ties: the cheaper, then the grid order)."""
+def chosen(table: pd.DataFrame, by: tuple[str, ...] = ("inspected", "screen")) -> pd.DataFrame:
+    """Per ``by`` group (inspected, screen): the setting chosen on the selection set: the cheapest there at the
+    agreement goal, else the one agreeing most (ties: the cheaper, then the grid order)."""
     out = []
-    for _, g in table.groupby(["inspected", "screen"], sort=False):
+    for _, g in table.groupby(list(by), sort=False, dropna=False):
         ok = g[g["selection_agreement"] >= g["goal_agreement"]]
         pick = (ok.sort_values("selection_image_steps", kind="stable") if len(ok) else
                 g.sort_values(["selection_agreement", "selection_image_steps"], ascending=[False, True],
@@ -263,24 +263,27 @@ def chosen(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).reset_index(drop=True)
 
 
-def oracle(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (inspected, screen): the cheapest setting at the agreement goal on the evaluation images (if any)."""
+def oracle(table: pd.DataFrame, by: tuple[str, ...] = ("inspected", "screen")) -> pd.DataFrame:
+    """Per ``by`` group (inspected, screen): the cheapest setting at the agreement goal on the evaluation images
+    (if any)."""
     out = []
-    for _, g in table.groupby(["inspected", "screen"], sort=False):
+    for _, g in table.groupby(list(by), sort=False, dropna=False):
         ok = g[g["agreement"] >= g["goal_agreement"]].sort_values("image_steps_fraction", kind="stable")
         if len(ok):
             out.append(ok.iloc[0])
     return pd.DataFrame(out).reset_index(drop=True)
 
 
-def single_settings(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
-    """The settings meeting both goals on the most inspected models (then: the lowest worst-case image-steps among
-    those at the agreement goal everywhere)."""
-    t = table.assign(meets=(table["agreement"] >= table["goal_agreement"])
-                     & (table["image_steps_fraction"] <= table["goal_image_steps"]))
-    g = t.groupby(SETTING, sort=False).agg(models=("inspected", "size"), meeting_both=("meets", "sum"),
-                                           worst_agreement=("agreement", "min"),
-                                           worst_image_steps=("image_steps_fraction", "max")).reset_index()
+def single_settings(table: pd.DataFrame, top: int = 5, setting: list[str] = SETTING,
+                    on: tuple[str, str] = ("agreement", "image_steps_fraction")) -> pd.DataFrame:
+    """The settings (the ``setting`` columns) meeting both goals on the most inspected models (then: the lowest
+    worst-case image-steps among those at the agreement goal everywhere); ``on``: the agreement and image-steps
+    columns judged (the selection set's: ``("selection_agreement", "selection_image_steps")``)."""
+    agreement, steps = on
+    t = table.assign(meets=(table[agreement] >= table["goal_agreement"]) & (table[steps] <= table["goal_image_steps"]))
+    g = t.groupby(setting, sort=False, dropna=False).agg(models=("inspected", "size"), meeting_both=("meets", "sum"),
+                                                         worst_agreement=(agreement, "min"),
+                                                         worst_image_steps=(steps, "max")).reset_index()
     g = g.sort_values(["meeting_both", "worst_image_steps"], ascending=[False, True], kind="stable")
     return g.head(top).reset_index(drop=True)
 
@@ -367,19 +370,22 @@ def notes(p: dict, table: pd.DataFrame, wall: float, speed_text: str,
             f"them); machine speed {speed_text}."]
 
 
-def figure(table: pd.DataFrame, sets: str = "") -> Any:
-    """Per inspected model: every setting's agreement against its image-steps, the goals as lines, the setting
-    chosen on the selection set ringed, pinned settings starred; ``sets``: which sets, for the title."""
+def figure(table: pd.DataFrame, sets: str = "", color_by: str = "verdict", what: str = "Cascade settings",
+           by: tuple[str, ...] = ("inspected", "screen")) -> Any:
+    """Per inspected model: every setting's agreement against its image-steps (a colour per ``color_by`` value),
+    the goals as lines, the setting chosen on the selection set ringed, pinned settings starred; ``sets``: which
+    sets, ``what``: which settings, for the title; ``by``: the groups a setting is chosen in (:func:`chosen`)."""
     plt = tables._pyplot()
     names = list(dict.fromkeys(table["inspected"]))
     cols = min(3, len(names))
     rows_n = -(-len(names) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
-    c = chosen(table)
+    c = chosen(table, by)
     for ax, name in zip(axes.flat, names):
         g = table[table["inspected"] == name]
-        for vname, gv in g.groupby("verdict", sort=False):
-            ax.scatter(gv["image_steps_fraction"], gv["agreement"], s=18, alpha=0.75, label=f"verdict: {vname}")
+        for vname, gv in g.groupby(color_by, sort=False, dropna=False):
+            ax.scatter(gv["image_steps_fraction"], gv["agreement"], s=18, alpha=0.75, label=f"{color_by}: {vname:g}"
+                       if isinstance(vname, float) else f"{color_by}: {vname}")
         pick = c[c["inspected"] == name]
         ax.scatter(pick["image_steps_fraction"], pick["agreement"], s=110, facecolors="none", edgecolors="black",
                    linewidths=1.4, label="chosen on selection set")
@@ -396,7 +402,7 @@ def figure(table: pd.DataFrame, sets: str = "") -> Any:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Cascade settings: agreement against cost" + ("\n" if cols == 1 else " ") + "(dashed: the goals)"
+    fig.suptitle(f"{what}: agreement against cost" + ("\n" if cols == 1 else " ") + "(dashed: the goals)"
                  + (f"\n{sets}" if sets else ""), fontsize=11 if cols > 1 else 10)
     fig.tight_layout()
     return fig
