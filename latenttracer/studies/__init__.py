@@ -7,6 +7,7 @@ from latenttracer.studies.base import (
     Context,
     FigureOut,
     Merge,
+    MergedStudy,
     MethodEntry,
     OtherSetsError,
     ReportSection,
@@ -16,5 +17,5 @@ from latenttracer.studies.base import (
     publish,
 )
 
-__all__ = ["STUDIES", "Context", "FigureOut", "Merge", "MethodEntry", "OtherSetsError", "ReportSection", "Study",
-           "StudyResult", "check_sets", "publish"]
+__all__ = ["STUDIES", "Context", "FigureOut", "Merge", "MergedStudy", "MethodEntry", "OtherSetsError", "ReportSection",
+           "Study", "StudyResult", "check_sets", "publish"]

@@ -155,6 +155,23 @@ class Study:
         raise NotImplementedError
 
 
+class MergedStudy(Study):
+    """A study that merges its rows into ``<out>.csv`` (:class:`Merge`) and records the sets they come from beside
+    it: by default the protocol's (:meth:`Context.protocol`); a study of other images overrides
+    :meth:`sets_record`."""
+
+    def sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
+        """What decides the rows' images, recorded beside the merged table (:class:`Merge` ``sets``)."""
+        return ctx.protocol()
+
+    def checked_sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
+        """:meth:`sets_record`, checked against the table at ``out=`` (:func:`check_sets`): a run on other sets
+        fails before any work."""
+        record = self.sets_record(cfg, ctx)
+        check_sets(Path(cfg.out), record)
+        return record
+
+
 STUDIES: Registry[type[Study]] = Registry("study", "latenttracer.studies")
 
 

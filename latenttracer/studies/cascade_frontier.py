@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from latenttracer import protocol, tables
 from latenttracer.cascade import learn_cascade, replay_cascade
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
-from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult, check_sets
+from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, MergedStudy, ReportSection, StudyResult
 from latenttracer.studies.early_exit import disagreements, fresh_sets, inspected, suite_label
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,6 @@ def verdict_schedules(cfg: Any, authors: InversionConfig) -> dict[str, Inversion
     return out
 
 
-PIN_KEYS = ("verdict", "band_margin", "screen_margin", "verdict_margin")
 
 
 def pinned_settings(cfg: Any) -> list[tuple[str, float, float, float]]:
@@ -128,16 +128,22 @@ def pinned_settings(cfg: Any) -> list[tuple[str, float, float, float]]:
     the grid (so that its row is measured)."""
     grid = {"verdict": [str(v.get("name")) for v in cfg.verdicts or []],
             **{k[:-1]: _margins(cfg, k) for k in ("band_margins", "screen_margins", "verdict_margins")}}
+    return grid_points(cfg.pinned, grid, "cascade_frontier.pinned",
+                       lambda key, v: str(v) if key == "verdict" else float(v))
+
+
+def grid_points(entries: Any, grid: dict[str, list], where: str, parse: Callable[[str, Any], Any]) -> list[tuple]:
+    """``entries`` (mappings of exactly the keys of ``grid``) as tuples in ``grid``'s key order, each value read by
+    ``parse(key, value)`` and checked to be in ``grid[key]``; errors name ``where[i].key``."""
     out = []
-    for i, entry in enumerate(cfg.pinned or []):
-        where = f"cascade_frontier.pinned[{i}]"
+    for i, entry in enumerate(entries or []):
         entry = dict(entry or {})
-        if set(entry) != set(PIN_KEYS):
-            raise ValueError(f"{where}: needs exactly the keys {list(PIN_KEYS)}, got {sorted(entry)}")
-        point = (str(entry["verdict"]), *(float(entry[k]) for k in PIN_KEYS[1:]))
-        for key, value in zip(PIN_KEYS, point):
+        if set(entry) != set(grid):
+            raise ValueError(f"{where}[{i}]: needs exactly the keys {list(grid)}, got {sorted(entry)}")
+        point = tuple(parse(key, entry[key]) for key in grid)
+        for key, value in zip(grid, point):
             if value not in grid[key]:
-                raise ValueError(f"{where}.{key}: {value!r} is not in the grid's {key}s {grid[key]} (a pinned "
+                raise ValueError(f"{where}[{i}].{key}: {value!r} is not in the grid's {key}s {grid[key]} (a pinned "
                                  "setting must be one of the measured points)")
         out.append(point)
     return out
@@ -173,6 +179,41 @@ def _selection(own: dict, neg: dict, truth_own: np.ndarray, truth_neg: np.ndarra
     return float(agree.mean()), float(steps.mean() / authors_steps)
 
 
+def stored_runs(ctx: Context, ae: Any, groups: dict[str, list], configs: dict[str, InversionConfig],
+                name: str) -> tuple[dict[tuple[str, str], pd.DataFrame], dict[str, list]]:
+    """Full runs of every config (by role) on every image group, from the shared store (two roles of one schedule
+    share its runs), indexed by path; and per group the images every config scored (a failed image has no
+    trajectory to replay: left out, with a warning)."""
+    runs: dict[tuple[str, str], pd.DataFrame] = {}
+    done: dict[tuple[str, str], pd.DataFrame] = {}  # by (schedule hash, group)
+    for role, config in configs.items():
+        for group, paths in groups.items():
+            key = (config.hash(), group)
+            if key not in done:
+                done[key] = ctx.invert_paths(ae, paths, config).set_index("path") if paths else pd.DataFrame(
+                    columns=["status", "trajectory", "score"])
+            runs[role, group] = done[key]
+    kept = {}
+    for group, paths in groups.items():
+        kept[group] = [p for p in paths if all(runs[role, group].loc[p, "status"] == "ok" for role in configs)]
+        if len(kept[group]) < len(paths):
+            log.warning("%s: %d %s image(s) failed in a full run; left out", name, len(paths) - len(kept[group]),
+                        group)
+    return runs, kept
+
+
+def selection_folds(cfg: Any, n_cal: int, name: str, study: str) -> int:
+    """``cfg.selection_folds``, checked (>= 2, and 2 calibration images at least), at most one per calibration
+    image (a smoke run's few images; the ``selection_folds`` column says how many were used)."""
+    folds = int(cfg.selection_folds)
+    if folds < 2 or n_cal < 2:
+        raise ValueError(f"{study}.selection_folds: needs at least 2 folds of one calibration image each, "
+                         f"got {folds} folds and {n_cal} calibration image(s) of {name}")
+    if folds > n_cal:
+        log.warning("%s: %d calibration images, so %d selection folds instead of %d", name, n_cal, n_cal, folds)
+    return min(folds, n_cal)
+
+
 def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae: Any = None) -> list[dict]:
     """Every setting of the grid for one inspected model (module docstring); ``ae``: its decoder when loaded."""
     model = inspected(cfg, ctx, name, sets, ae)  # as the early-exit study sees it
@@ -185,21 +226,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
     groups = {"calibration": calibration, "evaluation": evaluation["path"].tolist(),
               "negatives": negatives["path"].tolist()}
     configs = {"screen": screen, "authors": authors, **{f"verdict:{k}": v for k, v in verdicts.items()}}
-    runs: dict[tuple[str, str], pd.DataFrame] = {}
-    done: dict[tuple[str, str], pd.DataFrame] = {}  # by (schedule hash, group): the authors' may be a verdict too
-    for role, config in configs.items():
-        for group, paths in groups.items():
-            key = (config.hash(), group)
-            if key not in done:
-                done[key] = ctx.invert_paths(ae, paths, config).set_index("path") if paths else pd.DataFrame(
-                    columns=["status", "trajectory", "score"])
-            runs[role, group] = done[key]
-    kept = {}  # the images every schedule scored (a failed image has no trajectory to replay)
-    for group, paths in groups.items():
-        kept[group] = [p for p in paths if all(runs[role, group].loc[p, "status"] == "ok" for role in configs)]
-        if len(kept[group]) < len(paths):
-            log.warning("%s: %d %s image(s) failed in a full run; left out", name, len(paths) - len(kept[group]),
-                        group)
+    runs, kept = stored_runs(ctx, ae, groups, configs, name)
 
     def traj(role: str, group: str) -> list:
         return runs[role, group].loc[kept[group], "trajectory"].tolist()
@@ -210,13 +237,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
     t_authors = calibrate_threshold(scores("authors", "calibration"), tpr)
     truth = {g: scores("authors", g) <= t_authors for g in groups}
     sources = evaluation.set_index("path").loc[kept["evaluation"], "source"].to_numpy()
-    folds, n_cal = int(cfg.selection_folds), len(kept["calibration"])
-    if folds < 2 or n_cal < 2:
-        raise ValueError(f"cascade_frontier.selection_folds: needs at least 2 folds of one calibration image each, "
-                         f"got {folds} folds and {n_cal} calibration image(s) of {name}")
-    if folds > n_cal:  # a smoke run's few images: one image per fold (the selection_folds column says so)
-        log.warning("%s: %d calibration images, so %d selection folds instead of %d", name, n_cal, n_cal, folds)
-        folds = n_cal
+    folds = selection_folds(cfg, len(kept["calibration"]), name, "cascade_frontier")
     rows = []
     for (vname, vconfig), bm, sm, vm in itertools.product(
             verdicts.items(), _margins(cfg, "band_margins"), _margins(cfg, "screen_margins"),
@@ -298,6 +319,16 @@ def _f(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if v == v else ""
 
 
+def oracle_section(oracle_rows: pd.DataFrame, missing: list[str]) -> list[str]:
+    """The published page's oracle section (lines): its table, or that no setting reaches the goal, and where."""
+    parts = ["## Oracle: the cheapest setting at the agreement goal on the evaluation images", "",
+             "It looks at the answers: no selection rule can do better with this grid.", ""]
+    parts += [tables.markdown_table(oracle_rows), ""] if len(oracle_rows) else ["(no setting reaches it)", ""]
+    if missing:
+        parts += [f"No setting reaches the agreement goal on: {', '.join(missing)}.", ""]
+    return parts
+
+
 def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settings: the measured frontier") -> str:
     """The published page: the notes, then the chosen, oracle and single-setting tables (all from ``table``)."""
     setting = ["screen", "verdict", "band_margin", "screen_margin", "verdict_margin"]
@@ -338,12 +369,8 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settin
     parts = [f"# {title}", "", *[f"- {n}" for n in notes], "",
              "## Chosen on the selection set (no evaluation image), per inspected model", "",
              tables.markdown_table(chosen_rows), "",
-             "## Oracle: the cheapest setting at the agreement goal on the evaluation images", "",
-             "It looks at the answers: no selection rule can do better with this grid.", ""]
-    parts += [tables.markdown_table(oracle_rows), ""] if len(oracle_rows) else ["(no setting reaches it)", ""]
-    if missing:
-        parts += [f"No setting reaches the agreement goal on: {', '.join(missing)}.", ""]
-    parts += ["## One setting for every model: the settings meeting both goals on the most models", "",
+             *oracle_section(oracle_rows, missing),
+             "## One setting for every model: the settings meeting both goals on the most models", "",
               tables.markdown_table(single_rows), ""]
     if len(pinned_table):
         met = sum(r == "yes" for r in pinned_table["both goals (pinned)"])
@@ -409,7 +436,7 @@ def figure(table: pd.DataFrame, sets: str = "", color_by: str = "verdict", what:
 
 
 @STUDIES.register
-class CascadeFrontier(Study):
+class CascadeFrontier(MergedStudy):
     name = "cascade_frontier"
     config = CascadeFrontierConfig
     title = "Cascade settings: the measured frontier"
@@ -421,14 +448,9 @@ class CascadeFrontier(Study):
         """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
         return ctx.image_sets(), {name: None for name in ctx.inspected_models()}
 
-    def sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
-        """What decides :meth:`targets`' sets, recorded beside the merged table (:class:`Merge` ``sets``)."""
-        return ctx.protocol()
-
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         started = time.time()
-        record = self.sets_record(cfg, ctx)
-        check_sets(Path(cfg.out), record)  # a table of other sets at out= fails before any work
+        record = self.checked_sets_record(cfg, ctx)  # the sets of :meth:`targets`
         speed_text = zoo.machine_speed(1)  # beside the wall time (benchmarks/decoder_speed.py)
         screen_name = ctx.inversion_preset()
         if screen_name == "paper":

@@ -55,7 +55,7 @@ from latenttracer.early_exit import accepted_early, learn_bounds, rejected_early
 from latenttracer.images import load_images
 from latenttracer.inversion import InversionConfig, verdict
 from latenttracer.metrics import calibrate_threshold
-from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, Study, StudyResult, check_sets
+from latenttracer.studies.base import STUDIES, Context, Merge, MergedStudy, ReportSection, StudyResult
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ def notes(p: dict, wall: float, speed_text: str,
 
 
 @STUDIES.register
-class EarlyExit(Study):
+class EarlyExit(MergedStudy):
     name = "early_exit"
     config = EarlyExitConfig
     title = "Early exit and faster schedules"
@@ -331,15 +331,10 @@ class EarlyExit(Study):
         """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
         return ctx.image_sets(), {name: None for name in ctx.inspected_models()}
 
-    def sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
-        """What decides :meth:`targets`' sets, recorded beside the merged table (:class:`Merge` ``sets``)."""
-        return ctx.protocol()
-
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """Returns this job's rows (the published table is every row of ``<out>.csv``, these merged in)."""
         started = time.time()
-        record = self.sets_record(cfg, ctx)
-        check_sets(Path(cfg.out), record)  # a table of other sets at out= fails before any work
+        record = self.checked_sets_record(cfg, ctx)  # the sets of :meth:`targets`
         speed_text = zoo.machine_speed(1)
         speed = int(speed_text.split()[0])  # KL-decoder image-steps/s, 1 thread (benchmarks/decoder_speed.py)
         log.info("machine speed: %s", speed_text)

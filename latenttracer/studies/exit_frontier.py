@@ -48,8 +48,17 @@ from latenttracer import tables
 from latenttracer.early_exit import ExitBounds, learn_bounds, replay_frame
 from latenttracer.inversion import InversionConfig, verdict
 from latenttracer.metrics import calibrate_threshold
-from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, ReportSection, Study, StudyResult, check_sets
-from latenttracer.studies.cascade_frontier import chosen, figure, oracle, single_settings
+from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, MergedStudy, ReportSection, StudyResult
+from latenttracer.studies.cascade_frontier import (
+    chosen,
+    figure,
+    grid_points,
+    oracle,
+    oracle_section,
+    selection_folds,
+    single_settings,
+    stored_runs,
+)
 from latenttracer.studies.early_exit import disagreements, fresh_sets, inspected, suite_label
 
 log = logging.getLogger(__name__)
@@ -60,7 +69,6 @@ COLUMNS = [*KEY, "agreement", "image_steps_fraction", "tpr", "fpr", "tpr_authors
            "selection_folds", "goal_agreement", "goal_image_steps", "pinned"]
 SETTING = ["schedule", "trend", "margin", "accept_margin"]
 BY = ("inspected", "schedule")
-PIN_KEYS = ("trend", "margin", "accept_margin")
 
 
 @dataclass
@@ -97,20 +105,8 @@ def grid(cfg: Any) -> dict[str, list]:
 
 def pinned_settings(cfg: Any) -> list[tuple[float, float, float | None]]:
     """``cfg.pinned`` as (trend, margin, accept_margin) tuples, each checked to be a point of the grid."""
-    points = grid(cfg)
-    out = []
-    for i, entry in enumerate(cfg.pinned or []):
-        where = f"exit_frontier.pinned[{i}]"
-        entry = dict(entry or {})
-        if set(entry) != set(PIN_KEYS):
-            raise ValueError(f"{where}: needs exactly the keys {list(PIN_KEYS)}, got {sorted(entry)}")
-        point = tuple(None if entry[k] is None else float(entry[k]) for k in PIN_KEYS)
-        for key, value in zip(PIN_KEYS, point):
-            if value not in points[key]:
-                raise ValueError(f"{where}.{key}: {value!r} is not in the grid's {key}s {points[key]} (a pinned "
-                                 "setting must be one of the measured points)")
-        out.append(point)
-    return out
+    return grid_points(cfg.pinned, grid(cfg), "exit_frontier.pinned",
+                       lambda key, v: None if v is None else float(v))
 
 
 def _replay(bounds: ExitBounds, schedule: InversionConfig, trajectories: list, margin: float,
@@ -135,17 +131,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule_name: str, a
     pinned = set(pinned_settings(cfg))
     groups = {"calibration": model.calibration, "evaluation": model.evaluation["path"].tolist(),
               "negatives": [str(p) for s, parts in sets.items() if s != name for p in parts.get("calibration", [])]}
-    runs = {}
-    for role, config in {"schedule": schedule, "authors": authors}.items():
-        for group, paths in groups.items():
-            runs[role, group] = ctx.invert_paths(model.ae, paths, config).set_index("path") if paths else \
-                pd.DataFrame(columns=["status", "trajectory", "score"])
-    kept = {}  # the images both schedules scored (a failed image has no trajectory to replay)
-    for group, paths in groups.items():
-        kept[group] = [p for p in paths
-                       if all(runs[r, group].loc[p, "status"] == "ok" for r in ("schedule", "authors"))]
-        if len(kept[group]) < len(paths):
-            log.warning("%s: %d %s image(s) failed in a full run; left out", name, len(paths) - len(kept[group]), group)
+    runs, kept = stored_runs(ctx, model.ae, groups, {"schedule": schedule, "authors": authors}, name)
 
     def traj(group: str) -> list:
         return runs["schedule", group].loc[kept[group], "trajectory"].tolist()
@@ -159,13 +145,8 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule_name: str, a
     sources = model.evaluation.set_index("path").loc[kept["evaluation"], "source"].to_numpy()
     belonging = sources == name
     cal, neg, ev = traj("calibration"), traj("negatives"), traj("evaluation")
-    folds, n_cal = int(cfg.selection_folds), len(cal)
-    if folds < 2 or n_cal < 2:
-        raise ValueError(f"exit_frontier.selection_folds: needs at least 2 folds of one calibration image each, got "
-                         f"{folds} folds and {n_cal} calibration image(s) of {name}")
-    if folds > n_cal:  # a smoke run's few images: one image per fold (the selection_folds column says so)
-        log.warning("%s: %d calibration images, so %d selection folds instead of %d", name, n_cal, n_cal, folds)
-        folds = n_cal
+    n_cal = len(cal)
+    folds = selection_folds(cfg, n_cal, name, "exit_frontier")
     rng = np.random.default_rng(int(cfg.selection_seed))
     fold_cal, fold_neg = _folds(n_cal, folds, rng), _folds(len(neg), folds, rng)
     accepting = any(a is not None for a in points["accept_margin"])
@@ -277,14 +258,9 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str) -> str:
              "## One setting for every model, chosen on the selection set", "",
              f"Both goals on the selection set for {n_sel} of {len(one)} models; on the evaluation images for "
              f"{sum(r == 'yes' for r in one_rows['both goals (one setting)'])} of {len(one)}.", "",
-             tables.markdown_table(one_rows), "",
-             "## Oracle: the cheapest setting at the agreement goal on the evaluation images", "",
-             "It looks at the answers: no selection rule can do better with this grid.", ""]
-    parts += [tables.markdown_table(oracle_rows), ""] if len(oracle_rows) else ["(no setting reaches it)", ""]
-    if missing:
-        parts += [f"No setting reaches the agreement goal on: {', '.join(missing)}.", ""]
-    parts += ["## One setting for every model: the settings meeting both goals on the most models (evaluation "
-              "images: an oracle too)", "", tables.markdown_table(single_rows), ""]
+             tables.markdown_table(one_rows), "", *oracle_section(oracle_rows, missing),
+             "## One setting for every model: the settings meeting both goals on the most models (evaluation "
+             "images: an oracle too)", "", tables.markdown_table(single_rows), ""]
     p = pinned_rows(table)
     if len(p):
         pinned_table = _evaluated(p, "both goals (pinned)")
@@ -314,7 +290,7 @@ def notes(p: dict, table: pd.DataFrame, wall: float, speed_text: str, command: s
 
 
 @STUDIES.register
-class ExitFrontier(Study):
+class ExitFrontier(MergedStudy):
     name = "exit_frontier"
     config = ExitFrontierConfig
     title = "Early-exit settings: the measured frontier"
@@ -323,14 +299,9 @@ class ExitFrontier(Study):
                             ("exit_frontier.png", "exit_frontier_holdout.png", "exit_frontier_holdout2.png"),
                             command, order=60.6)
 
-    def sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
-        """What decides the sets, recorded beside the merged table (:class:`Merge` ``sets``)."""
-        return ctx.protocol()
-
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         started = time.time()
-        record = self.sets_record(cfg, ctx)
-        check_sets(Path(cfg.out), record)  # a table of other sets at out= fails before any work
+        record = self.checked_sets_record(cfg, ctx)
         pinned_settings(cfg)  # a bad grid or pinned entry fails before any inversion
         speed_text = zoo.machine_speed(1)  # beside the wall time (benchmarks/decoder_speed.py)
         sets = ctx.image_sets()

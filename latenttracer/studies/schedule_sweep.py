@@ -27,7 +27,7 @@ from omegaconf import MISSING
 from latenttracer import protocol, tables
 from latenttracer.deployment import pooled_auc
 from latenttracer.inversion import InversionConfig
-from latenttracer.studies.base import STUDIES, Context, Merge, ReportSection, Study, StudyResult, check_sets
+from latenttracer.studies.base import STUDIES, Context, Merge, MergedStudy, ReportSection, StudyResult
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def sweep_markdown(table: pd.DataFrame, n_per_source: int) -> str:
 
 
 @STUDIES.register
-class ScheduleSweep(Study):
+class ScheduleSweep(MergedStudy):
     name = "schedule_sweep"
     config = ScheduleSweepConfig
     section = ReportSection("Schedule search on calibration images", ("schedule_sweep.csv",), (),
@@ -89,8 +89,7 @@ class ScheduleSweep(Study):
 
     def run(self, cfg: Any, ctx: Context) -> StudyResult:
         """Returns this job's rows; the objective is the worst AUC over inspected models at ``inversion.steps``."""
-        record = self.sets_record(cfg, ctx)
-        check_sets(Path(cfg.out), record)  # a table of other images at out= fails before any work
+        record = self.checked_sets_record(cfg, ctx)
         sets = ctx.image_sets()
         rows = []
         for name in ctx.inspected_models():
