@@ -158,3 +158,10 @@ def test_micro_run_rows_equal_early_exit_replayed_by_hand(micro_zoo, workspace, 
     assert "| kl-a | paper | 2.0 | 1.20 | 1.50 |" in text.split("## Pinned")[1]
     assert (results / "exit_frontier.sets.json").exists()
     assert (Path(cfg.outputs.figures) / "exit_frontier.png").stat().st_size > 0
+
+
+def test_a_trend_in_the_inversion_node_is_refused_not_ignored(micro_zoo, workspace, tmp_path):  # noqa: F811
+    cfg = job("exit_frontier", workspace, micro_zoo, tmp_path / "out",
+              ["inspected=[kl-a]", "logger=none", "inversion.exit_trend=2"])
+    with pytest.raises(ValueError, match=r"inversion.exit_trend=2.0 would be ignored: the trends are the grid's"):
+        study.run(cfg, "exit_frontier")

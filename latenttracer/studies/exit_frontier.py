@@ -303,6 +303,9 @@ class ExitFrontier(MergedStudy):
         started = time.time()
         record = self.checked_sets_record(cfg, ctx)
         pinned_settings(cfg)  # a bad grid or pinned entry fails before any inversion
+        if float(cfg.inversion.get("exit_trend") or 0):
+            raise ValueError(f"exit_frontier: inversion.exit_trend={cfg.inversion.exit_trend} would be ignored: the "
+                             "trends are the grid's (trends=[...]); leave inversion.exit_trend at 0")
         speed_text = zoo.machine_speed(1)  # beside the wall time (benchmarks/decoder_speed.py)
         sets = ctx.image_sets()
         rows = []
