@@ -40,12 +40,12 @@ import pandas as pd
 from omegaconf import MISSING
 
 from data_gen import zoo
-from latenttracer import protocol, tables
+from latenttracer import tables
 from latenttracer.cascade import learn_cascade, replay_cascade
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, MergedStudy, ReportSection, StudyResult
-from latenttracer.studies.early_exit import disagreements, fresh_sets, inspected, suite_label
+from latenttracer.studies.early_exit import disagreements, fresh_sets, inspected, known_negatives, suite_label
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,6 @@ def verdict_schedules(cfg: Any, authors: InversionConfig) -> dict[str, Inversion
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from err
     return out
-
-
 
 
 def pinned_settings(cfg: Any) -> list[tuple[str, float, float, float]]:
@@ -221,10 +219,8 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, screen_name: str, ae:
     screen, authors, tpr = model.schedule, model.authors, model.target_tpr
     verdicts = verdict_schedules(cfg, authors)
     pinned = set(pinned_settings(cfg))
-    negatives = pd.concat([protocol.image_rows(s, "calibration", parts["calibration"])
-                           for s, parts in sets.items() if s != name and "calibration" in parts], ignore_index=True)
     groups = {"calibration": calibration, "evaluation": evaluation["path"].tolist(),
-              "negatives": negatives["path"].tolist()}
+              "negatives": known_negatives(sets, name)}
     configs = {"screen": screen, "authors": authors, **{f"verdict:{k}": v for k, v in verdicts.items()}}
     runs, kept = stored_runs(ctx, ae, groups, configs, name)
 
@@ -315,7 +311,8 @@ def pinned_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[flag].reset_index(drop=True)
 
 
-def _f(v: float, digits: int = 4) -> str:
+def fmt(v: float, digits: int = 4) -> str:
+    """``v`` at ``digits`` decimals; empty for NaN."""
     return f"{v:.{digits}f}" if v == v else ""
 
 
@@ -329,43 +326,45 @@ def oracle_section(oracle_rows: pd.DataFrame, missing: list[str]) -> list[str]:
     return parts
 
 
+def meets(r: pd.Series) -> str:
+    """Whether a row meets both goals on the evaluation images: ``yes`` or ``no``."""
+    return "yes" if r["agreement"] >= r["goal_agreement"] and r["image_steps_fraction"] <= r["goal_image_steps"] \
+        else "no"
+
+
 def markdown(table: pd.DataFrame, notes: list[str], title: str = "Cascade settings: the measured frontier") -> str:
     """The published page: the notes, then the chosen, oracle and single-setting tables (all from ``table``)."""
     setting = ["screen", "verdict", "band_margin", "screen_margin", "verdict_margin"]
 
-    def meets(r: pd.Series) -> str:
-        return "yes" if r["agreement"] >= r["goal_agreement"] and r["image_steps_fraction"] <= r["goal_image_steps"] \
-            else "no"
-
     c = chosen(table)
     chosen_rows = pd.DataFrame({"inspected": c["inspected"], **{k: c[k] for k in setting},
-                                "selection_agreement": c["selection_agreement"].map(_f),
-                                "selection_image_steps": c["selection_image_steps"].map(_f),
-                                "agreement": c["agreement"].map(_f),
-                                "image_steps_fraction": c["image_steps_fraction"].map(_f),
+                                "selection_agreement": c["selection_agreement"].map(fmt),
+                                "selection_image_steps": c["selection_image_steps"].map(fmt),
+                                "agreement": c["agreement"].map(fmt),
+                                "image_steps_fraction": c["image_steps_fraction"].map(fmt),
                                 "disagreements": c["disagreements"].fillna(""),
                                 "both goals": [meets(r) for _, r in c.iterrows()]})
     o = oracle(table)
     oracle_rows = pd.DataFrame({"inspected": o["inspected"], **{k: o[k] for k in setting},
-                                "oracle agreement": o["agreement"].map(_f),
-                                "oracle image_steps_fraction": o["image_steps_fraction"].map(_f),
+                                "oracle agreement": o["agreement"].map(fmt),
+                                "oracle image_steps_fraction": o["image_steps_fraction"].map(fmt),
                                 "both goals": [meets(r) for _, r in o.iterrows()]}) if len(o) else pd.DataFrame()
     missing = sorted(set(table["inspected"]) - set(o["inspected"] if len(o) else []))
     s = single_settings(table)
     single_rows = pd.DataFrame({**{k: s[k] for k in setting},
                                 "models meeting both goals": s["meeting_both"], "of models": s["models"],
-                                "worst agreement": s["worst_agreement"].map(_f),
-                                "worst image_steps_fraction": s["worst_image_steps"].map(_f)})
+                                "worst agreement": s["worst_agreement"].map(fmt),
+                                "worst image_steps_fraction": s["worst_image_steps"].map(fmt)})
     p = pinned_rows(table)
     pinned_table = pd.DataFrame({"inspected": p["inspected"], **{k: p[k] for k in setting},
-                                 "agreement": p["agreement"].map(_f),
-                                 "image_steps_fraction": p["image_steps_fraction"].map(_f),
+                                 "agreement": p["agreement"].map(fmt),
+                                 "image_steps_fraction": p["image_steps_fraction"].map(fmt),
                                  "disagreements": p["disagreements"].fillna(""),
                                  "both goals (pinned)": [meets(r) for _, r in p.iterrows()]})
     for frame in (chosen_rows, oracle_rows, single_rows, pinned_table):
         for k in ("band_margin", "screen_margin", "verdict_margin"):
             if k in frame:
-                frame[k] = frame[k].map(lambda v: _f(v, 2))
+                frame[k] = frame[k].map(lambda v: fmt(v, 2))
     parts = [f"# {title}", "", *[f"- {n}" for n in notes], "",
              "## Chosen on the selection set (no evaluation image), per inspected model", "",
              tables.markdown_table(chosen_rows), "",

@@ -143,8 +143,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
     accept_margin = margin_or_none(cfg, "accept_margin")
     negatives = pd.DataFrame(columns=["trajectory", "score"])
     if accept_margin is not None:  # known negatives: the other generators' calibration halves (no evaluation image)
-        paths = [p for s, parts in sets.items() if s != name for p in parts.get("calibration", [])]
-        negatives = _ok(scored(inv, paths))
+        negatives = _ok(scored(inv, known_negatives(sets, name)))
         accepting = learn_bounds(cal["trajectory"].tolist(), threshold=t, config=inv,
                                  negatives=negatives["trajectory"].tolist())
         options["early_accept"] = accepting.apply(inv, margin=margin, accept_margin=accept_margin)
@@ -223,6 +222,12 @@ def verdict_exit_margin(cfg: Any, margin: float) -> float:
     """The cascade's verdict-stage early-exit margin: ``cascade_verdict_margin``, else the screen's ``margin``."""
     value = margin_or_none(cfg, "cascade_verdict_margin", "the screen's margin")
     return float(margin) if value is None else value
+
+
+def known_negatives(sets: dict, name: str) -> list[str]:
+    """Images ``name`` did not make and no evaluation image: the calibration halves of every other set of the
+    suite (other generators, real images), as paths (early accept's negatives; the frontiers' selection set)."""
+    return [str(p) for s, parts in sets.items() if s != name for p in parts.get("calibration", [])]
 
 
 def margin_or_none(cfg: Any, key: str, null: str = "none") -> float | None:

@@ -52,14 +52,17 @@ from latenttracer.studies.base import STUDIES, Context, FigureOut, Merge, Merged
 from latenttracer.studies.cascade_frontier import (
     chosen,
     figure,
+    fmt,
     grid_points,
+    meets,
     oracle,
     oracle_section,
+    pinned_rows,
     selection_folds,
     single_settings,
     stored_runs,
 )
-from latenttracer.studies.early_exit import disagreements, fresh_sets, inspected, suite_label
+from latenttracer.studies.early_exit import disagreements, fresh_sets, inspected, known_negatives, suite_label
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule_name: str, a
     points = grid(cfg)
     pinned = set(pinned_settings(cfg))
     groups = {"calibration": model.calibration, "evaluation": model.evaluation["path"].tolist(),
-              "negatives": [str(p) for s, parts in sets.items() if s != name for p in parts.get("calibration", [])]}
+              "negatives": known_negatives(sets, name)}
     runs, kept = stored_runs(ctx, model.ae, groups, {"schedule": schedule, "authors": authors}, name)
 
     def traj(group: str) -> list:
@@ -153,6 +156,9 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule_name: str, a
     if accepting and not neg:
         raise ValueError(f"exit_frontier.accept_margins: the accept bound needs known negatives (the other "
                          f"generators' calibration halves) and {name} has none in this suite")
+    held_out = [([x for x, f in zip(cal, fold_cal) if f == k] + [x for x, f in zip(neg, fold_neg) if f == k],
+                 np.concatenate([truth["calibration"][fold_cal == k], truth["negatives"][fold_neg == k]]))
+                for k in range(folds)]  # each fold's images and their full-run verdicts
     rows = []
     for trend in points["trend"]:
         def learn(c: list, n: list, trend: float = trend) -> ExitBounds:
@@ -163,9 +169,7 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule_name: str, a
         for margin, accept_margin in itertools.product(points["margin"], points["accept_margin"]):
             verdicts, steps = _replay(whole, schedule, ev, margin, accept_margin)
             sel_agree, sel_steps = [], []
-            for k, bounds in enumerate(per_fold):
-                held = [x for x, f in zip(cal, fold_cal) if f == k] + [x for x, f in zip(neg, fold_neg) if f == k]
-                want = np.concatenate([truth["calibration"][fold_cal == k], truth["negatives"][fold_neg == k]])
+            for bounds, (held, want) in zip(per_fold, held_out):
                 v, s = _replay(bounds, schedule, held, margin, accept_margin)
                 sel_agree.append(v == want)
                 sel_steps.append(s)
@@ -192,34 +196,21 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule_name: str, a
 
 
 # -- what the table says ----------------------------------------------------------------------------------------
-def _f(v: float, digits: int = 4) -> str:
-    return f"{v:.{digits}f}" if v == v else ""
-
-
 def _setting(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    return {"schedule": frame["schedule"], "trend": frame["trend"].map(lambda v: _f(v, 1)),
-            "margin": frame["margin"].map(lambda v: _f(v, 2)),
-            "accept_margin": frame["accept_margin"].map(lambda v: _f(v, 2) if v == v else "none")}
-
-
-def _meets(r: pd.Series) -> str:
-    return "yes" if r["agreement"] >= r["goal_agreement"] and r["image_steps_fraction"] <= r["goal_image_steps"] \
-        else "no"
-
-
-def pinned_rows(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table["pinned"].fillna(False).astype(bool)].reset_index(drop=True)
+    return {"schedule": frame["schedule"], "trend": frame["trend"].map(lambda v: fmt(v, 1)),
+            "margin": frame["margin"].map(lambda v: fmt(v, 2)),
+            "accept_margin": frame["accept_margin"].map(lambda v: fmt(v, 2) if v == v else "none")}
 
 
 def _evaluated(frame: pd.DataFrame, goals: str) -> pd.DataFrame:
     """Rows of the grid as published: the setting, its evaluation numbers and whether it meets both goals."""
-    return pd.DataFrame({"inspected": frame["inspected"], **_setting(frame), "agreement": frame["agreement"].map(_f),
-                         "image_steps_fraction": frame["image_steps_fraction"].map(_f),
+    return pd.DataFrame({"inspected": frame["inspected"], **_setting(frame), "agreement": frame["agreement"].map(fmt),
+                         "image_steps_fraction": frame["image_steps_fraction"].map(fmt),
                          "tpr / fpr": [f"{r['tpr']:.2f} / {r['fpr']:.3f}" for _, r in frame.iterrows()],
                          "authors' tpr / fpr": [f"{r['tpr_authors']:.2f} / {r['fpr_authors']:.3f}"
                                                 for _, r in frame.iterrows()],
                          "disagreements": frame["disagreements"].fillna(""),
-                         goals: [_meets(r) for _, r in frame.iterrows()]})
+                         goals: [meets(r) for _, r in frame.iterrows()]})
 
 
 def selection_single(table: pd.DataFrame) -> pd.DataFrame:
@@ -234,8 +225,8 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str) -> str:
     for every model), the oracle, the single settings on the evaluation images and the pinned ones."""
     c = chosen(table, BY)
     chosen_rows = pd.DataFrame({"inspected": c["inspected"], **_setting(c),
-                                "selection_agreement": c["selection_agreement"].map(_f),
-                                "selection_image_steps": c["selection_image_steps"].map(_f),
+                                "selection_agreement": c["selection_agreement"].map(fmt),
+                                "selection_image_steps": c["selection_image_steps"].map(fmt),
                                 **{k: v for k, v in _evaluated(c, "both goals").items()
                                    if k not in ("inspected", *SETTING)}})
     one = selection_single(table)
@@ -244,14 +235,14 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str) -> str:
     one_rows = _evaluated(one, "both goals (one setting)")
     o = oracle(table, BY)
     oracle_rows = pd.DataFrame({"inspected": o["inspected"], **_setting(o),
-                                "oracle agreement": o["agreement"].map(_f),
-                                "oracle image_steps_fraction": o["image_steps_fraction"].map(_f),
-                                "both goals": [_meets(r) for _, r in o.iterrows()]}) if len(o) else pd.DataFrame()
+                                "oracle agreement": o["agreement"].map(fmt),
+                                "oracle image_steps_fraction": o["image_steps_fraction"].map(fmt),
+                                "both goals": [meets(r) for _, r in o.iterrows()]}) if len(o) else pd.DataFrame()
     missing = sorted(set(table["inspected"]) - set(o["inspected"] if len(o) else []))
     s = single_settings(table, setting=SETTING)
     single_rows = pd.DataFrame({**_setting(s), "models meeting both goals": s["meeting_both"], "of models": s["models"],
-                                "worst agreement": s["worst_agreement"].map(_f),
-                                "worst image_steps_fraction": s["worst_image_steps"].map(_f)})
+                                "worst agreement": s["worst_agreement"].map(fmt),
+                                "worst image_steps_fraction": s["worst_image_steps"].map(fmt)})
     parts = [f"# {title}", "", *[f"- {n}" for n in notes], "",
              "## Chosen on the selection set (no evaluation image), per inspected model", "",
              tables.markdown_table(chosen_rows), "",
