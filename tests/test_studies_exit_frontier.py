@@ -37,6 +37,7 @@ def _cfg(**changes):
     ({"margins": [1.5, 1.5]}, r"exit_frontier.margins: a non-empty list of distinct"),
     ({"accept_margins": [None, "x"]}, r"exit_frontier.accept_margins: .* >= 1 \(or null: none\), got \[None, 'x'\]"),
     ({"pinned": [{"trend": 2, "margin": 1.5}]}, r"exit_frontier.pinned\[0\]: needs exactly the keys"),
+    ({"goal_agreement": 99}, r"exit_frontier.goal_agreement: a fraction in \(0, 1\], got 99"),
     ({"pinned": [{"trend": 2, "margin": 1.3, "accept_margin": None}]},
      r"exit_frontier.pinned\[0\].margin: 1.3 is not in the grid's margins \[1.0, 1.2, 1.5, 2.0\]"),
 ])

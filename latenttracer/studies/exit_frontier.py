@@ -93,7 +93,8 @@ class ExitFrontierConfig:
 
 
 def grid(cfg: Any) -> dict[str, list]:
-    """The lists of ``cfg``, checked: ``trends`` >= 0, ``margins`` >= 1, ``accept_margins`` >= 1 or null."""
+    """The lists of ``cfg``, checked: ``trends`` >= 0, ``margins`` >= 1, ``accept_margins`` >= 1 or null (and the
+    goals: fractions in (0, 1])."""
     def numbers(key: str, low: float, null: bool = False) -> list:
         values = list(cfg[key] or [])
         ok = values and all((null and v is None) or (not isinstance(v, bool) and isinstance(v, (int, float))
@@ -102,6 +103,9 @@ def grid(cfg: Any) -> dict[str, list]:
             raise ValueError(f"exit_frontier.{key}: a non-empty list of distinct numbers >= {low:g}"
                              f"{' (or null: none)' if null else ''}, got {values!r}")
         return [None if v is None else float(v) for v in values]
+    for key in ("goal_agreement", "goal_image_steps"):
+        if not 0 < float(cfg[key]) <= 1:
+            raise ValueError(f"exit_frontier.{key}: a fraction in (0, 1], got {cfg[key]!r}")
     return {"trend": numbers("trends", 0.0), "margin": numbers("margins", 1.0),
             "accept_margin": numbers("accept_margins", 1.0, null=True)}
 
