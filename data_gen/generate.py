@@ -5,7 +5,10 @@ Two kinds of source go through the same :func:`generate_set`:
 * ``zoo``: an unconditional diffusers pipeline directory (the project's zoo members, ``LDMPipeline``), called as
   ``pipe(batch_size=B, generator=[...], output_type="np", **pipeline_kwargs)``;
 * ``hub``: a text-to-image pipeline by hub id or local directory (SD 1.5, SD 2-base, SD 2.1, SDXL, Kandinsky 2.1,
-  VQ-Diffusion), called with one prompt per image, taken in turn from a prompt list.
+  VQ-Diffusion), called with one prompt per image, taken in turn from a prompt list;
+* ``prior``: an autoencoder whose family has a prior (:meth:`~latenttracer.autoencoders.Autoencoder.sample_prior`,
+  e.g. the ``disvae`` VAEs of ``models/disvae-celeba/``): image ``i`` decodes ``z_i`` drawn from the prior with a
+  generator seeded ``seed + i``. Never ``auto``: a model config says ``pipeline: prior``.
 
 Image ``i`` is made from its own ``torch.Generator`` seeded with ``seed + i`` (and prompt ``i mod len(prompts)``),
 so it is the same whatever the batch size and whichever images already exist. A set directory holds:
@@ -46,7 +49,7 @@ SET_FILE = "set.json"
 MANIFEST_FILE = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "model", "source", "seed", "prompt", "pipeline_args", "width", "height")
 DEFAULT_PROMPTS_FILE = Path(__file__).with_name("prompts.txt")
-PIPELINES = ("auto", "zoo", "hub")
+PIPELINES = ("auto", "zoo", "hub", "prior")
 
 _IMAGE_NAME = re.compile(r"^(\d{5,})\.png$")
 _WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".txt", ".model")  # .pth: taesd
@@ -100,6 +103,9 @@ def resolve_pipeline(pipeline: str, cls: type, source: str) -> str:
     """``auto`` -> ``hub`` for text-conditioned pipelines, ``zoo`` for unconditional ones; checks explicit kinds."""
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline: unknown value {pipeline!r}; expected one of {list(PIPELINES)}")
+    if pipeline == "prior":
+        raise ValueError(f"pipeline='prior' but source {source!r} is a diffusers {cls.__name__}; 'prior' is for "
+                         "an autoencoder folder whose family has a prior")
     actual = "hub" if takes_prompt(cls) else "zoo"
     if pipeline != "auto" and pipeline != actual:
         what = "text-conditioned" if actual == "hub" else "unconditional"
@@ -364,6 +370,26 @@ def _generate_batch(pipe, cls: type, indices: Sequence[int], seed: int, prompts:
     return [np.asarray(images[k]) for k in range(len(indices))]
 
 
+def load_prior_model(source: str, *, device: str = "auto", dtype: str = "float32", resolution: int | None = None):
+    """The autoencoder at ``source`` for pipeline ``prior``: loaded by its family, which must have a prior."""
+    from latenttracer.autoencoders import load_autoencoder
+
+    ae = load_autoencoder(source, resolution=resolution, device=resolve_device(device),
+                          dtype=generation_dtype(dtype, resolve_device(device)))
+    if not ae.has_prior:
+        raise ValueError(f"pipeline='prior' but source {source!r} is a {ae.family!r} autoencoder, whose family has "
+                         "no prior (sample_prior) to generate from")
+    return ae
+
+
+@torch.no_grad()
+def _sample_prior_batch(ae, indices: Sequence[int], seed: int) -> list[np.ndarray]:
+    """Images for ``indices``: image i decodes the prior sample drawn from a CPU generator seeded ``seed + i``."""
+    z = ae.sample_prior([torch.Generator(device="cpu").manual_seed(seed + i) for i in indices])
+    images = ae.decode(z).permute(0, 2, 3, 1).float().cpu().numpy()
+    return [images[k] for k in range(len(indices))]
+
+
 def generate_set(
     source: str,
     out_dir: str | Path,
@@ -383,13 +409,15 @@ def generate_set(
     """Make (or resume, or extend) the set of ``n`` images from ``source`` in ``out_dir/<model_name>/``.
 
     Args:
-        source: a diffusers pipeline directory or hub id.
+        source: a diffusers pipeline directory or hub id, or (``pipeline="prior"``) an autoencoder folder whose
+            family has a prior.
         out_dir: the parent of the set directory; the set goes to ``out_dir/<model_name>``.
         n: images wanted; existing images ``< n`` are kept, missing ones are generated.
         seed: base seed; image ``i`` uses ``seed + i``.
         batch_size: images per pipeline call (does not change the images).
         model_name: the set's name (default: the last part of ``source``).
-        pipeline: ``zoo`` (unconditional), ``hub`` (text-to-image, needs ``prompts``) or ``auto`` (from the pipeline
+        pipeline: ``zoo`` (unconditional), ``hub`` (text-to-image, needs ``prompts``), ``prior`` (an autoencoder
+            with a prior: image i decodes a prior sample seeded ``seed + i``) or ``auto`` (from the pipeline
             class; with ``auto``, prompts are ignored for an unconditional pipeline).
         prompts: prompt list for text-to-image sources; image ``i`` gets ``prompts[i % len(prompts)]``.
         pipeline_kwargs: extra ``__call__`` arguments (e.g. ``num_inference_steps``, ``guidance_scale``).
@@ -411,8 +439,18 @@ def generate_set(
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"model_name {name!r} is not a usable directory name")
     generation_dtype(dtype, resolve_device(device))  # fail before touching anything
-    cls = pipeline_class(pipeline_class_name(source))
-    resolved_pipeline = resolve_pipeline(pipeline, cls, source)
+    prior_model = None
+    if pipeline == "prior":
+        prior_model = load_prior_model(source, device=device, dtype=dtype, resolution=resolution)
+        if prompts is not None:
+            raise ValueError(f"prompts given, but source {source!r} is sampled from its prior (pipeline 'prior')")
+        if pipeline_kwargs:
+            raise ValueError(f"pipeline_kwargs: {sorted(pipeline_kwargs)} given, but pipeline 'prior' takes none "
+                             f"(source {source!r}); remove them")
+        cls, resolved_pipeline = type(prior_model), "prior"
+    else:
+        cls = pipeline_class(pipeline_class_name(source))
+        resolved_pipeline = resolve_pipeline(pipeline, cls, source)
     if resolved_pipeline == "zoo" and prompts is not None:
         if pipeline != "auto":
             raise ValueError(f"prompts given, but source {source!r} is unconditional (pipeline 'zoo')")
@@ -421,9 +459,10 @@ def generate_set(
         if not prompts:
             raise ValueError(f"source {source!r} is a text-to-image {cls.__name__}: give prompts (prompts_file)")
         prompts = [str(p) for p in prompts]
-    call_kwargs = _call_kwargs(cls, dict(pipeline_kwargs or {}), resolution)
+    call_kwargs = {} if prior_model is not None else _call_kwargs(cls, dict(pipeline_kwargs or {}), resolution)
+    weights = prior_model.fingerprint if prior_model is not None else weights_fingerprint(source)
 
-    config = {"model": name, "weights": weights_fingerprint(source), "kind": resolved_pipeline, "seed": int(seed),
+    config = {"model": name, "weights": weights, "kind": resolved_pipeline, "seed": int(seed),
               "dtype": str(dtype), "resolution": None if resolution is None else int(resolution),
               "pipeline_kwargs": call_kwargs, "prompts": prompts}
     config = json.loads(json.dumps(config))  # as set.json will hold it (tuples -> lists), so that equal compares equal
@@ -453,11 +492,14 @@ def generate_set(
     from tqdm.auto import tqdm
 
     want = (call_kwargs.get("height", resolution), call_kwargs.get("width", resolution))
-    pipe = load_generation_pipeline(source, pipeline=resolved_pipeline, dtype=dtype, device=device)
+    if prior_model is None:
+        pipe = load_generation_pipeline(source, pipeline=resolved_pipeline, dtype=dtype, device=device)
     with tqdm(total=len(missing), desc=name, unit="img", disable=not progress) as bar:
         for start in range(0, len(missing), batch_size):
             indices = missing[start:start + batch_size]
-            images = [to_uint8(im) for im in _generate_batch(pipe, cls, indices, seed, prompts, call_kwargs)]
+            made = (_sample_prior_batch(prior_model, indices, seed) if prior_model is not None
+                    else _generate_batch(pipe, cls, indices, seed, prompts, call_kwargs))
+            images = [to_uint8(im) for im in made]
             for i, pixels in zip(indices, images):
                 if pixels.ndim != 3 or pixels.shape[2] != 3:
                     raise ValueError(f"{cls.__name__} returned an image of shape {pixels.shape}; expected (H, W, 3)")

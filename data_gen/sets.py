@@ -37,7 +37,7 @@ class ModelSpec:
 
     name: str
     weights: str
-    pipeline: str = "auto"                 # zoo (unconditional) | hub (text-to-image) | auto
+    pipeline: str = "auto"                 # zoo (unconditional) | hub (text-to-image) | prior | auto
     resolution: int | None = None        # None: the model's own
     dtype: str = "float32"
     generation: Mapping[str, Any] = field(default_factory=dict)   # extra pipeline __call__ arguments
@@ -104,7 +104,7 @@ def generate(model: ModelSpec, gen: GenerationSettings, *, device: str = "auto",
         return generate_set(
             source=str(model.weights), out_dir=gen.set_root, n=int(gen.n), seed=int(gen.seed),
             batch_size=int(gen.batch_size), model_name=model.name, pipeline=pipeline,
-            prompts=None if pipeline == "zoo" else read_prompts(gen.prompts_file),
+            prompts=None if pipeline in ("zoo", "prior") else read_prompts(gen.prompts_file),
             pipeline_kwargs=dict(model.generation), device=str(device), dtype=str(model.dtype),
             resolution=model.resolution, overwrite=overwrite, progress=progress)
 

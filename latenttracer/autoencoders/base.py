@@ -9,6 +9,8 @@ exactly what latent inversion needs, in the authors' conventions (``docs/method.
 * ``decode(z)``: latent -> images in [0, 1], clamped unless ``clamp=False``; differentiable w.r.t. ``z``.
 * ``reconstruct(x, generators=, quantize=)``: one encode -> decode pass in the model's own pixel space, [-1, 1]
   in and out, not clamped: the reconstruction of the one-pass methods (AEDR, AEROBLADE).
+* optionally, for a family with a prior: ``latent_shape`` and ``sample_prior(generators)`` (generation's
+  ``prior`` pipeline: ``data_gen/generate.py``).
 * ``resolution`` (the side images are resized to), ``fingerprint`` (16 hex digits over every weight and config
   file the family reads: a score cache is keyed by it), ``decoder_width`` (what :mod:`latenttracer.memory`
   needs to size batches).
@@ -159,6 +161,17 @@ class Autoencoder(ABC):
         continue where a generator stopped, so a second call with the same generators makes AEDR's second
         draw. ``quantize=False`` skips a quantiser where the family has one.
         """
+
+    # -- the prior (only families of complete latent generative models have one) ------------------------------
+    @property
+    def has_prior(self) -> bool:
+        """Whether :meth:`sample_prior` is defined (generation's ``prior`` pipeline decodes its samples)."""
+        return type(self).sample_prior is not Autoencoder.sample_prior
+
+    def sample_prior(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """One latent per generator drawn from the model's prior, batch-independent (a family with a prior
+        overrides it, and ``latent_shape``); :meth:`decode` turns them into the model's generated images."""
+        raise NotImplementedError(f"autoencoder family {self.family!r} ({self.name}) has no prior to sample")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, family={self.family}, resolution={self.resolution})"
