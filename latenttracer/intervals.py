@@ -5,8 +5,8 @@ Every published AUC, AP, TPR, accuracy and agreement fraction carries a 95% inte
 - :func:`wilson`: the Wilson score interval for a fraction ``k / n`` of independent units (agreement, TPR or
   accuracy at a fixed threshold, success rate). Exact to compute from counts alone.
 - :func:`auc_delong`: ROC AUC with DeLong's variance (the fast midrank form of Sun and Xu 2014) and a normal
-  interval clipped to [0, 1]. Where DeLong's variance is zero (an AUC of exactly 0 or 1, or every score tied)
-  the interval falls back to a conservative one; see :func:`auc_interval`.
+  interval. Where that interval leaves [0, 1] (AUC near or at 0 or 1, where DeLong's variance shrinks to 0)
+  it is widened to a conservative one; see :func:`auc_interval`.
 - :func:`stratified_bootstrap`: a seeded percentile bootstrap that resamples each class separately, for
   statistics with no closed form (AP, TPR at a fixed FPR, accuracy at a threshold, a ratio of medians).
 - :func:`fmt_ci`: the project's rendering, ``0.944 [0.80, 1.00]``.
@@ -36,8 +36,8 @@ __all__ = [
     "z_value",
 ]
 
-AUC_FALLBACK = "max-variance Wilson"
-"""Name of the interval :func:`auc_interval` reports where DeLong's variance is zero."""
+AUC_FALLBACK = "delong + max-variance Wilson"
+"""Name of the interval :func:`auc_interval` reports where DeLong's normal interval leaves [0, 1]."""
 
 
 def z_value(level: float) -> float:
@@ -137,28 +137,33 @@ class AUCInterval(NamedTuple):
 def auc_interval(belonging, non_belonging, level: float = 0.95) -> AUCInterval:
     """The AUC with its interval and the name of the interval used (``"delong"`` or :data:`AUC_FALLBACK`).
 
-    - Normally: DeLong's normal interval ``auc ± z·sqrt(var)``, clipped to [0, 1].
-    - Where DeLong's variance estimate is zero: every placement value within each class is equal, which happens
-      at an AUC of exactly 1 or 0 (perfect separation) and when every score is tied. A zero variance would
-      report, say, 50 against 50 perfectly separated images as [1.00, 1.00], certainty the data cannot carry.
-      There the interval is the Wilson interval of ``auc · n_eff`` successes out of ``n_eff = min(m, n)``
-      units. Its width matches the largest variance an AUC can have for given ``m, n`` (at most
-      ``auc(1 - auc) / min(m, n)``, Birnbaum and Klose 1957), so it is conservative, and unlike a normal
-      interval it does not collapse at 0 or 1: a perfect 50 vs 50 gives [0.93, 1.00], 6 vs 6 gives
-      [0.61, 1.00], 2 vs 2 gives [0.34, 1.00].
+    - Normally: DeLong's normal interval ``auc ± z·sqrt(var)``.
+    - Where that interval leaves [0, 1] (or DeLong's variance is zero, as at an AUC of exactly 0 or 1, where
+      every placement value within a class is equal, or when every score is tied): near the bounds the AUC's
+      sampling distribution is skewed and the plug-in variance shrinks towards 0, so the normal interval is
+      too narrow. A zero variance would report 50 against 50 perfectly separated images as [1.00, 1.00],
+      certainty the data cannot carry. There the interval is the union of DeLong's (clipped to [0, 1]) and the
+      Wilson interval of ``auc · n_eff`` successes out of ``n_eff = min(m, n)`` units. That Wilson interval
+      has the width of the largest variance an AUC can have for given ``m, n`` (``auc(1 - auc) / min(m, n)``,
+      Birnbaum and Klose 1957), so it is conservative, and it does not collapse at 0 or 1: a perfect 50 vs 50
+      gives [0.93, 1.00], 6 vs 6 gives [0.61, 1.00], 2 vs 2 gives [0.34, 1.00].
 
-    Near (but not at) 0 or 1, DeLong's interval is known to be too narrow at small n (one misranked pair out of
-    50 vs 50 gives about [0.998, 1.00]); read such intervals together with ``n``.
+    Measured coverage of the nominal 95% (binormal scores, 1000 simulated studies per case, seed 0; the slow
+    test ``test_auc_coverage_table`` in tests/test_intervals.py reruns it): at a true AUC of 0.99, plain DeLong covers 0.80 of the time at 50 vs 50 and 0.45
+    at 12 vs 12; this interval 1.00 at both. At a true AUC of 0.75 and 50 vs 50 both cover 0.94 (the fallback
+    is not used). It stays below nominal where DeLong's interval is still inside [0, 1]: 0.89 at a true AUC of
+    0.97 with 50 vs 300.
     """
     z = z_value(level)
     b, nb = _two_classes(belonging, non_belonging)
     auc, var = delong_variance(b, nb)
-    if var > 1e-15:
-        half = z * math.sqrt(var)
-        return AUCInterval(auc, max(0.0, auc - half), min(1.0, auc + half), "delong")
+    half = z * math.sqrt(max(var, 0.0))
+    lo, hi = auc - half, auc + half
+    if var > 1e-15 and lo >= 0.0 and hi <= 1.0:
+        return AUCInterval(auc, lo, hi, "delong")
     n_eff = min(b.size, nb.size)
-    lo, hi = wilson(min(max(auc, 0.0), 1.0) * n_eff, n_eff, level)
-    return AUCInterval(auc, lo, hi, AUC_FALLBACK)
+    w_lo, w_hi = wilson(min(max(auc, 0.0), 1.0) * n_eff, n_eff, level)
+    return AUCInterval(auc, min(max(lo, 0.0), w_lo), max(min(hi, 1.0), w_hi), AUC_FALLBACK)
 
 
 def auc_delong(belonging, non_belonging, level: float = 0.95) -> tuple[float, float, float]:
@@ -175,7 +180,8 @@ def stratified_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-) -> tuple[float, float]:
+    vectorized: bool = False,
+):
     """A seeded percentile-bootstrap interval ``(lo, hi)`` for ``stat(belonging, non_belonging)``.
 
     Each of the ``n_boot`` resamples draws ``m`` belonging and ``n`` non-belonging scores with replacement,
@@ -186,6 +192,10 @@ def stratified_bootstrap(
 
     Use for statistics with no closed-form interval: AP, TPR at a fixed FPR, accuracy at a calibrated
     threshold (when the threshold itself is re-estimated), a ratio of medians. ``stat`` receives float arrays.
+
+    ``vectorized=True``: ``stat`` is called once, with every resample at once (arrays of shape ``(n_boot, m)``
+    and ``(n_boot, n)``), and returns ``n_boot`` values, or an ``(n_boot, k)`` array for ``k`` statistics at
+    once; then ``lo`` and ``hi`` are arrays of ``k`` bounds. The resamples are the same as without it.
     """
     b = np.asarray(belonging, dtype=np.float64).ravel()
     nb = np.asarray(non_belonging, dtype=np.float64).ravel()
@@ -198,12 +208,27 @@ def stratified_bootstrap(
     rng = np.random.default_rng(seed)
     ib = rng.integers(0, b.size, size=(int(n_boot), b.size))
     inb = rng.integers(0, nb.size, size=(int(n_boot), nb.size))
+    alpha = (1.0 - float(level)) / 2.0
+    if vectorized:
+        values = np.asarray(stat(b[ib], nb[inb]), dtype=np.float64)
+        if values.shape[:1] != (int(n_boot),) or values.ndim > 2:
+            raise ValueError(f"a vectorized statistic must return {n_boot} values or an ({n_boot}, k) array, "
+                             f"got shape {values.shape}")
+        columns = values.reshape(int(n_boot), -1)
+        bounds = np.array([_percentiles(columns[:, j], alpha) for j in range(columns.shape[1])])
+        if values.ndim == 1:
+            return float(bounds[0, 0]), float(bounds[0, 1])
+        return bounds[:, 0], bounds[:, 1]
     values = np.array([float(stat(b[ib[i]], nb[inb[i]])) for i in range(int(n_boot))])
+    lo, hi = _percentiles(values, alpha)
+    return float(lo), float(hi)
+
+
+def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float]:
     finite = values[~np.isnan(values)]
     if finite.size < 0.99 * values.size:
         raise ValueError(f"the statistic was NaN on {values.size - finite.size} of {values.size} bootstrap "
                          "resamples; it is not defined often enough for a bootstrap interval")
-    alpha = (1.0 - float(level)) / 2.0
     lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
 

@@ -32,6 +32,7 @@ __all__ = [
     "calibrate_threshold",
     "detection_metrics",
     "kde_threshold",
+    "resampled_detection_stats",
     "roc_points",
     "split_calibration",
 ]
@@ -134,18 +135,35 @@ def split_calibration(n: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.
 class DetectionMetrics:
     """Detection quality of one inspected model; see :func:`detection_metrics`.
 
+    Every rate ``x`` comes with its 95% interval ``x_lo, x_hi`` (NaN when intervals were not asked for).
     The threshold-dependent fields are ``None`` when no threshold was given.
     """
 
     auc: float
+    auc_lo: float
+    auc_hi: float
     ap: float
+    ap_lo: float
+    ap_hi: float
     tpr_at_1fpr: float
+    tpr_at_1fpr_lo: float
+    tpr_at_1fpr_hi: float
     tpr_at_5fpr: float
+    tpr_at_5fpr_lo: float
+    tpr_at_5fpr_hi: float
     threshold: float | None
     accuracy: float | None
+    accuracy_lo: float | None
+    accuracy_hi: float | None
     balanced_accuracy: float | None
+    balanced_accuracy_lo: float | None
+    balanced_accuracy_hi: float | None
     tpr: float | None
+    tpr_lo: float | None
+    tpr_hi: float | None
     fpr: float | None
+    fpr_lo: float | None
+    fpr_hi: float | None
     n_belonging: int
     n_non_belonging: int
 
@@ -175,8 +193,46 @@ def _tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
     return float(tpr[fpr <= max_fpr + 1e-12].max())
 
 
-def detection_metrics(belonging, non_belonging, threshold: float | None = None) -> DetectionMetrics:
+def resampled_detection_stats(belonging: np.ndarray, non_belonging: np.ndarray,
+                              threshold: float | None = None) -> np.ndarray:
+    """AP, TPR at 1% FPR, TPR at 5% FPR (and, with ``threshold``, balanced accuracy) of many score sets at once.
+
+    ``belonging``: ``(r, m)``, ``non_belonging``: ``(r, n)``, one set per row (bootstrap resamples). Returns an
+    ``(r, 3)`` (or ``(r, 4)``) array with the same definitions as :func:`detection_metrics` (tied scores form one
+    ROC / precision-recall point), computed with one sort per row instead of one scikit-learn call per set.
+    """
+    b = np.atleast_2d(np.asarray(belonging, dtype=np.float64))
+    nb = np.atleast_2d(np.asarray(non_belonging, dtype=np.float64))
+    r, m = b.shape
+    n = nb.shape[1]
+    scores = np.concatenate([b, nb], axis=1)
+    labels = np.concatenate([np.ones(m), np.zeros(n)])
+    order = np.argsort(scores, axis=1, kind="stable")  # most belonging first
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
+    sorted_labels = labels[order]
+    tp = np.cumsum(sorted_labels, axis=1)
+    fp = np.arange(1, m + n + 1) - tp
+    # A threshold sits after the last of a run of tied scores: only those positions are ROC / PR points.
+    last = np.ones_like(sorted_labels, dtype=bool)
+    last[:, :-1] = sorted_scores[:, 1:] != sorted_scores[:, :-1]
+    position = np.broadcast_to(np.arange(m + n), (r, m + n))
+    run_end = np.minimum.accumulate(np.where(last, position, m + n)[:, ::-1], axis=1)[:, ::-1]
+    precision_at_run_end = np.take_along_axis(tp, run_end, axis=1) / (run_end + 1)
+    # AP = sum over thresholds of (recall step) x precision = mean over positives of the precision where they enter.
+    ap = (sorted_labels * precision_at_run_end).sum(axis=1) / m
+    out = [ap]
+    for max_fpr in (0.01, 0.05):
+        ok = last & (fp / n <= max_fpr + 1e-12)
+        out.append(np.where(ok, tp / m, 0.0).max(axis=1))
+    if threshold is not None:
+        out.append(0.5 * ((b <= threshold).mean(axis=1) + (nb > threshold).mean(axis=1)))
+    return np.stack(out, axis=1)
+
+
+def detection_metrics(belonging, non_belonging, threshold: float | None = None, *, intervals: bool = True,
+                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> DetectionMetrics:
     """ROC AUC, average precision and TPR at 1% / 5% FPR; with ``threshold``, also the rates at that rule.
+    Each with its ``level`` (95%) interval (:mod:`latenttracer.intervals`).
 
     - AUC and AP come from :func:`sklearn.metrics.roc_auc_score` and
       :func:`sklearn.metrics.average_precision_score` on ``-score`` with belonging as the positive class.
@@ -185,15 +241,30 @@ def detection_metrics(belonging, non_belonging, threshold: float | None = None) 
     - At ``threshold`` an image belongs iff ``score <= threshold``; ``accuracy = (TP + TN) / (P + N)``,
       ``balanced_accuracy = (TPR + TNR) / 2``.
 
+    Intervals (``intervals=False`` leaves them NaN, for callers that only need a point estimate):
+
+    - AUC: DeLong, with a conservative fallback at AUC 0 or 1 (:func:`latenttracer.intervals.auc_interval`).
+    - AP, TPR at 1% / 5% FPR and balanced accuracy: the seeded stratified percentile bootstrap over images
+      (``n_boot`` resamples, ``seed``; :func:`latenttracer.intervals.stratified_bootstrap`). The operating point
+      is re-chosen in every resample. For a TPR at a low FPR on few non-belonging images the percentile
+      interval can sit beside the point estimate rather than around it: read it with ``n_non_belonging``.
+    - Accuracy, TPR and FPR at ``threshold``: Wilson intervals of the counts (``TP + TN`` of ``P + N``, ``TP``
+      of ``P``, ``FP`` of ``N``). The threshold comes from held-out calibration images, so given it the counts
+      are binomial.
+
     Raises:
         ValueError: either set is empty, or has NaN (or infinite) scores; the message says how many.
     """
+    from latenttracer.intervals import auc_delong, stratified_bootstrap, wilson
+
     b = _scores(belonging, "belonging")
     nb = _scores(non_belonging, "non-belonging")
     y, ranks = _labels_and_ranks(b, nb)
     fpr, tpr, _ = roc_curve(y, ranks, drop_intermediate=False)
+    nan = float("nan")
 
     acc = bacc = t_tpr = t_fpr = None
+    acc_ci = bacc_ci = tpr_ci = fpr_ci = (None, None)
     if threshold is not None:
         threshold = float(threshold)
         if math.isnan(threshold):
@@ -201,19 +272,38 @@ def detection_metrics(belonging, non_belonging, threshold: float | None = None) 
         predicted = (np.concatenate([b, nb]) <= threshold).astype(int)
         acc = float(accuracy_score(y, predicted))
         bacc = float(balanced_accuracy_score(y, predicted))
-        t_tpr = float(np.mean(b <= threshold))
-        t_fpr = float(np.mean(nb <= threshold))
+        tp, fp = int(np.sum(b <= threshold)), int(np.sum(nb <= threshold))
+        t_tpr = tp / b.size
+        t_fpr = fp / nb.size
+        if intervals:
+            acc_ci = wilson(tp + nb.size - fp, b.size + nb.size, level)
+            tpr_ci = wilson(tp, b.size, level)
+            fpr_ci = wilson(fp, nb.size, level)
+        else:
+            acc_ci = bacc_ci = tpr_ci = fpr_ci = (nan, nan)
+
+    auc = float(roc_auc_score(y, ranks))
+    if intervals:
+        _, *auc_ci = auc_delong(b, nb, level)
+        lo, hi = stratified_bootstrap(lambda rb, rnb: resampled_detection_stats(rb, rnb, threshold), b, nb,
+                                      n_boot=n_boot, seed=seed, level=level, vectorized=True)
+        boot = list(zip(lo.tolist(), hi.tolist()))
+        if threshold is not None:
+            bacc_ci = boot[3]
+    else:
+        auc_ci = (nan, nan)
+        boot = [(nan, nan)] * 3
 
     return DetectionMetrics(
-        auc=float(roc_auc_score(y, ranks)),
-        ap=float(average_precision_score(y, ranks)),
-        tpr_at_1fpr=_tpr_at_fpr(fpr, tpr, 0.01),
-        tpr_at_5fpr=_tpr_at_fpr(fpr, tpr, 0.05),
+        auc=auc, auc_lo=auc_ci[0], auc_hi=auc_ci[1],
+        ap=float(average_precision_score(y, ranks)), ap_lo=boot[0][0], ap_hi=boot[0][1],
+        tpr_at_1fpr=_tpr_at_fpr(fpr, tpr, 0.01), tpr_at_1fpr_lo=boot[1][0], tpr_at_1fpr_hi=boot[1][1],
+        tpr_at_5fpr=_tpr_at_fpr(fpr, tpr, 0.05), tpr_at_5fpr_lo=boot[2][0], tpr_at_5fpr_hi=boot[2][1],
         threshold=threshold,
-        accuracy=acc,
-        balanced_accuracy=bacc,
-        tpr=t_tpr,
-        fpr=t_fpr,
+        accuracy=acc, accuracy_lo=acc_ci[0], accuracy_hi=acc_ci[1],
+        balanced_accuracy=bacc, balanced_accuracy_lo=bacc_ci[0], balanced_accuracy_hi=bacc_ci[1],
+        tpr=t_tpr, tpr_lo=tpr_ci[0], tpr_hi=tpr_ci[1],
+        fpr=t_fpr, fpr_lo=fpr_ci[0], fpr_hi=fpr_ci[1],
         n_belonging=int(b.size),
         n_non_belonging=int(nb.size),
     )

@@ -89,26 +89,52 @@ def test_delong_three_versus_two_by_hand():
     # Pairs (b < nb): (1,4) (1,6) (3,4) (3,6) (5,6) yes, (5,4) no  ->  AUC = 5/6.
     # Placements of b (share of nb above it): 1 -> 1, 3 -> 1, 5 -> 1/2; sample variance S10 = 1/12.
     # Placements of nb (share of b below it): 4 -> 2/3, 6 -> 1;        sample variance S01 = 1/18.
-    # var = S10/3 + S01/2 = 1/36 + 1/36 = 1/18;  interval 5/6 -/+ 1.96 * sqrt(1/18) = [0.3714, 1.2953] -> clip 1.
+    # var = S10/3 + S01/2 = 1/36 + 1/36 = 1/18;  DeLong: 5/6 -/+ 1.96 * sqrt(1/18) = [0.3714, 1.2953].
     auc, var = delong_variance([1, 3, 5], [4, 6])
     assert auc == pytest.approx(5 / 6, abs=1e-12)
     assert var == pytest.approx(1 / 18, abs=1e-12)
-    auc, lo, hi = auc_delong([1, 3, 5], [4, 6])
-    assert lo == pytest.approx(5 / 6 - Z95 * math.sqrt(1 / 18), abs=1e-12)
-    assert lo == pytest.approx(0.37137, abs=1e-5)
-    assert hi == 1.0
+    # DeLong's interval leaves [0, 1], so it is joined with the Wilson interval of 5/6 * 2 out of n_eff = 2:
+    # p = 5/6, n = 2: (p + z^2/4 -/+ z sqrt(p(1-p)/2 + z^2/16)) / (1 + z^2/2) = [0.24078, 0.98747].
+    res = auc_interval([1, 3, 5], [4, 6])
+    assert res.method == AUC_FALLBACK
+    assert res.lo == pytest.approx(0.24078, abs=1e-5)
+    assert res.lo == pytest.approx(min(5 / 6 - Z95 * math.sqrt(1 / 18), wilson(5 / 3, 2)[0]), abs=1e-12)
+    assert res.hi == 1.0
+    assert auc_delong([1, 3, 5], [4, 6]) == pytest.approx((5 / 6, res.lo, 1.0))
 
 
 def test_delong_with_a_tie_by_hand():
     # b = [1, 2, 3], nb = [2, 4]. Pairs: (1,2) 1, (1,4) 1, (2,2) 1/2, (2,4) 1, (3,2) 0, (3,4) 1 -> AUC = 4.5/6.
     # Placements of b: 1 -> 1, 2 -> (1/2 + 1)/2 = 3/4, 3 -> 1/2; S10 = 1/16.
     # Placements of nb: 2 -> (1 + 1/2 + 0)/3 = 1/2, 4 -> 1;       S01 = 1/8.
-    # var = (1/16)/3 + (1/8)/2 = 1/12; interval 0.75 -/+ 1.96 * 0.288675 = [0.18421, 1.31579] -> clip 1.
+    # var = (1/16)/3 + (1/8)/2 = 1/12; DeLong 0.75 -/+ 1.96 * 0.288675 = [0.18421, 1.31579], which leaves [0, 1];
+    # Wilson of 1.5 out of 2 is [0.19787, 0.97334], so the union is [0.18421, 1].
     auc, var = delong_variance([1, 2, 3], [2, 4])
     assert auc == pytest.approx(0.75, abs=1e-12)
     assert var == pytest.approx(1 / 12, abs=1e-12)
     _, lo, hi = auc_delong([1, 2, 3], [2, 4])
     assert lo == pytest.approx(0.18421, abs=1e-5) and hi == 1.0
+
+
+def test_delong_inside_the_unit_interval_is_plain_delong():
+    rng = np.random.default_rng(9)
+    b, nb = rng.normal(0, 1, 50), rng.normal(0.5, 1, 50)
+    res = auc_interval(b, nb)
+    auc, var = delong_variance(b, nb)
+    assert res.method == "delong"
+    assert (res.lo, res.hi) == pytest.approx((auc - Z95 * math.sqrt(var), auc + Z95 * math.sqrt(var)), abs=1e-12)
+    assert 0.0 < res.lo < res.auc < res.hi < 1.0
+
+
+def test_near_one_the_interval_is_not_narrower_than_the_conservative_bound():
+    # 50 vs 50 with a single misordered pair: AUC = 1 - 1/2500. Plain DeLong would give about [0.999, 1.00].
+    b = np.r_[np.arange(49.0), 49.5]
+    nb = np.r_[49.0, np.arange(50.0, 99.0)]
+    res = auc_interval(b, nb)
+    assert res.auc == pytest.approx(1 - 1 / 2500)
+    assert res.method == AUC_FALLBACK
+    assert res.lo == pytest.approx(wilson(res.auc * 50, 50)[0]) and res.lo < 0.93
+    assert res.hi == 1.0
 
 
 def _brute_force_delong(b, nb):
@@ -157,6 +183,28 @@ def test_all_tied_scores_give_a_wide_interval_around_one_half():
     res = auc_interval(np.ones(10), np.ones(10))
     assert res.auc == 0.5 and res.method == AUC_FALLBACK
     assert (res.lo, res.hi) == pytest.approx(wilson(5, 10))
+
+
+def test_delong_coverage_near_one_is_not_below_nominal():
+    # True AUC 0.99 at 50 vs 50: plain DeLong covers about 0.80 of the time (see auc_interval's docstring).
+    rng = np.random.default_rng(3)
+    true_auc = 0.99
+    shift = math.sqrt(2) * norm.ppf(true_auc)
+    hits = [lo <= true_auc <= hi for lo, hi in
+            (auc_delong(rng.normal(0, 1, 50), rng.normal(shift, 1, 50))[1:] for _ in range(200))]
+    assert np.mean(hits) >= 0.95
+
+
+@pytest.mark.slow
+def test_auc_coverage_table():
+    """The coverage figures quoted in auc_interval's docstring (1000 binormal studies per case, seed 0)."""
+    rng = np.random.default_rng(0)
+    quoted = {(50, 50, 0.99): 1.00, (12, 12, 0.99): 1.00, (50, 50, 0.75): 0.94, (50, 300, 0.97): 0.89}
+    for (m, n, true_auc), expected in quoted.items():
+        shift = math.sqrt(2) * norm.ppf(true_auc)
+        hits = [lo <= true_auc <= hi for lo, hi in
+                (auc_delong(rng.normal(0, 1, m), rng.normal(shift, 1, n))[1:] for _ in range(1000))]
+        assert np.mean(hits) == pytest.approx(expected, abs=0.02), (m, n, true_auc)
 
 
 def test_delong_coverage_is_near_nominal():

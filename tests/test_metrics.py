@@ -145,3 +145,60 @@ def test_calibrated_threshold_end_to_end():
     assert m.accuracy == pytest.approx((tp + len(non_belonging) - fp) / (len(b) + len(non_belonging)))
     assert m.balanced_accuracy == pytest.approx((m.tpr + 1 - m.fpr) / 2)
     assert m.n_belonging == len(ev) and m.n_non_belonging == len(non_belonging)
+
+
+# -- intervals ----------------------------------------------------------------------------------------------------
+def test_every_rate_has_an_interval_field():
+    fields = set(DetectionMetrics.__dataclass_fields__)
+    for rate in ("auc", "ap", "tpr_at_1fpr", "tpr_at_5fpr", "accuracy", "balanced_accuracy", "tpr", "fpr"):
+        assert {f"{rate}_lo", f"{rate}_hi"} <= fields
+
+
+def test_threshold_rates_get_wilson_intervals_of_the_counts():
+    from latenttracer.intervals import wilson
+
+    belonging, non_belonging = _hand_case()
+    m = detection_metrics(belonging, non_belonging, threshold=2.0)
+    # TP = 14 of 20, FP = 2 of 100, TP + TN = 112 of 120 (see the hand case above).
+    assert (m.tpr_lo, m.tpr_hi) == pytest.approx(wilson(14, 20))
+    assert (m.fpr_lo, m.fpr_hi) == pytest.approx(wilson(2, 100))
+    assert (m.accuracy_lo, m.accuracy_hi) == pytest.approx(wilson(112, 120))
+    assert m.tpr_lo == pytest.approx(0.4810, abs=1e-4)  # 14/20: Wilson [0.4810, 0.8545]
+    assert m.balanced_accuracy_lo < m.balanced_accuracy < m.balanced_accuracy_hi
+
+
+def test_auc_interval_is_delong_and_never_certain_at_perfect_separation():
+    from latenttracer.intervals import auc_delong, wilson
+
+    m = detection_metrics([1, 3, 5], [4, 6])
+    assert (m.auc, m.auc_lo, m.auc_hi) == pytest.approx(auc_delong([1, 3, 5], [4, 6]))
+    assert m.auc_lo == pytest.approx(0.24078, abs=1e-5)  # hand-computed in tests/test_intervals.py
+    perfect = detection_metrics(np.arange(50.0), np.arange(50.0, 100.0))
+    assert perfect.auc == 1.0 and perfect.auc_lo == pytest.approx(wilson(50, 50)[0]) and perfect.auc_lo < 0.93
+
+
+def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate():
+    rng = np.random.default_rng(5)
+    b, nb = rng.normal(0, 1, 60), rng.normal(1.2, 1, 80)
+    m = detection_metrics(b, nb, threshold=0.5)
+    again = detection_metrics(b, nb, threshold=0.5)
+    other = detection_metrics(b, nb, threshold=0.5, seed=1)
+    assert m == again
+    assert (m.ap_lo, m.ap_hi) != (other.ap_lo, other.ap_hi)
+    for rate in ("ap", "tpr_at_5fpr", "balanced_accuracy"):
+        lo, value, hi = getattr(m, f"{rate}_lo"), getattr(m, rate), getattr(m, f"{rate}_hi")
+        assert 0.0 <= lo < value < hi <= 1.0, rate
+    without = detection_metrics(b, nb, threshold=0.5, intervals=False)
+    assert without.auc == m.auc and np.isnan(without.auc_lo) and np.isnan(without.ap_hi)
+
+
+def test_resampled_stats_match_scikit_learn_with_ties():
+    from latenttracer.metrics import resampled_detection_stats
+
+    rng = np.random.default_rng(6)
+    for _ in range(100):
+        m, n = rng.integers(1, 25, size=2)
+        b, nb = np.round(rng.normal(0, 1, m), 1), np.round(rng.normal(0.5, 1, n), 1)  # rounding: ties
+        ref = detection_metrics(b, nb, threshold=0.3, intervals=False)
+        got = resampled_detection_stats(b[None], nb[None], 0.3)[0]
+        assert got == pytest.approx([ref.ap, ref.tpr_at_1fpr, ref.tpr_at_5fpr, ref.balanced_accuracy])

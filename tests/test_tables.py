@@ -60,8 +60,63 @@ def test_table1_markdown_regenerates_byte_for_byte_from_its_csv():
     lines = text.split("\n")
     notes = lines[3:lines.index("", 2)]  # title, blank, counts line, then the notes up to a blank line
     labels = {v: k for k, v in tables.METRIC_LABELS.items()}
-    metrics = [labels.get(x[3:], x[3:]) for x in lines if x.startswith("## ")]
+    metrics = [labels.get(x[3:].removesuffix(" [95% CI]"), x[3:]) for x in lines if x.startswith("## ")]
     assert tables.tables_markdown(pd.read_csv(csv), metrics, lines[0][2:], notes) == text
+
+
+def test_table1_shows_every_rate_with_its_interval():
+    md, csv = ROOT / "results" / "table1.md", ROOT / "results" / "table1.csv"
+    if not (md.is_file() and csv.is_file()):
+        pytest.skip("results/table1.{md,csv} are not in this checkout")
+    cells, text = pd.read_csv(csv), md.read_text(encoding="utf-8")
+    for metric in ("auc", "ap", "tpr_at_1fpr", "tpr_at_5fpr", "accuracy"):
+        assert tables.has_interval(cells, metric), metric
+        assert f"## {tables.METRIC_LABELS[metric]} [95% CI]" in text
+        inside = cells[f"{metric}_lo"] <= cells[f"{metric}_hi"]
+        assert inside.all() and cells[f"{metric}_lo"].between(0, 1).all() and cells[f"{metric}_hi"].between(0, 1).all()
+    # A hand check: kl-a against kl-a-ft, the hard pair, as the Markdown shows it.
+    row = cells[(cells["inspected"] == "kl-a") & (cells["source"] == "kl-a-ft")].iloc[0]
+    shown = f"{row.auc:.3f} [{row.auc_lo:.2f}, {row.auc_hi:.2f}]"
+    assert any(line.startswith("| kl-a |") and shown in line for line in text.split("\n"))
+    # Perfect separation on 50 vs 50 is never shown as certain.
+    perfect = cells[cells["auc"] == 1.0]
+    assert len(perfect) and (perfect["auc_lo"] < 0.95).all()
+
+
+def test_fmt_metric_and_sections_render_intervals():
+    row = {"auc": 0.9444, "auc_lo": 0.8012, "auc_hi": 1.0, "median_belonging": 1.234e-5}
+    assert tables.fmt_metric(row, "auc") == "0.944 [0.80, 1.00]"
+    assert tables.fmt_metric(row, "median_belonging") == "1.23e-05"  # no bounds: the value alone
+    assert tables.fmt_metric({"auc": float("nan"), "auc_lo": 0.1, "auc_hi": 0.2}, "auc") == "–"
+    cells = pd.DataFrame({"inspected": ["a", "b"], "source": ["b", "a"], "auc": [0.5, 1.0],
+                          "auc_lo": [0.25, 0.93], "auc_hi": [0.75, 1.0], "ap": [0.6, 0.7]})
+    assert tables.metric_section(cells, "auc") == (
+        "## AUC [95% CI]\n\n| inspected \\ source | a | b |\n|---|---|---|\n"
+        "| a | – | 0.500 [0.25, 0.75] |\n| b | 1.000 [0.93, 1.00] | – |")
+    assert tables.metric_section(cells, "ap").startswith("## AP\n")
+    tex = tables.tables_latex(cells, ["auc"])
+    assert "0.500 [0.25, 0.75]" in tex and r"AUC [95\% CI]" in tex
+
+
+# Published tables whose per-image scores are not in this checkout, so that their intervals wait for a rerun
+# of their study (the early-exit tables: for the early-exit rewrite). Each is a strict xfail: once its CSV
+# carries every interval the test XPASSes, which fails, and the name must go from this set.
+AWAITING_RERUN = {"ablations.csv", "drift.csv", "drift_taef2.csv", "methods.csv", "real_decoder.csv",
+                  "real_decoder_r256_resolution.csv", "real_decoder_resolution.csv", "real_decoder_steps.csv",
+                  "robustness.csv", "robustness_deployment.csv", "schedule_sweep.csv",
+                  "early_exit.csv", "early_exit_holdout.csv", "early_exit_holdout2.csv", "real_decoder_early_exit.csv"}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "results").glob("*.csv")))
+def test_every_published_auc_has_an_interval(name, request):
+    """Contract: every published CSV with an ``auc`` column (or ``auc_<x>`` columns) has its ``_lo`` / ``_hi``."""
+    if name in AWAITING_RERUN:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{name}: rerun pending; once it has its intervals, "
+                                                 "remove it from AWAITING_RERUN in tests/test_tables.py"))
+    columns = list(pd.read_csv(ROOT / "results" / name, nrows=0).columns)
+    aucs = [c for c in columns if (c == "auc" or c.startswith("auc_")) and not c.endswith(("_lo", "_hi"))]
+    missing = [f"{c}{s}" for c in aucs for s in ("_lo", "_hi") if f"{c}{s}" not in columns]
+    assert not missing, f"results/{name} lacks {missing}"
 
 
 def test_licence_table():
