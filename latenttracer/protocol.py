@@ -36,6 +36,7 @@ from latenttracer.autoencoders import Autoencoder
 from latenttracer.images import ImageOptions
 from latenttracer.inversion import InversionConfig
 from latenttracer.locks import locked
+from latenttracer.intervals import auc_delong
 from latenttracer.metrics import calibrate_threshold, detection_metrics, split_calibration
 from latenttracer.store import ResultStore
 from latenttracer.tracing import run_hash, score_images
@@ -211,9 +212,10 @@ def cell_metrics(scores: pd.DataFrame, inspected: str, sources: Sequence[str], t
             raise ValueError(f"cell (inspected {inspected!r}, source {source!r}): {err}") from err
         n_failed = int((failed["source"].isin([*chosen, inspected])).sum())
         # Baseline from the same rows: the step-0 loss alone (plain encode/decode error, AEROBLADE-like L2).
-        step0 = detection_metrics(own_eval["init_loss"], ok.loc[mask, "init_loss"]).auc if baseline else np.nan
+        step0 = auc_delong(own_eval["init_loss"], ok.loc[mask, "init_loss"]) if baseline else (np.nan,) * 3
         rows.append({"inspected": inspected, "source": source, **metrics.as_dict(), "n_failed": n_failed,
-                     "auc_step0": step0, "median_belonging": float(belonging.median()),
+                     "auc_step0": step0[0], "auc_step0_lo": step0[1], "auc_step0_hi": step0[2],
+                     "median_belonging": float(belonging.median()),
                      "median_non_belonging": float(ok.loc[mask, "score"].median())})
     return rows
 
