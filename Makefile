@@ -8,7 +8,7 @@ JOBS    ?= 2
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
         report sync-wandb benchmark clean compare-methods attribution robustness drift complexity study \
-        real-decoder
+        real-decoder real-models
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -78,6 +78,23 @@ drift: ## kl-a's decoder fine-tuned N steps vs its fingerprint -> results/drift.
 
 real-decoder: ## taef2 (a real decoder): every method, separation, steps, resolution -> results/real_decoder.{md,csv} + figure
 	$(PYTHON) -m experiments.real_decoder $(ARGS)
+	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
+
+# Table 1 on eight real pretrained CelebA VAEs (models/disvae-celeba/; docs/real_models.md): every step is an
+# existing entry point with experiment=table1_celeba (suite celeba; outputs named real_models_*); RONAN on a subset
+# of inspected models (RONAN_CELEBA), then the intervals, the investigation and the page with its wall time.
+CELEBA_MODELS := vae,betaH,betaB,factor,btcvae,btcvae-a-5,btcvae-a0,btcvae-a5
+RONAN_CELEBA  ?= [vae],[btcvae-a5]
+CELEBA        := experiment=table1_celeba
+real-models: ## Table 1 on 8 real CelebA VAEs, every method, attribution -> results/real_models.{md,csv} + figures
+	$(PYTHON) -m experiments.generate $(CELEBA) $(ARGS)
+	$(PYTHON) -m experiments.invert -m $(PAR) $(CELEBA) model=$(CELEBA_MODELS) images=table1 shards=2 shard=0,1 $(ARGS)
+	$(PYTHON) -m experiments.table1 $(CELEBA) $(ARGS)
+	$(PYTHON) -m experiments.methods -m $(PAR) $(CELEBA) method=ronan inspected=$(RONAN_CELEBA) $(ARGS)
+	$(PYTHON) -m experiments.methods -m $(PAR) $(CELEBA) method=$(METHODS) $(ARGS)
+	$(PYTHON) -m experiments.methods $(CELEBA) aggregate=true threads=1 $(ARGS)
+	$(PYTHON) -m experiments.attribution $(CELEBA) $(ARGS)
+	$(PYTHON) -m experiments.real_models since=$(START) threads=1 $(ARGS)
 	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
 
 complexity: ## Table 1's scores vs image complexity and brightness (after reproduce-table1) -> results/complexity.*
