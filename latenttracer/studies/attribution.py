@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from latenttracer import attribution, protocol, tables
+from latenttracer.intervals import wilson
 from latenttracer.studies.base import STUDIES, Context, FigureOut, ReportSection, Study, StudyResult
 from latenttracer.studies.methods import load_runs
 
@@ -95,20 +96,34 @@ def summary_rows(method: str, result: pd.DataFrame, models: list[str]) -> pd.Dat
     total = matrix.sum()
     rows.append({"method": method, "source": protocol.ALL, "n": int(total.sum()), "accuracy": acc["overall"],
                  **{f"pred_{c}": int(v) for c, v in total.items()}})
-    return pd.DataFrame(rows)
+    return with_accuracy_interval(pd.DataFrame(rows))
+
+
+def with_accuracy_interval(table: pd.DataFrame) -> pd.DataFrame:
+    """``accuracy_lo`` / ``accuracy_hi`` after ``accuracy``: the Wilson interval of the correct count out of ``n``
+    (``accuracy * n`` is a whole number of images; a row without images gets NaN)."""
+    bounds = [wilson(round(a * n), n) if n > 0 and a == a else (np.nan, np.nan)
+              for a, n in zip(table["accuracy"], table["n"])]
+    table = table.drop(columns=[c for c in ("accuracy_lo", "accuracy_hi") if c in table])
+    at = table.columns.get_loc("accuracy") + 1
+    table.insert(at, "accuracy_lo", [b[0] for b in bounds])
+    table.insert(at + 1, "accuracy_hi", [b[1] for b in bounds])
+    return table
 
 
 def markdown(table: pd.DataFrame, title: str, notes: list[str]) -> str:
-    lines = [f"# {title}", "", *notes, "", "## Accuracy per true source", ""]
+    lines = [f"# {title}", "", *notes, "", "## Accuracy per true source [95% CI, Wilson]", ""]
     acc = table.pivot_table(index="method", columns="source", values="accuracy", aggfunc="first", sort=False)
     acc = acc[[c for c in acc.columns if c != protocol.ALL] + [protocol.ALL]]
-    lines.append(tables.markdown_table([[m, *(f"{v:.3f}" for v in row.values)] for m, row in acc.iterrows()],
+    rows = {(r["method"], r["source"]): r for r in table.to_dict("records")}
+    lines.append(tables.markdown_table([[m, *(tables.fmt_metric(rows[m, s], "accuracy") if (m, s) in rows else "–"
+                                              for s in acc.columns)] for m in acc.index],
                                        ["method \\ source", *acc.columns]))
     for method, group in table.groupby("method", sort=False):
         group = group[group["source"] != protocol.ALL]
         preds = [c for c in group.columns if c.startswith("pred_")]
         body = [[r["source"], *(f"**{r[c]}**" if r["source"] in HARD_PAIR and c[5:] in HARD_PAIR else str(r[c])
-                                for c in preds), f"{r['accuracy']:.3f}"] for r in group.to_dict("records")]
+                                for c in preds), tables.fmt_metric(r, "accuracy")] for r in group.to_dict("records")]
         lines += ["", f"## Confusion: {method} (rows: true source; columns: prediction; **bold**: the kl-a / kl-a-ft "
                   "pair)", "", tables.markdown_table(body, ["source \\ predicted", *(c[5:] for c in preds),
                                                               "accuracy"])]
