@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from latenttracer import atomic
-from latenttracer.intervals import fmt_ci
+from latenttracer.intervals import auc_delong, fmt_ci
 from latenttracer.metrics import roc_points
 
 __all__ = [
@@ -41,6 +41,8 @@ __all__ = [
     "metric_matrix",
     "metric_section",
     "metric_vs_param",
+    "pivot_formatted",
+    "plot_metric",
     "roc_curves",
     "save_figure",
     "score_histogram",
@@ -159,6 +161,35 @@ def fmt_metric(row: pd.Series | dict, metric: str) -> str:
     if has_interval(row, metric):
         return fmt_ci(float(value), row[f"{metric}_lo"], row[f"{metric}_hi"])
     return _fmt(float(value), metric)
+
+
+def pivot_formatted(frame: pd.DataFrame, index, columns, metric: str, sort: bool = False) -> pd.DataFrame:
+    """``frame.pivot_table(index, columns, values=metric)`` with each cell as text by :func:`fmt_metric`
+    (``0.944 [0.80, 1.00]`` where ``frame`` has the metric's bounds, ``–`` where a cell is missing)."""
+    def pivot(col: str) -> pd.DataFrame:
+        return frame.pivot_table(index=index, columns=columns, values=col, aggfunc="first", sort=sort, dropna=False)
+
+    wide = pivot(metric)
+    if not has_interval(frame, metric):
+        return wide.map(lambda v: fmt_metric({metric: v}, metric))
+    lo, hi = pivot(f"{metric}_lo").reindex_like(wide), pivot(f"{metric}_hi").reindex_like(wide)
+    out = wide.astype(object).copy()
+    for i in range(wide.shape[0]):
+        for j in range(wide.shape[1]):
+            out.iat[i, j] = fmt_metric({metric: wide.iat[i, j], f"{metric}_lo": lo.iat[i, j],
+                                        f"{metric}_hi": hi.iat[i, j]}, metric)
+    return out
+
+
+def plot_metric(ax, rows: pd.DataFrame, x: str, metric: str = "auc", fmt: str = "o-", **kwargs):
+    """``rows[metric]`` against ``rows[x]`` on ``ax``, with the 95% interval as error bars where ``rows`` has
+    ``<metric>_lo/_hi`` (:func:`latenttracer.intervals` bounds); the one way a figure draws a rate."""
+    values = rows[metric].to_numpy(float)
+    if has_interval(rows, metric):
+        lo, hi = rows[f"{metric}_lo"].to_numpy(float), rows[f"{metric}_hi"].to_numpy(float)
+        yerr = np.vstack([np.clip(values - lo, 0, None), np.clip(hi - values, 0, None)])
+        return ax.errorbar(rows[x], values, yerr=yerr, fmt=fmt, capsize=2, elinewidth=0.8, **kwargs)
+    return ax.plot(rows[x], values, fmt, **kwargs)
 
 
 def _matrix_cells(cells: pd.DataFrame, metric: str, rows: str) -> tuple[pd.DataFrame, list[list[str]]]:
@@ -318,9 +349,7 @@ def loss_histograms(scores: pd.DataFrame, inspected: str, threshold: float | Non
 
 
 def roc_curves(scores: pd.DataFrame, inspected: str):
-    """ROC curves of one inspected model, one per non-belonging source (AUC in the legend)."""
-    from sklearn.metrics import auc as area
-
+    """ROC curves of one inspected model, one per non-belonging source (AUC and its 95% interval in the legend)."""
     plt = _pyplot()
     belonging, others = belonging_split(scores, inspected)
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
@@ -328,7 +357,8 @@ def roc_curves(scores: pd.DataFrame, inspected: str):
         if belonging.size == 0 or vals.size == 0:
             continue
         fpr, tpr, _ = roc_points(belonging, vals)
-        ax.plot(fpr, tpr, linewidth=1.4, label=f"{source} (AUC {area(fpr, tpr):.3f})")
+        auc, lo, hi = auc_delong(belonging, vals)
+        ax.plot(fpr, tpr, linewidth=1.4, label=f"{source} (AUC {fmt_ci(auc, lo, hi)})")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
@@ -364,7 +394,8 @@ def mean_loss_vs_step(scores: pd.DataFrame, inspected: str):
 
 def metric_vs_param(rows: pd.DataFrame, param: str, metric: str = "auc", hue: str | None = None,
                     xscale: str = "log", title: str = ""):
-    """``metric`` against ``param``: one panel per (inspected model, source), one line per ``hue`` value.
+    """``metric`` against ``param``: one panel per (inspected model, source), one line per ``hue`` value; error
+    bars where ``rows`` has the metric's 95% interval (``<metric>_lo/_hi``).
 
     ``xscale``: ``log``, ``linear`` or ``symlog`` (for step counts that include 0).
     """
@@ -385,8 +416,8 @@ def metric_vs_param(rows: pd.DataFrame, param: str, metric: str = "auc", hue: st
                 line = cell if h is None else cell[cell[hue] == h]
                 line = line.sort_values(param)
                 if len(line):
-                    ax.plot(line[param], line[metric], marker="o", markersize=3, linewidth=1.3,
-                            label=None if h is None else f"{hue}={h}")
+                    plot_metric(ax, line, param, metric, "o-", markersize=3, linewidth=1.3,
+                                label=None if h is None else f"{hue}={h}")
             if xscale == "symlog":
                 ax.set_xscale("symlog", linthresh=1)
             else:

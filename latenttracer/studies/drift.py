@@ -46,7 +46,7 @@ from latenttracer.studies.base import STUDIES, Context, FigureOut, MethodEntry, 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["method", "steps", "relative_l2", "direction", "inspected", "belonging", "non_belonging", "auc",
-           "n_belonging", "n_non_belonging"]
+           "auc_lo", "auc_hi", "n_belonging", "n_non_belonging"]
 
 
 @dataclass
@@ -72,7 +72,8 @@ def auc(ctx: Context, ae, method, belonging: list[Path], non_belonging: list[Pat
     b = by_path.loc[[str(p) for p in belonging]]
     nb = by_path.loc[[str(p) for p in non_belonging]]
     m = detection_metrics(b.loc[b["status"] == "ok", "score"], nb.loc[nb["status"] == "ok", "score"])
-    return {"auc": m.auc, "n_belonging": m.n_belonging, "n_non_belonging": m.n_non_belonging}
+    return {"auc": m.auc, "auc_lo": m.auc_lo, "auc_hi": m.auc_hi, "n_belonging": m.n_belonging,
+            "n_non_belonging": m.n_non_belonging}
 
 
 def figure(rows: pd.DataFrame, recipe: str = "kl-a-ft recipe"):
@@ -87,7 +88,7 @@ def figure(rows: pd.DataFrame, recipe: str = "kl-a-ft recipe"):
                 continue
             label = f"{method}: {part['inspected'].iloc[0] if direction == 'base' else 'ft-N'} inspects"
             for ax, x in zip(axes, ("steps", "relative_l2")):
-                ax.plot(part[x], part["auc"], style, color=colours[i % len(colours)], label=label, ms=4)
+                tables.plot_metric(ax, part, x, "auc", style, color=colours[i % len(colours)], label=label, ms=4)
     for ax, label in zip(axes, ("fine-tuning steps N", "relative L2 distance of the decoder weights")):
         ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -103,15 +104,14 @@ def figure(rows: pd.DataFrame, recipe: str = "kl-a-ft recipe"):
 
 def table_markdown(cfg: Any, frame: pd.DataFrame, recipe: str, how: str, distance: str) -> str:
     base = str(cfg.base)
-    wide = frame.pivot_table(index=["steps", "relative_l2"], columns=["method", "direction"], values="auc",
-                             sort=False)
+    wide = tables.pivot_formatted(frame, ["steps", "relative_l2"], ["method", "direction"], "auc")
     header = ["N", "relative L2", *(f"{m}: {base if d == 'base' else 'ft-N'} inspects" for m, d in wide.columns)]
-    body = [[str(n), f"{d:.4f}", *(f"{v:.3f}" for v in r)] for (n, d), r in wide.iterrows()]
+    body = [[str(n), f"{d:.4f}", *r] for (n, d), r in wide.iterrows()]
     n_eval = int(frame["n_belonging"].max()) if len(frame) else 0
     return "\n".join([
         f"# Decoder drift ({base})", "",
         f"{base}'s decoder fine-tuned for N steps with {recipe}; each ft-N {how}, split as the suite splits; "
-        f"AUC of the evaluation halves ({n_eval} images each): `{base} inspects` = {base}'s "
+        f"AUC [95% CI] of the evaluation halves ({n_eval} images each): `{base} inspects` = {base}'s "
         "own images (belonging) vs ft-N's, `ft-N inspects` = the reverse. Relative L2 = ||W_ft - W_base|| / "
         f"||W_base|| over {distance}.", "",
         tables.markdown_table(body, header)]) + "\n"
