@@ -33,8 +33,9 @@ from latenttracer.studies.base import STUDIES, Context, FigureOut, MethodEntry, 
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["method", "calibration", "inspected", "perturbation", "strength", "condition", "auc", "accuracy", "tpr",
-           "fpr", "threshold", "n_belonging", "n_non_belonging", "n_failed"]
+COLUMNS = ["method", "calibration", "inspected", "perturbation", "strength", "condition",
+           *(f"{k}{b}" for k in ("auc", "accuracy", "tpr", "fpr") for b in ("", "_lo", "_hi")),
+           "threshold", "n_belonging", "n_non_belonging", "n_failed"]
 
 
 @dataclass
@@ -92,7 +93,8 @@ def condition_row(scores: pd.DataFrame, images: dict[str, list[Path]], threshold
     ok = {k: f.loc[f["status"] == "ok", "score"] for k, f in parts.items()}
     failed = sum(int((f["status"] != "ok").sum()) for f in parts.values())
     m = detection_metrics(ok["belonging"], ok["non_belonging"], threshold)
-    return {"auc": m.auc, "accuracy": m.accuracy, "tpr": m.tpr, "fpr": m.fpr, "threshold": threshold,
+    rates = {f"{k}{b}": getattr(m, f"{k}{b}") for k in ("auc", "accuracy", "tpr", "fpr") for b in ("", "_lo", "_hi")}
+    return {**rates, "threshold": threshold,
             "n_belonging": m.n_belonging, "n_non_belonging": m.n_non_belonging, "n_failed": failed}
 
 
@@ -194,16 +196,18 @@ def table_markdown(rows: pd.DataFrame, notes: list[str], conditions: tuple[Pertu
     for metric in ("auc", "accuracy", "tpr", "fpr"):
         index = ["method", "inspected"] if metric == "auc" else ["method", "calibration", "inspected"]
         mine = rows[rows["calibration"] == first] if metric == "auc" else rows
-        wide = mine.pivot_table(index=index, columns="condition", values=metric, sort=False)
+        wide = tables.pivot_formatted(mine, index, "condition", metric)
         wide = wide[[c for c in order if c in wide.columns]]
-        body = [[*key, *(f"{v:.3f}" for v in r)] for key, r in wide.iterrows()]
-        parts += ["", f"## {metric}", "", tables.markdown_table(body, [*index, *wide.columns])]
+        body = [[*key, *r] for key, r in wide.iterrows()]
+        heading = f"{metric} [95% CI]" if tables.has_interval(mine, metric) else metric
+        parts += ["", f"## {heading}", "", tables.markdown_table(body, [*index, *wide.columns])]
     return "\n".join(parts) + "\n"
 
 
 def figure(rows: pd.DataFrame):
     """One panel per perturbation kind (grid order): AUC against strength, one line per method (mean over
-    inspected models, the range over them shaded); the clean AUC as the dotted line of the same colour."""
+    inspected models, the range over them shaded; with one inspected model, its AUC with 95% error bars); the
+    clean AUC as the dotted line of the same colour."""
     plt = tables._pyplot()
     rows = rows[rows["calibration"] == rows["calibration"].iloc[0]]  # AUC needs no threshold: one calibration
     kinds = [k for k in dict.fromkeys(rows["perturbation"]) if k != CLEAN]
@@ -217,7 +221,11 @@ def figure(rows: pd.DataFrame):
             mine = rows[rows["method"] == method]
             clean = mine.loc[mine["perturbation"] == CLEAN, "auc"].mean()
             pert = mine[mine["perturbation"] == kind].groupby("strength")["auc"].agg(["mean", "min", "max"])
-            ax.plot(pert.index, pert["mean"], "o-", color=colour, label=method, ms=4)
+            if mine["inspected"].nunique() == 1:  # one model: its AUC with the 95% interval as error bars
+                one = mine[mine["perturbation"] == kind].sort_values("strength")
+                tables.plot_metric(ax, one, "strength", "auc", "o-", color=colour, label=method, ms=4)
+            else:
+                ax.plot(pert.index, pert["mean"], "o-", color=colour, label=method, ms=4)
             if mine["inspected"].nunique() > 1:
                 ax.fill_between(pert.index, pert["min"], pert["max"], color=colour, alpha=0.15, lw=0)
             ax.axhline(clean, color=colour, ls=":", lw=1)
