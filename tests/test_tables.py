@@ -170,3 +170,19 @@ def test_attribution_accuracies_show_their_wilson_interval():
     # by hand: LatentTracer on kl-b attributes 44 of 50 images correctly: Wilson [0.7620, 0.9438]
     row = table[(table["method"] == "latenttracer") & (table["source"] == "kl-b")].iloc[0]
     assert (row.accuracy_lo, row.accuracy_hi) == pytest.approx((0.7620, 0.9438), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "results").glob("*.csv")))
+def test_threshold_rates_carry_the_wilson_interval_of_their_counts(name):
+    """Wherever a published CSV has TPR / FPR at a threshold with bounds, they are Wilson's of the counts."""
+    from latenttracer.intervals import wilson
+
+    frame = pd.read_csv(ROOT / "results" / name)
+    if not {"tpr_lo", "n_belonging", "n_non_belonging"} <= set(frame.columns):
+        pytest.skip(f"{name}: no TPR interval at a threshold")
+    rows = frame[frame["tpr"].notna()]
+    assert len(rows)
+    for r in rows.itertuples():
+        assert (r.tpr_lo, r.tpr_hi) == pytest.approx(wilson(round(r.tpr * r.n_belonging), r.n_belonging))
+        assert (r.fpr_lo, r.fpr_hi) == pytest.approx(wilson(round(r.fpr * r.n_non_belonging), r.n_non_belonging))
+        assert r.accuracy_lo <= r.accuracy <= r.accuracy_hi
