@@ -18,14 +18,21 @@ A *scorer* is any callable ``score(inspected, paths) -> DataFrame`` giving one r
 ``path``, ``score`` (lower = more belonging) and ``status`` (``ok`` or ``failed``); ``init_loss`` (a baseline
 score, e.g. LatentTracer's step-0 loss), ``best_step``, ``reason``, ``sha256``, ``cached`` and ``trajectory`` are
 carried into the score frame when present. :func:`invert_paths` is LatentTracer's: inversion through the shared
-:class:`~latenttracer.store.ResultStore` under a file lock, so parallel jobs never compute the same thing twice.
+:class:`~latenttracer.store.ResultStore`; each job claims the images it computes (:func:`score_once`), so parallel
+jobs never compute the same thing twice and jobs with different images (Table 1's shards) never wait for each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +49,8 @@ from latenttracer.store import ResultStore
 from latenttracer.tracing import run_hash, score_images
 
 __all__ = ["ALL", "REAL", "SCORE_COLUMNS", "SPLITS", "Calibrator", "ImageSets", "Scorer", "SplitSettings",
-           "cell_metrics", "evaluate", "flat_metrics", "grid_images", "image_rows", "invert_paths", "set_rows", "split",
-           "subset", "truncate"]
+           "cell_metrics", "evaluate", "flat_metrics", "grid_images", "image_rows", "invert_paths", "score_once",
+           "set_rows", "split", "subset", "truncate"]
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +162,10 @@ def invert_paths(ae: Autoencoder, paths: Sequence[str | Path], config: Inversion
                 progress: bool = True) -> pd.DataFrame:
     """LatentTracer's scores of ``paths`` against ``ae`` through ``store``; one row per scored path.
 
-    With a store, a file lock per (model, run hash) under ``<store>/.locks`` makes a second job wait and then
-    find the results cached. With ``trajectory_steps`` >= ``config.steps``, the images are inverted with
-    ``trajectory_steps`` steps (cached) and cut with :func:`truncate`: one long run serves every shorter step count.
+    With a store, the images are scored through :func:`score_once`: a second job given the same images waits and
+    then finds them cached, while jobs given different images (Table 1's shards) run side by side. With
+    ``trajectory_steps`` >= ``config.steps``, the images are inverted with ``trajectory_steps`` steps (cached) and
+    cut with :func:`truncate`: one long run serves every shorter step count.
     Skipped images (``on_bad_image="skip"``) are logged and absent from the result.
     """
     if trajectory_steps is not None and int(trajectory_steps) > config.steps and not config.cuttable:
@@ -169,18 +177,105 @@ def invert_paths(ae: Autoencoder, paths: Sequence[str | Path], config: Inversion
                             progress=progress)
         return truncate(frame, config.steps, config.strategy)
 
-    def run():
-        return score_images(ae, [str(p) for p in paths], config, store=store, image_options=image_options,
-                            on_bad_image=on_bad_image, progress=progress, desc=f"{ae.name} ({config.steps} steps)")
+    def run(chosen: list[str]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+        return score_images(ae, chosen, config, store=store, image_options=image_options, on_bad_image=on_bad_image,
+                            progress=progress, desc=f"{ae.name} ({config.steps} steps)")
 
     if store is None:
-        frame, skipped = run()
+        frame, skipped = run([str(p) for p in paths])
     else:
-        with locked(store.root / ".locks" / f"{ae.name}-{run_hash(ae, config, image_options)}.lock"):
-            frame, skipped = run()
+        frame, skipped = score_once(store.root / ".locks" / f"{ae.name}-{run_hash(ae, config, image_options)}",
+                                    [str(p) for p in paths], run)
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     return frame
+
+
+Run = Callable[[list[str]], tuple[pd.DataFrame, list[tuple[str, str]]]]
+"""``run(paths)`` -> (one row per scored path, [(path, reason) skipped]), e.g.
+:func:`~latenttracer.tracing.score_images` through a store (it computes only what the store lacks)."""
+
+
+def score_once(lock: str | os.PathLike, paths: Sequence[str], run: Run) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """``run(paths)`` with parallel jobs (processes, SLURM tasks on a shared disk) never running one path at once.
+
+    ``lock`` names one (model, run hash) of a store. Each job claims the paths that no live job has claimed (a
+    claim file under ``<lock>.claims/``, held under an advisory lock while the job computes them), computes those,
+    then waits for the jobs holding the rest and runs them too (``run`` takes them from the store: the other job
+    wrote them; whatever a crashed job left undone is claimed and computed then). Jobs with disjoint paths, as
+    Table 1's shards of one model, thus run side by side; until this, one lock per (model, run hash) made them run
+    one after the other. Returns the rows in the order of ``paths``.
+    """
+    lock = Path(lock)
+    claims = lock.with_name(lock.name + ".claims")
+    claims.mkdir(parents=True, exist_ok=True)
+    pending = list(dict.fromkeys(str(p) for p in paths))
+    frames, skipped = [], []
+    while pending:
+        with _claim(lock.with_name(lock.name + ".lock"), claims, pending) as (mine, others):
+            if mine:
+                frame, bad = run(mine)
+                frames.append(frame)
+                skipped.extend(bad)
+        if others:
+            t0 = time.perf_counter()
+            for fh in others:  # returns when that job has finished (or died): its claim is released
+                with fh:
+                    fcntl.flock(fh, fcntl.LOCK_SH)
+            log.info("waited %.1fs for %d parallel job(s) scoring %d of these images", time.perf_counter() - t0,
+                     len(others), len(pending) - len(mine))
+        done = set(mine)
+        pending = [p for p in pending if p not in done]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return run([])[0], skipped
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    order = {p: i for i, p in enumerate(str(p) for p in paths)}
+    rank = frame["path"].astype(str).map(order).fillna(len(order)).to_numpy()
+    return frame.iloc[np.argsort(rank, kind="stable")].reset_index(drop=True), skipped
+
+
+@contextlib.contextmanager
+def _claim(lock: Path, claims: Path, paths: list[str]) -> Iterator[tuple[list[str], list]]:
+    """Claim the ``paths`` no live job holds; yield (claimed paths, open claim files of the jobs holding the rest).
+
+    A claim file lists absolute paths; it is live while its job holds an exclusive lock on it, and one nobody
+    holds (its job ended or died) is removed. Claims are made under ``lock``, so two jobs never claim one path;
+    this job's claim is released on leaving the block.
+    """
+    others, taken = [], set()
+    own = claims / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.json"
+    fh = None
+    with locked(lock):
+        for path in sorted(claims.glob("*.json")):
+            try:
+                other = open(path)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live job's claim
+                held = set(json.loads(other.read() or "[]"))
+                if any(os.path.abspath(p) in held for p in paths):
+                    taken |= held
+                    others.append(other)
+                else:
+                    other.close()
+                continue
+            other.close()  # nobody holds it: its job is gone
+            path.unlink(missing_ok=True)
+        mine = [p for p in paths if os.path.abspath(p) not in taken]
+        if mine:
+            fh = open(own, "w")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write(json.dumps([os.path.abspath(p) for p in mine]))
+            fh.flush()
+    try:
+        yield mine, others
+    finally:
+        if fh is not None:
+            own.unlink(missing_ok=True)
+            fh.close()  # releases the claim
 
 
 # -- the grid ---------------------------------------------------------------------------------------------------

@@ -154,3 +154,102 @@ def test_locked_serialises_blocks(tmp_path):
     for t in threads:
         t.join()
     assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
+
+
+# -- score_once: parallel jobs never score one path at once, and jobs with other paths never wait -----------------
+def _recording_run(calls: list, before=None):
+    """A stand-in ``run``: one row per path (score = its length), recording each call; ``before(chosen)`` first."""
+
+    def run(chosen):
+        calls.append(list(chosen))
+        if before is not None:
+            before(chosen)
+        return pd.DataFrame({"path": chosen, "score": [float(len(p)) for p in chosen]}), []
+
+    return run
+
+
+def _in_threads(*jobs):
+    errors = []
+
+    def wrap(fn):
+        try:
+            fn()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=wrap, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a job never finished"
+    if errors:
+        raise errors[0]
+
+
+def test_score_once_runs_jobs_with_disjoint_paths_side_by_side(tmp_path):
+    # Each job's run waits until the other job's run has started: with one lock per (model, run hash), as before,
+    # the second job could not start before the first finished and the first would time out.
+    started = {"a": threading.Event(), "b": threading.Event()}
+    calls = {"a": [], "b": []}
+
+    def job(tag, other):
+        def before(_):
+            started[tag].set()
+            if not started[other].wait(10):
+                raise TimeoutError(f"job {tag}: job {other} never started while {tag} was running")
+
+        paths = [f"/sets/{tag}/{i}.png" for i in range(3)]
+        frame, skipped = protocol.score_once(tmp_path / "locks" / "m-hash", paths, _recording_run(calls[tag], before))
+        assert frame["path"].tolist() == paths and skipped == []
+
+    _in_threads(lambda: job("a", "b"), lambda: job("b", "a"))
+    assert calls == {"a": [[f"/sets/a/{i}.png" for i in range(3)]], "b": [[f"/sets/b/{i}.png" for i in range(3)]]}
+
+
+def test_score_once_leaves_paths_a_running_job_holds_to_it_and_waits_for_them(tmp_path):
+    lock = tmp_path / "m-hash"
+    first, second = [], []
+    b_ran_its_own = threading.Event()
+
+    def hold(_):  # job a keeps its claim until job b has scored the path only b asked for
+        if not b_ran_its_own.wait(10):
+            raise TimeoutError("job b never scored its own path")
+
+    def b_before(chosen):
+        if chosen == ["/s/4.png"]:
+            b_ran_its_own.set()
+
+    shared = ["/s/2.png", "/s/3.png"]
+    out = {}
+
+    def job_a():
+        out["a"] = protocol.score_once(lock, ["/s/1.png", *shared], _recording_run(first, hold))
+
+    def job_b():
+        while not list((tmp_path / "m-hash.claims").glob("*.json")):  # start once a holds its claim
+            time.sleep(0.01)
+        out["b"] = protocol.score_once(lock, [*shared, "/s/4.png"], _recording_run(second, b_before))
+
+    _in_threads(job_a, job_b)
+    assert first == [["/s/1.png", *shared]]
+    # b scores its own path at once, the shared ones only after a released them (a store would then hold them)
+    assert second == [["/s/4.png"], shared]
+    assert out["b"][0]["path"].tolist() == [*shared, "/s/4.png"]  # rows in the order asked for
+    assert list((tmp_path / "m-hash.claims").glob("*.json")) == []  # claims are removed when released
+
+
+def test_score_once_takes_over_the_claim_of_a_job_that_died(tmp_path):
+    claims = tmp_path / "m-hash.claims"
+    claims.mkdir()
+    (claims / "123-dead.json").write_text('["/s/1.png"]')  # nobody holds its lock: its job is gone
+    calls = []
+    frame, _ = protocol.score_once(tmp_path / "m-hash", ["/s/1.png", "/s/2.png"], _recording_run(calls))
+    assert calls == [["/s/1.png", "/s/2.png"]] and frame["path"].tolist() == ["/s/1.png", "/s/2.png"]
+    assert not (claims / "123-dead.json").exists()
+
+
+def test_score_once_with_no_paths_returns_the_runs_empty_frame(tmp_path):
+    frame, skipped = protocol.score_once(tmp_path / "m-hash", [], _recording_run([]))
+    assert frame.empty and list(frame.columns) == ["path", "score"] and skipped == []
