@@ -1,35 +1,32 @@
-"""Early-exit bounds: learnt from calibration trajectories, saved, applied to an :class:`InversionConfig`, replayed.
+"""Early exit with a stated guarantee: a split-conformal exit rule learnt from calibration trajectories.
 
-The loop (:mod:`latenttracer.inversion`) stops an image at scored iteration ``k`` when its running minimum is
-``<= t`` (belonging; exact) or above ``b_k = margin * ratio_k * t`` (non-belonging). This module learns the
-ratios from full-run trajectories of calibration images (images known to belong):
+The loop (:mod:`latenttracer.inversion`) stops an image at scored iteration ``k`` when its running minimum ``m_k``
+is ``<= t`` (belonging: exact, the minimum only falls) or above ``bound_k * t`` (not belonging). This module learns
+``bound_k`` so that, for the model's own images, the chance of a **wrong early rejection** (an image stopped as not
+belonging that the full run would call belonging) is at most the **risk** ``alpha``:
 
-    ratio_k = max over calibration images of  running_min_k / final score      (>= 1; the last one is 1)
+* ``t`` is the calibrated threshold; of the calibration images, those whose full run ends belonging
+  (``min <= t``) are split in two, seeded: a *shape* part and a *score* part;
+* ``a_ik = m_ik / t``; the shape is ``b_k = median over the shape part of a_ik``;
+* each score-part image gets ``s_i = max a_ik / b_k`` over the steps at which it is still pending (``m_ik > t``,
+  not the last step: the steps a bound could stop it wrongly at);
+* ``q`` is the ``ceil((n + 1)(1 - alpha))``-th smallest of the ``n`` scores, infinite when that rank exceeds ``n``
+  (then nothing exits from above: ``alpha >= 1 / (n + 1)`` is what a score part of ``n`` images allows);
+* ``bound_k = q * b_k``.
 
-A calibration image whose full-run verdict is belonging (score ``s <= t``) has ``running_min_k <= ratio_k * s
-<= ratio_k * t <= b_k`` at every step, so the bound never rejects it early (:func:`rejected_early` checks it).
-Images not seen in calibration have no such guarantee: ``margin`` (>= 1) buys room for them.
+**Guarantee.** An own image whose full run is belonging is stopped wrongly iff its score exceeds ``q``. If it is
+exchangeable with the calibration images that end belonging (drawn the same way from the same model), the
+split-conformal rank argument gives ``P(wrong early rejection) <= alpha``, whatever the model and the shape. It is
+a guarantee on average over calibration draws, for images like the calibration images (not for perturbed ones
+unless the calibration had perturbed copies). It says nothing about non-own images: a bound can only reject, so
+it can only change the verdict of a non-own image the full run wrongly accepts. ``t`` is learnt from the same
+calibration images (``trace --calibrate``); the argument is exact for a ``t`` fixed beforehand, and
+``results/early_exit.csv`` measures the wrong-exit rate with ``t`` learnt (``wrong_exit_rate`` and its interval).
 
-**Early accept** is the mirror image, learnt from images known *not* to belong (other generators' images, real
-photos: ``negatives``) and the calibration images the full run rejects. An image leaves as belonging at step
-``k`` once its running minimum is ``< max(t, a_k * t / accept_margin)``, where
-
-    a_k = min over those rejected images of  running_min_k / t      (> 1: each ends above t)
-
-so none of them would have been accepted early (:func:`accepted_early` checks it). A bound below ``t`` adds
-nothing: the exact exit takes those images first.
-
-**Trend** (``trend`` b > 0, :func:`~latenttracer.inversion.exit_statistic`): both ratios are learnt, and the
-bounds applied, on ``s_k = m_k * (m_k / m_floor(k/2)) ** b`` instead of the running minimum ``m_k``: the same
-guarantees hold on the images learnt from, and an image that is still falling fast is judged by where it is
-heading. The exact exit still compares ``m_k``. The accept bound needs images
-the model did not make: its own calibration images alone make it unsafe (they improve long after a negative has
-flattened), so :func:`learn_bounds` learns it only when ``negatives`` are given.
-
-    bounds = learn_bounds(calibration_trajectories, target_tpr=0.95)   # threshold at 95% TPR, ratios
-    bounds.save("bounds.json"); bounds = ExitBounds.load("bounds.json")
-    cfg = bounds.apply(InversionConfig(), margin=1.5)                   # early_exit on, t and ratios set
-    score, exit_step, exit = replay(trajectory, cfg)                    # what the loop does, from a full trajectory
+    policy = learn_exit_policy(calibration_trajectories, threshold=t, risk=0.05, config=cfg)
+    policy.allows()                       # "47 calibration images end belonging, 23 score them: risk >= 0.042 ..."
+    fast = policy.apply(cfg)              # early_exit on, t and the bound set: what the loop runs
+    score, exit_step, exit = replay(trajectory, fast)     # what the loop does, from a full-run trajectory
 """
 
 from __future__ import annotations
@@ -45,11 +42,15 @@ import numpy as np
 import torch
 
 from latenttracer import atomic
-from latenttracer.inversion import EXIT_CODES, InversionConfig, accept_bounds, exit_bounds, exit_codes, exit_statistic
-from latenttracer.metrics import calibrate_threshold
+from latenttracer.inversion import EXIT_CODES, InversionConfig, exit_bounds, exit_codes
 
-__all__ = ["ExitBounds", "accepted_early", "learn_accept_ratios", "learn_bounds", "learn_ratios", "rejected_early",
-           "replay", "replay_frame", "running_min", "statistics"]
+__all__ = ["DEFAULT_RISK", "ExitPolicy", "conformal_rank", "learn_exit_policy", "min_risk", "rejected_early",
+           "replay", "replay_frame", "running_min", "wrong_exits"]
+
+DEFAULT_RISK = 0.05
+"""``trace --early-exit``'s risk: chosen on the seed-0 zoo (``results/early_exit.csv``), held out on the fresh
+draws and taef2 (``docs/deployment.md``)."""
+SHAPE_FRACTION = 0.5  # of the calibration images that end belonging, the share that learns the shape
 
 
 def running_min(trajectory: Sequence[float]) -> np.ndarray:
@@ -57,188 +58,157 @@ def running_min(trajectory: Sequence[float]) -> np.ndarray:
     return np.minimum.accumulate(np.asarray(trajectory, dtype=float))
 
 
-def statistics(mins: np.ndarray, trend: float = 0.0) -> np.ndarray:
-    """:func:`~latenttracer.inversion.exit_statistic` at every step of stacked running minima (images x steps),
-    computed as the loop computes it (float32)."""
-    if not trend:
-        return np.asarray(mins, dtype=float)
-    history = torch.tensor(np.asarray(mins), dtype=torch.float32)
-    return torch.stack([exit_statistic(history, k, trend) for k in range(history.shape[1])], 1).double().numpy()
-
-
-def learn_ratios(trajectories: Sequence[Sequence[float]], threshold: float | None = None,
-                 trend: float = 0.0) -> tuple[float, ...]:
-    """``ratio_k = max_i running_min_i[k] / final_i`` over full-run trajectories of equal length (>= 1 each; of the
-    trend statistic instead with ``trend``, which may be below 1).
-
-    With ``threshold`` (tighter, the default of :func:`learn_bounds`): ``ratio_k = max running_min_i[k] /
-    threshold`` over the images a bound at step ``k`` could wrongly reject only: those whose full run is belonging
-    (``final <= threshold``) and that are still above the threshold at step ``k`` (once below it, an image has
-    left by the exact rule); a step with none gets ratio 1 (bound ``margin * threshold``). Either way no
-    calibration image that the full run calls belonging is above ``ratio_k * threshold`` while it is still running.
-
-    A trajectory whose final score is 0 makes its ratios infinite (no bound rejects anything); a non-finite
-    value is an error (a failed image has no trajectory to learn from: leave it out). ``trend``: the ratios of the
-    trend statistic (module docstring) instead of the running minimum's.
-    """
+def _stacked(trajectories: Sequence[Sequence[float]]) -> np.ndarray:
     mins = [running_min(t) for t in trajectories]
     if not mins:
-        raise ValueError("early exit: no calibration trajectories to learn bounds from")
-    stacked = _stacked(mins, "calibration")
-    stat = statistics(stacked, trend)
-    final = stacked[:, -1:]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(final > 0, stat / np.where(final > 0, final, 1.0), math.inf)
-    if threshold is not None:
-        pending = (final <= threshold) & (stacked > threshold)
-        highest = np.where(pending, stat / threshold, -math.inf).max(0)
-        return tuple(float(r) if r > -math.inf else 1.0 for r in highest)  # none pending: the bound margin * t
-    return tuple(float(r) for r in ratios.max(0))
-
-
-def _stacked(mins: list[np.ndarray], what: str) -> np.ndarray:
+        raise ValueError("early exit: no calibration trajectories to learn the exit rule from")
     lengths = {m.size for m in mins}
     if len(lengths) != 1:
-        raise ValueError(f"early exit: {what} trajectories differ in length ({sorted(lengths)}): learn from "
+        raise ValueError(f"early exit: calibration trajectories differ in length ({sorted(lengths)}): learn from "
                          "full runs of one schedule")
     stacked = np.stack(mins)
     if not np.isfinite(stacked).all():
-        raise ValueError(f"early exit: a {what} trajectory has a non-finite loss (leave failed images out)")
+        raise ValueError("early exit: a calibration trajectory has a non-finite loss (leave failed images out)")
     return stacked
 
 
-def learn_accept_ratios(trajectories: Sequence[Sequence[float]], threshold: float,
-                        trend: float = 0.0) -> tuple[float, ...]:
-    """``a_k = min running_min_i[k] / threshold`` over the full-run trajectories whose final score is above
-    ``threshold`` (the rejected ones; others are ignored): the accept bound's ratios (module docstring). Each is
-    > 1, so an image below ``a_k * threshold`` at step ``k`` is lower than every rejected image was there.
-    ``trend``: of the trend statistic instead (module docstring; a ratio may then be below 1)."""
-    if not float(threshold) > 0:
-        raise ValueError(f"early accept: needs a positive threshold, got {threshold!r}")
-    mins = [running_min(t) for t in trajectories]
-    stacked = _stacked(mins, "negative") if mins else np.zeros((0, 0))
-    rejected = stacked[stacked[:, -1] > threshold] if stacked.size else stacked
-    if not len(rejected):
-        raise ValueError("early accept: no image above the threshold to learn the accept bound from (give images "
-                         "the model did not make: --negatives, or the other generators' calibration sets)")
-    return tuple(float(r) for r in statistics(rejected, trend).min(0) / float(threshold))
+def conformal_rank(n: int, risk: float) -> int:
+    """``ceil((n + 1)(1 - risk))``: the rank of ``q`` among ``n`` scores (``> n``: ``q`` is infinite)."""
+    return math.ceil((n + 1) * (1 - risk) - 1e-12)
+
+
+def min_risk(n: int) -> float:
+    """The smallest risk at which ``n`` scores give a finite ``q``: ``1 / (n + 1)``."""
+    return 1.0 / (n + 1)
+
+
+def _check_risk(risk: float) -> float:
+    if isinstance(risk, bool) or not (isinstance(risk, (int, float)) and 0 < risk < 1):
+        raise ValueError(f"early exit: the risk must be a number in (0, 1), got {risk!r}")
+    return float(risk)
 
 
 @dataclass(frozen=True)
-class ExitBounds:
-    """A threshold and per-step ratios learnt from calibration; ``apply`` turns them into loop settings."""
+class ExitPolicy:
+    """The exit rule learnt from calibration: threshold ``t`` and per-step bound ``bound[k]`` (in units of ``t``;
+    ``None``: the exact exit only); ``apply`` turns it into loop settings."""
 
     threshold: float
-    ratios: tuple[float, ...]
-    n_calibration: int = 0
-    config_hash: str = ""  # the inversion settings the trajectories came from (a check on load/apply)
-    accept_ratios: tuple[float, ...] | None = None  # early accept (module docstring); None: not learnt
-    n_negatives: int = 0   # known-negative trajectories the accept ratios were learnt from (besides calibration)
-    trend: float = 0.0     # the statistic both ratios are of (module docstring); applied with them
+    risk: float
+    bound: tuple[float, ...] | None
+    n_calibration: int = 0  # calibration trajectories given
+    n_shape: int = 0        # belonging calibration images that learnt the shape
+    n_scores: int = 0       # belonging calibration images scored (the conformal sample)
+    q: float = math.inf
+    config_hash: str = ""   # the inversion settings the trajectories came from (checked by apply)
 
-    def bounds(self, margin: float = 1.0) -> np.ndarray:
-        """``b_k = margin * ratio_k * threshold``."""
-        return np.asarray(self.ratios, dtype=float) * float(margin) * float(self.threshold)
+    def allows(self) -> str:
+        """One line: what the calibration set allows."""
+        lo = min_risk(self.n_scores)
+        head = (f"{self.n_calibration} calibration images, {self.n_shape + self.n_scores} end belonging "
+                f"({self.n_shape} learn the bound's shape, {self.n_scores} set its level): risk >= {lo:.3g} for any "
+                "exit from above")
+        if self.bound is None:
+            return head + (f"; at risk {self.risk:g} only the exact exit (below the threshold) is used: give more "
+                           "calibration images or a larger risk")
+        return head + f"; at risk {self.risk:g} the bound is q = {self.q:.4g} x the shape"
 
-    def apply(self, config: InversionConfig, margin: float | None = None, exact_only: bool = False,
-              accept_margin: float | None = None) -> InversionConfig:
-        """``config`` with early exit on: this threshold, these ratios (none with ``exact_only``), ``margin``; the
-        accept ratios too when learnt and ``accept_margin`` is given (early accept is then on); this ``trend``.
-
-        Raises ValueError when the ratios were learnt under other inversion settings than ``config``'s, or for
-        another trend than a ``config.exit_trend`` other than 0.
-        """
-        if self.config_hash and self.config_hash != _schedule_hash(config):
-            raise ValueError("early exit: these bounds were learnt from trajectories of other inversion settings "
-                             f"(hash {self.config_hash}, this config {_schedule_hash(config)}); learn them again")
-        if config.exit_trend and not exact_only and float(config.exit_trend) != float(self.trend):
-            raise ValueError(f"early exit: these bounds were learnt for exit_trend {self.trend:g}, the config asks "
-                             f"for {config.exit_trend:g}; learn them again with it")
-        accept = not exact_only and accept_margin is not None
-        if accept and self.accept_ratios is None:
-            raise ValueError("early accept: these bounds have no accept ratios (learn them with negatives)")
+    def apply(self, config: InversionConfig) -> InversionConfig:
+        """``config`` with early exit on at this threshold and bound. Raises ValueError when the trajectories came
+        from other inversion settings than ``config``'s."""
+        if self.config_hash and self.config_hash != schedule_hash(config):
+            raise ValueError("early exit: this rule was learnt from trajectories of other inversion settings "
+                             f"(hash {self.config_hash}, this config {schedule_hash(config)}); learn it again")
         return dataclasses.replace(config, early_exit=True, exit_threshold=float(self.threshold),
-                                   exit_ratios=None if exact_only else tuple(self.ratios),
-                                   exit_margin=config.exit_margin if margin is None else float(margin),
-                                   exit_accept_ratios=tuple(self.accept_ratios) if accept else None,
-                                   exit_accept_margin=float(accept_margin) if accept else config.exit_accept_margin,
-                                   exit_trend=0.0 if exact_only else float(self.trend))
+                                   exit_ratios=self.bound)
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "ratios": list(self.ratios), "n_calibration": self.n_calibration,
-                "config_hash": self.config_hash,
-                "accept_ratios": None if self.accept_ratios is None else list(self.accept_ratios),
-                "n_negatives": self.n_negatives, "trend": self.trend}
+        out = dataclasses.asdict(self)
+        out["bound"] = None if self.bound is None else list(self.bound)
+        out["q"] = None if math.isinf(self.q) else self.q
+        return out
 
     def save(self, path: str | Path) -> Path:
         return atomic.write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> ExitBounds:
+    def load(cls, path: str | Path) -> ExitPolicy:
         try:
             data = json.loads(Path(path).read_text())
-            accept = data.get("accept_ratios")
-            return cls(threshold=float(data["threshold"]), ratios=tuple(float(r) for r in data["ratios"]),
-                       n_calibration=int(data.get("n_calibration", 0)), config_hash=str(data.get("config_hash", "")),
-                       accept_ratios=None if accept is None else tuple(float(r) for r in accept),
-                       n_negatives=int(data.get("n_negatives", 0)), trend=float(data.get("trend", 0.0)))
+            bound = data["bound"]
+            return cls(threshold=float(data["threshold"]), risk=_check_risk(data["risk"]),
+                       bound=None if bound is None else tuple(float(b) for b in bound),
+                       n_calibration=int(data["n_calibration"]), n_shape=int(data["n_shape"]),
+                       n_scores=int(data["n_scores"]), q=math.inf if data["q"] is None else float(data["q"]),
+                       config_hash=str(data.get("config_hash", "")))
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"early-exit bounds file {path}: cannot read it ({type(err).__name__}: {err})") from err
+            raise ValueError(f"early-exit rule file {path}: cannot read it ({type(err).__name__}: {err})") from err
 
 
-def _schedule_hash(config: InversionConfig) -> str:
-    """The settings a trajectory depends on (early exit off, so the hash is the full run's)."""
-    return dataclasses.replace(config, early_exit=False, exit_threshold=None, exit_ratios=None,
-                               exit_accept_ratios=None, exit_trend=0.0).hash()
+def schedule_hash(config: InversionConfig) -> str:
+    """The settings a full-run trajectory depends on (early exit off)."""
+    return dataclasses.replace(config, early_exit=False, exit_threshold=None, exit_ratios=None).hash()
 
 
-def learn_bounds(trajectories: Sequence[Sequence[float]], threshold: float | None = None, target_tpr: float = 0.95,
-                 config: InversionConfig | None = None, pending_only: bool = True,
-                 negatives: Sequence[Sequence[float]] | None = None, trend: float | None = None) -> ExitBounds:
-    """Bounds from full-run trajectories of calibration images (one list of losses per image).
+def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shape rows, score rows) of ``n`` belonging calibration images: a seeded permutation, the first
+    ``floor(SHAPE_FRACTION * n)`` (at least 1 when ``n >= 2``) learn the shape."""
+    order = np.random.default_rng(seed).permutation(n)
+    k = max(1, int(SHAPE_FRACTION * n)) if n >= 2 else 0
+    return np.sort(order[:k]), np.sort(order[k:])
 
-    The threshold is ``threshold`` if given, else the calibration rule at ``target_tpr`` on the trajectories'
-    minima (:func:`~latenttracer.metrics.calibrate_threshold`: the scores a full run gives). ``config``: the
-    settings the trajectories were made with (recorded, checked by :meth:`ExitBounds.apply`). ``pending_only``:
-    learn each step's ratio only from the images a bound there could wrongly reject (:func:`learn_ratios`).
-    ``negatives``: full-run trajectories of images known not to belong (same schedule): the accept ratios are
-    learnt from them and the calibration images the threshold rejects (:func:`learn_accept_ratios`). ``trend``:
-    the statistic's (module docstring; default ``config.exit_trend``, else 0).
-    """
-    if threshold is None:
-        threshold = calibrate_threshold([float(np.min(t)) for t in trajectories], target_tpr)
-    if trend is None:
-        trend = float(config.exit_trend) if config is not None else 0.0
-    ratios = learn_ratios(trajectories, float(threshold) if pending_only else None, trend)
-    accept = (None if negatives is None else
-              learn_accept_ratios([*negatives, *trajectories], float(threshold), trend))
-    return ExitBounds(threshold=float(threshold), ratios=ratios, n_calibration=len(trajectories),
-                      config_hash=_schedule_hash(config) if config is not None else "", accept_ratios=accept,
-                      n_negatives=0 if negatives is None else len(negatives), trend=float(trend))
+
+def _pending(mins: np.ndarray, threshold: float) -> np.ndarray:
+    """Where each image is still running and a bound could stop it: above ``t`` and before the last step."""
+    pending = mins > threshold
+    pending[:, -1] = False
+    return pending
+
+
+def scores(trajectories: Sequence[Sequence[float]], threshold: float, shape: Sequence[float]) -> np.ndarray:
+    """``s_i = max a_ik / b_k`` over each trajectory's pending steps (``-inf`` where none)."""
+    mins = _stacked(trajectories)
+    ratio = mins / float(threshold) / np.asarray(shape, dtype=float)
+    return np.where(_pending(mins, threshold), ratio, -math.inf).max(1)
+
+
+def learn_exit_policy(trajectories: Sequence[Sequence[float]], threshold: float, risk: float = DEFAULT_RISK,
+                      config: InversionConfig | None = None, seed: int = 0) -> ExitPolicy:
+    """The exit rule (module docstring) from full-run trajectories of calibration images (one list of losses per
+    image, every one of the same schedule). ``threshold``: the calibrated ``t``; ``risk``: ``alpha``; ``config``: the
+    settings the trajectories were made with (recorded, checked by :meth:`ExitPolicy.apply`); ``seed``: the split."""
+    risk = _check_risk(risk)
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"early exit: needs a positive finite threshold, got {threshold!r}")
+    mins = _stacked(trajectories)
+    belonging = mins[mins[:, -1] <= threshold]
+    shape_rows, score_rows = _split(len(belonging), seed)
+    common = {"threshold": float(threshold), "risk": risk, "n_calibration": len(mins), "n_shape": len(shape_rows),
+              "n_scores": len(score_rows), "config_hash": schedule_hash(config) if config is not None else ""}
+    rank = conformal_rank(len(score_rows), risk)
+    if not len(score_rows) or rank > len(score_rows):
+        return ExitPolicy(bound=None, **common)
+    shape = np.maximum(np.median(belonging[shape_rows] / float(threshold), axis=0), 1e-12)
+    s = np.sort(scores(belonging[score_rows], threshold, shape))
+    q = float(s[rank - 1])
+    # a bound at or below t stops every pending image (the exact exit goes first): 1 says the same, and stays > 0
+    bound = np.maximum(q * shape, 1.0) if q > -math.inf else np.ones_like(shape)
+    bound[-1] = math.inf  # the last scored step ends the run anyway
+    return ExitPolicy(bound=tuple(float(b) for b in bound), q=q, **common)
 
 
 def replay(trajectory: Sequence[float], config: InversionConfig) -> tuple[float, int | None, str]:
     """What the loop with ``config`` (early exit on) gives an image whose full-run trajectory is ``trajectory``:
-    (score, exit step or None, exit kind ``""``/``"threshold"``/``"bound"``). Same rule as the loop
-    (:func:`~latenttracer.inversion.exit_codes`); exact because an image's trajectory does not depend on its
-    batch mates."""
-    if not config.early_exit:
-        raise ValueError("replay: the config has early_exit off")
-    mins = torch.tensor(running_min(trajectory), dtype=torch.float32)
-    bounds, accept = exit_bounds(config), accept_bounds(config)
-    trend = float(config.exit_trend)
-    for k in range(mins.numel() - 1):  # the last scored iteration ends the run anyway
-        stat = exit_statistic(mins[None], k, trend) if trend else None
-        code = int(exit_codes(mins[k:k + 1], k, float(config.exit_threshold), bounds, accept, stat)[0])
-        if code:
-            return float(mins[k]), k, EXIT_CODES[code]
-    return float(mins[-1]), None, ""
+    (score, exit step or None, exit kind ``""``/``"threshold"``/``"bound"``); :func:`replay_frame` for one."""
+    out = replay_frame([trajectory], config)
+    kind = str(out["exit"][0])
+    return float(out["score"][0]), (int(out["steps_run"][0]) - 1 if kind else None), kind
 
 
 def replay_frame(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> dict[str, np.ndarray]:
-    """:func:`replay` for many trajectories: arrays ``score``, ``steps_run``, ``exit``. Trajectories of one length
-    are replayed together, one step at a time over the images still running (the same rule, :func:`exit_codes`;
-    equal to :func:`replay` per trajectory, ``tests/test_early_exit.py``)."""
+    """What the loop with ``config`` (early exit on) gives each full-run trajectory: arrays ``score``,
+    ``steps_run``, ``exit``. The same rule as the loop (:func:`~latenttracer.inversion.exit_codes`, in float32);
+    exact because an image's trajectory does not depend on its batch mates (``tests/test_early_exit.py``)."""
     if not config.early_exit:
         raise ValueError("replay: the config has early_exit off")
     n = len(trajectories)
@@ -247,34 +217,37 @@ def replay_frame(trajectories: Sequence[Sequence[float]], config: InversionConfi
     by_length: dict[int, list[int]] = {}
     for i, t in enumerate(trajectories):
         by_length.setdefault(len(t), []).append(i)
-    bounds, accept = exit_bounds(config), accept_bounds(config)
+    bounds = exit_bounds(config)
     for length, rows in by_length.items():
         mins = torch.tensor(np.stack([running_min(trajectories[i]) for i in rows]), dtype=torch.float32)
-        running = torch.ones(len(rows), dtype=torch.bool)
         done_at = np.full(len(rows), length - 1)  # the last scored iteration ends the run anyway
+        running = np.ones(len(rows), dtype=bool)
         for k in range(length - 1):
+            codes = exit_codes(mins[:, k], k, float(config.exit_threshold), bounds).numpy()
+            new = running & (codes > 0)
+            done_at[new] = k
+            for j in np.flatnonzero(new):
+                exit_kind[rows[j]] = EXIT_CODES[int(codes[j])]
+            running &= ~new
             if not running.any():
                 break
-            idx = torch.nonzero(running).flatten()
-            stat = exit_statistic(mins[idx], k, float(config.exit_trend)) if config.exit_trend else None
-            codes = exit_codes(mins[idx, k], k, float(config.exit_threshold), bounds, accept, stat)
-            for j, code in zip(idx[codes > 0].tolist(), codes[codes > 0].tolist()):
-                done_at[j] = k
-                exit_kind[rows[j]] = EXIT_CODES[int(code)]
-            running[idx[codes > 0]] = False
         for j, i in enumerate(rows):
             score[i] = float(mins[j, done_at[j]])
             steps_run[i] = done_at[j] + 1
     return {"score": score, "steps_run": steps_run, "exit": exit_kind}
 
 
+def wrong_exits(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> tuple[int, int]:
+    """(wrong early rejections, images at risk): among the trajectories whose full run is belonging
+    (``min <= t``), how many the bound stops, and how many there are."""
+    at_risk = [t for t in trajectories if float(np.min(t)) <= float(config.exit_threshold)]
+    if not at_risk:
+        return 0, 0
+    return int(np.sum(replay_frame(at_risk, config)["exit"] == "bound")), len(at_risk)
+
+
 def rejected_early(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> list[int]:
-    """Indices of trajectories whose full run is belonging (min <= t) but which a bound would reject early."""
+    """Indices of trajectories whose full run is belonging (min <= t) but which the bound stops early."""
+    exits = replay_frame(trajectories, config)["exit"]
     return [i for i, t in enumerate(trajectories)
-            if float(np.min(t)) <= float(config.exit_threshold) and replay(t, config)[2] == "bound"]
-
-
-def accepted_early(trajectories: Sequence[Sequence[float]], config: InversionConfig) -> list[int]:
-    """Indices of trajectories whose full run is non-belonging (min > t) but which the accept bound would accept."""
-    return [i for i, t in enumerate(trajectories)
-            if float(np.min(t)) > float(config.exit_threshold) and replay(t, config)[2] == "accept"]
+            if float(np.min(t)) <= float(config.exit_threshold) and exits[i] == "bound"]

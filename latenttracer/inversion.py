@@ -33,18 +33,12 @@ Deployment options (off by default; ``docs/deployment.md``):
   (:attr:`InversionConfig.cuttable` is false; :func:`latenttracer.protocol.invert_paths` refuses to cut one).
 * ``early_exit`` with a threshold ``exit_threshold`` (belonging iff score <= t): an image leaves the loop as soon
   as its running minimum is ``<= t`` (its verdict is then final and equal to the full run's: the minimum only
-  falls; its score is the minimum reached, an upper bound of the full run's), or, with ``exit_ratios`` (learnt
-  from calibration trajectories by :mod:`latenttracer.early_exit`), when its running minimum at step ``k`` is
-  above ``exit_margin * exit_ratios[k] * t``, or, with ``exit_accept_ratios`` (learnt from the full runs of images
-  known *not* to belong: :func:`latenttracer.early_exit.learn_accept_ratios`), as belonging when its running
-  minimum at step ``k`` is ``< exit_accept_ratios[k] * t / exit_accept_margin``: lower than any of those
-  images was at step ``k``. That exit's score is above ``t`` and its verdict is belonging all the same (``exit``
-  says ``accept``; :func:`verdict`). With ``exit_trend`` (``b > 0``) both learnt bounds compare, instead of the
-  running minimum ``m_k``, the running minimum carried forward by its recent fall:
-  ``m_k * (m_k / m_j) ** b`` with ``j = floor(k / 2)`` (:func:`exit_statistic`); an image still falling fast is
-  then judged by where it is heading, not only by where it is. The exact exit always compares ``m_k`` itself.
-  Images that leave are removed from the batch (the latent and Adam's
-  per-element state are compacted), so they stop costing; every other image's trajectory is unchanged, because
+  falls; its score is the minimum reached, an upper bound of the full run's), or, with ``exit_ratios`` (the
+  per-step bound learnt from calibration trajectories by :mod:`latenttracer.early_exit`, in units of ``t``), when
+  its running minimum at step ``k`` is above ``exit_ratios[k] * t``: not belonging, wrongly for at most a chosen
+  share of the model's own images (the risk; :mod:`latenttracer.early_exit` states the guarantee).
+  Images that leave are removed from the batch (the latent and Adam's per-element state are compacted), so they
+  stop costing; every other image's trajectory is unchanged, because
   the rows are independent. An exited image's result says so (``exit``, ``exit_step``, ``steps_run``).
 """
 
@@ -69,7 +63,7 @@ Schedule = Literal["authors", "constant", "cosine"]
 LrScale = Literal["absolute", "latent_rms"]
 Distance = Literal["l2", "l1"]
 Strategy = Literal["min", "last"]
-Exit = Literal["", "threshold", "bound", "accept"]
+Exit = Literal["", "threshold", "bound"]
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (decoded, target) -> one loss per image
 
 _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "constant", "cosine"),
@@ -78,8 +72,7 @@ _CHOICES = {"init": ("encoder", "random", "zeros"), "schedule": ("authors", "con
 # Fields that change how fast results come, not what they are (batch independence is tested).
 _NOT_IN_HASH = ("batch_size", "device", "record_trajectory", "record_latent")
 # Early-exit settings decide the scores only when early exit is on (an early-exited score is not a full-run score).
-_EXIT_FIELDS = ("early_exit", "exit_threshold", "exit_ratios", "exit_margin", "exit_accept_ratios",
-                "exit_accept_margin", "exit_trend")
+_EXIT_FIELDS = ("early_exit", "exit_threshold", "exit_ratios")
 AUTHORS_HALVE_EVERY = 50
 
 
@@ -103,11 +96,7 @@ class InversionConfig:
     lr_scale: LrScale = "absolute"  # "latent_rms": lr in units of the model's latent RMS (module docstring)
     early_exit: bool = False  # stop an image once its verdict is known (module docstring); needs exit_threshold
     exit_threshold: float | None = None  # t: belonging iff score <= t (e.g. calibrated at 95% TPR)
-    exit_ratios: tuple[float, ...] | None = None  # per scored step; None: only the exact (below-t) exit
-    exit_margin: float = 1.0  # the bound at step k is exit_margin * exit_ratios[k] * exit_threshold
-    exit_accept_ratios: tuple[float, ...] | None = None  # per scored step (> 0); None: no early accept
-    exit_accept_margin: float = 1.0  # accept at step k below exit_accept_ratios[k] * t / this
-    exit_trend: float = 0.0  # >= 0; b > 0: the learnt bounds compare m_k * (m_k / m_floor(k/2)) ** b (docstring)
+    exit_ratios: tuple[float, ...] | None = None  # the bound at step k is exit_ratios[k] * t; None: the exact exit only
 
     def __post_init__(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -128,41 +117,27 @@ class InversionConfig:
     def _check_early_exit(self) -> None:
         if not isinstance(self.early_exit, bool):
             raise ValueError(f"inversion.early_exit: must be true or false, got {self.early_exit!r}")
-        for key in ("exit_margin", "exit_accept_margin"):
-            value = getattr(self, key)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"inversion.{key}: must be a number >= 1, got {value!r}")
-        trend = self.exit_trend
-        if not (isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend)
-                and trend >= 0):
-            raise ValueError(f"inversion.exit_trend: must be a number >= 0 (0: the running minimum itself), got "
-                             f"{trend!r}")
-        for key in ("exit_ratios", "exit_accept_ratios"):
-            ratios = getattr(self, key)
-            if ratios is None:
-                continue
-            if not isinstance(ratios, tuple):  # lists (YAML, JSON) become tuples: hashable, frozen
-                object.__setattr__(self, key, tuple(ratios))
-            # > 0; infinite allowed (a calibration image whose final loss is 0: no bound rejects anything)
-            bad = [r for r in getattr(self, key) if not isinstance(r, (int, float)) or not r > 0]
+        if self.exit_ratios is not None:
+            if not isinstance(self.exit_ratios, tuple):  # lists (YAML, JSON) become tuples: hashable, frozen
+                object.__setattr__(self, "exit_ratios", tuple(self.exit_ratios))
+            # > 0; infinite allowed (no exit from above at that step)
+            bad = [r for r in self.exit_ratios if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0]
             if bad:
-                raise ValueError(f"inversion.{key}: every ratio must be a number > 0 (a statistic over the "
-                                 f"threshold or a final score), got {bad[:3]}")
+                raise ValueError(f"inversion.exit_ratios: every ratio must be a number > 0 (the bound over the "
+                                 f"threshold), got {bad[:3]}")
         if not self.early_exit:
             return
         if self.exit_threshold is None:
             raise ValueError("inversion.early_exit: needs inversion.exit_threshold (calibrate one, e.g. "
-                             "latenttracer.early_exit.learn_bounds)")
+                             "latenttracer.early_exit.learn_exit_policy)")
         if not (isinstance(self.exit_threshold, (int, float)) and math.isfinite(self.exit_threshold)):
             raise ValueError(f"inversion.exit_threshold: must be a finite number, got {self.exit_threshold!r}")
         if self.strategy != "min":
             raise ValueError(f"inversion.early_exit: needs strategy 'min' (the running minimum), got "
                              f"{self.strategy!r}")
-        for key in ("exit_ratios", "exit_accept_ratios"):
-            ratios = getattr(self, key)
-            if ratios is not None and len(ratios) != self.scored_steps:
-                raise ValueError(f"inversion.{key}: {len(ratios)} ratios for {self.scored_steps} scored steps; "
-                                 "learn them from trajectories of this very schedule (lr, steps, halve_every)")
+        if self.exit_ratios is not None and len(self.exit_ratios) != self.scored_steps:
+            raise ValueError(f"inversion.exit_ratios: {len(self.exit_ratios)} ratios for {self.scored_steps} scored "
+                             "steps; learn them from trajectories of this very schedule (lr, steps, halve_every)")
 
     @classmethod
     def from_dict(cls, values: dict) -> InversionConfig:
@@ -174,11 +149,6 @@ class InversionConfig:
         skip = set(_NOT_IN_HASH) | ({"seed"} if self.init != "random" else set())
         if not self.early_exit:
             skip |= set(_EXIT_FIELDS)
-        else:
-            if self.exit_accept_ratios is None:  # keys made before early accept existed stay valid
-                skip |= {"exit_accept_ratios", "exit_accept_margin"}
-            if not self.exit_trend or (self.exit_ratios is None and self.exit_accept_ratios is None):
-                skip.add("exit_trend")  # likewise before the trend statistic, and where no learnt bound uses it
         if self.schedule != "authors" or self.halve_every == AUTHORS_HALVE_EVERY:
             skip.add("halve_every")  # the authors' rule: keys made before the option existed stay valid
         if self.lr_scale == "absolute":
@@ -212,8 +182,7 @@ class InversionResult:
     # ``decode(best_latent)`` reproduces the score. Only with ``record_latent``.
     best_latent: torch.Tensor | None = field(default=None, repr=False)
     # Early exit (InversionConfig.early_exit): "threshold" (running minimum <= t: belonging, exact), "bound" (above
-    # the learnt bound: non-belonging), "accept" (below the learnt accept bound: belonging, score above t) or ""
-    # (ran every step); exit_step is the last scored iteration. The verdict: :func:`verdict`.
+    # the learnt bound: not belonging) or "" (ran every step); exit_step is the last scored iteration.
     exit: Exit = ""
     exit_step: int | None = None
     steps_run: int = 0  # scored iterations this image ran (forward passes)
@@ -277,63 +246,26 @@ def authors_lr(base_lr: float, step: int, schedule: Schedule = "authors",
     return base_lr * 0.5 ** (0 if step == 0 else 1 + (step - 1) // halve_every)
 
 
-EXIT_CODES = ("", "threshold", "bound", "accept")
+EXIT_CODES = ("", "threshold", "bound")
 
 
-def verdict(score: float, exit: str, threshold: float) -> bool:
-    """An image's verdict: belonging iff its score is ``<= threshold`` or it left by the learnt accept bound."""
-    return exit == "accept" or score <= threshold
-
-
-def exit_statistic(history: torch.Tensor, step: int, trend: float) -> torch.Tensor:
-    """What the learnt bounds compare at scored iteration ``step``, per image (a row of ``history``: its running
-    minima at iterations ``0 .. step`` or more): the running minimum ``m_k`` itself when ``trend`` is 0, else
-    ``m_k * (m_k / m_j) ** trend`` with ``j = floor(k / 2)``: the minimum carried forward by how much it fell since
-    iteration ``j`` (never above ``m_k``). The one definition: the loop, the replay and the learnt ratios use it."""
-    m = history[:, step]
-    if not trend:
-        return m
-    earlier = history[:, step // 2]
-    fall = torch.where(earlier > 0, m / torch.where(earlier > 0, earlier, torch.ones_like(earlier)),
-                       torch.ones_like(m))
-    return m * fall.clamp(max=1.0) ** float(trend)
-
-
-def exit_codes(running_min: torch.Tensor, step: int, threshold: float,
-               bounds: torch.Tensor | None, accept: torch.Tensor | None = None,
-               statistic: torch.Tensor | None = None) -> torch.Tensor:
+def exit_codes(running_min: torch.Tensor, step: int, threshold: float, bounds: torch.Tensor | None) -> torch.Tensor:
     """The early-exit rule at scored iteration ``step``, per image: 0 stay, 1 exit belonging (running minimum
-    ``<= threshold``: exact), 2 exit non-belonging (``statistic`` above ``bounds[step]``), 3 exit belonging
-    (``statistic`` below ``accept[step]``, the learnt accept bound: strictly, so the lowest rejected image it
-    was learnt from stays). ``statistic``: :func:`exit_statistic` (default: the running minimum, ``exit_trend``
-    0). An image both above the bound and below the accept bound stays; the exact exit takes precedence. The one
-    place the rule is written: the loop applies it, :mod:`latenttracer.early_exit` replays it on recorded
-    trajectories."""
+    ``<= threshold``: exact), 2 exit not belonging (running minimum above ``bounds[step]``). The one place the rule
+    is written: the loop applies it, :mod:`latenttracer.early_exit` replays it on recorded trajectories."""
     codes = torch.zeros(running_min.shape, dtype=torch.int8, device=running_min.device)
-    stat = running_min if statistic is None else statistic
-    above = stat > bounds[step] if bounds is not None else torch.zeros_like(codes, dtype=torch.bool)
-    below = stat < accept[step] if accept is not None else torch.zeros_like(codes, dtype=torch.bool)
-    codes[above & ~below] = 2
-    codes[below & ~above] = 3
+    if bounds is not None:
+        codes[running_min > bounds[step]] = 2
     codes[running_min <= threshold] = 1
     return codes
 
 
 def exit_bounds(cfg: InversionConfig, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """``exit_margin * exit_ratios[k] * exit_threshold`` per scored step (None without ratios)."""
+    """``exit_ratios[k] * exit_threshold`` per scored step (None without ratios)."""
     if not cfg.early_exit or cfg.exit_ratios is None:
         return None
     ratios = torch.tensor(cfg.exit_ratios, dtype=torch.float64)
-    return (ratios * float(cfg.exit_margin) * float(cfg.exit_threshold)).to(device, torch.float32)
-
-
-def accept_bounds(cfg: InversionConfig, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """``exit_accept_ratios[k] * t / exit_accept_margin`` per scored step (None without accept ratios). A bound
-    below ``t`` accepts, by the running minimum, only what the exact exit takes first anyway (it has precedence)."""
-    if not cfg.early_exit or cfg.exit_accept_ratios is None:
-        return None
-    ratios = torch.tensor(cfg.exit_accept_ratios, dtype=torch.float64)
-    return (ratios * float(cfg.exit_threshold) / float(cfg.exit_accept_margin)).to(device, torch.float32)
+    return (ratios * float(cfg.exit_threshold)).to(device, torch.float32)
 
 
 def _compact(optimiser: torch.optim.Optimizer, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -387,9 +319,7 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
     best_z = z.detach().clone() if cfg.record_latent else None
     exits = torch.zeros(n, dtype=torch.int8, device=dev)
     steps_run = torch.full((n,), n_scored, dtype=torch.long, device=dev)
-    bounds, accept = exit_bounds(cfg, dev), accept_bounds(cfg, dev)
-    # the running minima so far, per image: the trend statistic looks back (exit_statistic)
-    history = torch.full((n, n_scored), math.nan, device=dev) if cfg.early_exit and cfg.exit_trend else None
+    bounds = exit_bounds(cfg, dev)
 
     for i in range(n_scored):
         recon = ae.decode(z)
@@ -409,8 +339,6 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
             best[rows] = torch.where(improved, values, best[rows])
             best_step[rows] = torch.where(improved, torch.full_like(rows, i), best_step[rows])
             last[rows] = values
-            if history is not None:
-                history[rows, i] = best[rows]
             if best_z is not None:
                 keep = improved if cfg.strategy == "min" else ~row_failed
                 best_z[rows[keep]] = z.detach()[keep]
@@ -421,8 +349,7 @@ def _invert_batch(ae: Autoencoder, x: torch.Tensor, cfg: InversionConfig, seeds:
         stay = None
         if cfg.early_exit:
             with torch.no_grad():
-                stat = None if history is None else exit_statistic(history[rows], i, cfg.exit_trend)
-                codes = exit_codes(best[rows], i, float(cfg.exit_threshold), bounds, accept, stat)
+                codes = exit_codes(best[rows], i, float(cfg.exit_threshold), bounds)
                 leave = (codes > 0) | row_failed  # a failed image's result is final too
                 if leave.any():
                     gone = rows[leave]

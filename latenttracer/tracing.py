@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -25,13 +26,20 @@ import torch
 from tqdm.auto import tqdm
 
 from latenttracer.autoencoders import Autoencoder
+from latenttracer.early_exit import DEFAULT_RISK, ExitPolicy, learn_exit_policy
 from latenttracer.images import BadImageError, ImageOptions, file_sha256, load_images
-from latenttracer.inversion import InversionConfig, image_seed, latent_from_bytes, latent_to_bytes  # noqa: F401
+from latenttracer.inversion import (  # noqa: F401
+    InversionConfig,
+    image_seed,
+    latent_from_bytes,
+    latent_to_bytes,
+    resolve_lr_scale,
+)
 from latenttracer.memory import auto_batch_size, is_out_of_memory
 from latenttracer.methods import LatentTracer, Method, get_method
 from latenttracer.store import ResultStore
 
-__all__ = ["RESULT_COLUMNS", "as_method", "image_seed", "run_hash", "score_images", "steps_per_second"]
+__all__ = ["RESULT_COLUMNS", "Tracer", "as_method", "image_seed", "run_hash", "score_images", "steps_per_second"]
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +186,143 @@ def steps_per_second(frame: pd.DataFrame, config: InversionConfig) -> float:
     fresh = frame[~frame["cached"].astype(bool)] if "cached" in frame else frame
     total = float(fresh["seconds"].sum()) if len(fresh) else 0.0
     return len(fresh) * config.scored_steps / total if total > 0 else math.nan
+
+
+@dataclass
+class Tracer:
+    """Trace images against one inspected model, the one path every caller takes (``trace``, ``attribute``):
+
+        tracer = Tracer(ae, method, store=ResultStore(cache))
+        tracer.calibrate(own_images, target_tpr=0.95)           # the threshold (+ perturbed copies: ``family``)
+        tracer.early_exit(risk=0.05)                             # the exit rule learnt from calibration's full runs
+        frame, skipped = tracer.trace(images)                    # one row per image, with its verdict
+        lines = tracer.summary(frame)
+
+    ``calibrate`` resolves ``lr_scale="latent_rms"`` on the calibration images first (the rate is in units of the
+    model's latent RMS on its own images); a threshold given by hand (``threshold=``) allows only the exact exit.
+    ``log``: where the one-line notes go (what was calibrated on, what the exit rule allows)."""
+
+    ae: Autoencoder
+    method: Method
+    store: ResultStore | None = None
+    image_options: ImageOptions = field(default_factory=ImageOptions)
+    batch_size: int | str | None = None
+    on_bad_image: str = "error"
+    progress: bool = True
+    threshold: float | None = None
+    log: Callable[[str], None] = print
+    calibration: pd.DataFrame | None = field(default=None, repr=False)  # the calibration rows (status ok)
+    policy: ExitPolicy | None = None
+
+    def score(self, paths: Sequence[str | Path], desc: str = "trace", method: Method | None = None):
+        """:func:`score_images` with this tracer's settings: (rows, skipped)."""
+        return score_images(self.ae, paths, method=method or self.method, batch_size=self.batch_size,
+                            store=self.store, image_options=self.image_options, on_bad_image=self.on_bad_image,
+                            progress=self.progress, desc=desc)
+
+    def calibrate(self, paths: Sequence[str | Path], target_tpr: float = 0.95, family: Sequence = (),
+                  perturbed_root: str | Path | None = None, where: str = "") -> float:
+        """Set the threshold at ``target_tpr`` on ``paths`` (images known to come from the model), and with a
+        perturbation ``family`` on their perturbed copies too, pooled (:mod:`latenttracer.reencoding`)."""
+        from latenttracer.reencoding import calibration_sets, pooled_threshold
+
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise ValueError(f"calibration {where}: no image")
+        config = getattr(self.method, "config", None)
+        if getattr(config, "lr_scale", "absolute") != "absolute":
+            images, _, _ = load_images(paths, self.ae.resolution, self.image_options, on_bad_image="skip")
+            if images.shape[0] == 0:
+                raise ValueError(f"--lr-scale {config.lr_scale}: no usable image in {where}")
+            self.method = type(self.method).from_settings(resolve_lr_scale(config, self.ae, images))
+            self.log(f"{self.ae.name}: --lr-scale {config.lr_scale}: lr {config.lr:g} x latent RMS "
+                     f"{self.method.config.lr / config.lr:.4g} = {self.method.config.lr:.4g} (on "
+                     f"{images.shape[0]} calibration images)")
+        sets = calibration_sets(paths, family, perturbed_root) if family else {"clean": paths}
+        frames, n_bad = [], 0
+        for name, set_paths in sets.items():
+            rows, bad = self.score(set_paths, f"calibrate {self.ae.name}" + ("" if name == "clean" else f" {name}"))
+            frames.append(_ok(rows).assign(calibration_set=name))
+            n_bad += len(bad)
+        self.calibration = pd.concat(frames, ignore_index=True)
+        if not len(self.calibration):
+            raise ValueError(f"calibration {where}: no image could be scored")
+        by_set = {k: g["score"] for k, g in self.calibration.groupby("calibration_set")}
+        self.threshold = pooled_threshold(self.method, by_set, target_tpr)
+        rule = (f"Gaussian KDE, {target_tpr:.0%} quantile" if self.method.calibration == "kde"
+                else f"{target_tpr:.0%} TPR")
+        what = f"{len(self.calibration)} images from {where}" + (
+            f" and their perturbed copies ({', '.join(p.name for p in family)}), pooled" if family else "")
+        self.log(f"{self.ae.name}: threshold {self.threshold:.4g}: calibrated at {rule} on {what}"
+                 + (f" ({n_bad} skipped)" if n_bad else ""))
+        return self.threshold
+
+    def early_exit(self, risk: float = DEFAULT_RISK) -> ExitPolicy:
+        """Turn early exit on: the exit rule at ``risk`` learnt from the clean calibration images' full runs
+        (:func:`latenttracer.early_exit.learn_exit_policy`), or the exact exit only with a threshold given by
+        hand. Raises ValueError for a method whose score is not the inversion loop's running minimum."""
+        config = getattr(self.method, "config", None)
+        if not isinstance(config, InversionConfig):
+            raise ValueError(f"--method {self.method.name} does not take --early-exit (it runs no inversion loop)")
+        if self.threshold is None:
+            raise ValueError("early exit needs a threshold: calibrate on the model's own images, or give one")
+        steps = config.scored_steps
+        trajectories = [] if self.calibration is None else [
+            list(t) for t, s in zip(self.calibration["trajectory"], self.calibration["calibration_set"])
+            if s == "clean" and t is not None and len(t) == steps]
+        if self.calibration is not None and not trajectories:
+            raise ValueError("early exit: no full-run trajectory among the calibration scores")
+        if trajectories:
+            self.policy = learn_exit_policy(trajectories, self.threshold, risk, config)
+            self.log(f"early exit: {self.policy.allows()}")
+            fast = self.policy.apply(config)
+        else:
+            self.log(f"early exit: exact part only: an image stops once its running minimum is <= "
+                     f"{self.threshold:.4g} (a threshold given by hand); every other image runs to the end")
+            fast = replace(config, early_exit=True, exit_threshold=float(self.threshold))
+        self.method = type(self.method).from_settings(fast)  # a method that cannot exit early says so here
+        return self.policy
+
+    def trace(self, paths: Sequence[str | Path]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+        """Score ``paths``; the rows carry ``belonging`` (empty without a threshold) and, with early exit,
+        ``exit_reason``; a skipped image is a row with ``status == "skipped"``. Rows in the order of ``paths``."""
+        frame, skipped = self.score(paths)
+        frame["belonging"] = None if self.threshold is None else [
+            float(s) <= self.threshold if st == "ok" else None for s, st in zip(frame["score"], frame["status"])]
+        if self.exits:
+            frame["exit_reason"] = frame["exit"].fillna("") if "exit" in frame else ""
+        if skipped:
+            frame = pd.concat([frame, pd.DataFrame([{"path": p, "status": "skipped", "reason": r}
+                                                    for p, r in skipped])], ignore_index=True)
+        order = {str(p): i for i, p in enumerate(paths)}
+        frame = frame.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order))), kind="stable")
+        return frame.reset_index(drop=True), skipped
+
+    @property
+    def exits(self) -> bool:
+        return bool(getattr(getattr(self.method, "config", None), "early_exit", False))
+
+    def summary(self, frame: pd.DataFrame) -> list[str]:
+        """What ``trace`` prints after a run: scores, early exits, verdicts."""
+        ok = _ok(frame)
+        lines = []
+        if len(ok) and self.exits:
+            counts = ok["exit_reason"].value_counts()
+            lines.append(f"early exit: {float(ok['steps_run'].mean()):.1f} of {self.method.config.scored_steps} "
+                         f"steps per image on average; {int(counts.get('threshold', 0))} stopped below the "
+                         f"threshold, {int(counts.get('bound', 0))} above the bound, {int(counts.get('', 0))} ran "
+                         "to the end")
+        if len(ok):
+            s = ok["score"].astype(float)
+            lines.append(f"score ({self.method.label}): median {s.median():.3g}, min {s.min():.3g}, max "
+                         f"{s.max():.3g}")
+        if self.threshold is None:
+            lines.append("no threshold given: 'belonging' left empty (use --threshold or --calibrate)")
+        else:
+            lines.append(f"belonging (score <= {self.threshold:.4g}): {int((ok['belonging'] == True).sum())} of "  # noqa: E712
+                         f"{len(ok)}")
+        return lines
+
+
+def _ok(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == "ok"]

@@ -1,4 +1,5 @@
-"""Early exit in the one inversion loop, and the bounds learnt from calibration (latenttracer.early_exit)."""
+"""Early exit in the one inversion loop, and the conformal exit rule learnt from calibration
+(latenttracer.early_exit): its rank, its finite-sample guarantee on exchangeable images, its replay."""
 
 import dataclasses
 import math
@@ -10,18 +11,18 @@ from conftest import decoded_images, natural_crops
 
 from latenttracer.autoencoders import load_autoencoder
 from latenttracer.early_exit import (
-    ExitBounds,
-    accepted_early,
-    learn_accept_ratios,
-    learn_bounds,
-    learn_ratios,
+    ExitPolicy,
+    conformal_rank,
+    learn_exit_policy,
+    min_risk,
     rejected_early,
     replay,
     replay_frame,
     running_min,
-    statistics,
+    wrong_exits,
 )
-from latenttracer.inversion import InversionConfig, authors_lr, exit_statistic, invert, verdict
+from latenttracer.inversion import InversionConfig, authors_lr, invert
+from latenttracer.metrics import calibrate_threshold
 
 STEPS = 30
 FULL = InversionConfig(steps=STEPS, batch_size=64, record_trajectory=True)
@@ -51,7 +52,7 @@ def _score_at(results, q):
 def test_off_is_unchanged(setting):
     ae, x = setting["ae"], setting["evaluation"]  # the same batch as the full run
     off = InversionConfig(steps=STEPS, record_trajectory=True, exit_threshold=1e-3, exit_ratios=(2.0,) * STEPS,
-                      exit_margin=3.0, halve_every=50)
+                          halve_every=50)
     assert off.hash() == InversionConfig(steps=STEPS).hash()  # cached full-run scores stay valid
     for a, b in zip(invert(ae, x, off), setting["full"]):
         assert (a.score, a.best_step, a.trajectory, a.exit, a.exit_step) == (b.score, b.best_step, b.trajectory, "",
@@ -59,7 +60,7 @@ def test_off_is_unchanged(setting):
         assert a.steps_run == STEPS
     on = dataclasses.replace(off, early_exit=True)
     assert on.hash() != off.hash()  # an early-exited score is not a full-run score
-    assert dataclasses.replace(on, exit_margin=2.0).hash() != on.hash()
+    assert dataclasses.replace(on, exit_ratios=(3.0,) * STEPS).hash() != on.hash()
     assert InversionConfig(halve_every=10).hash() != InversionConfig().hash()
     assert InversionConfig(schedule="constant", halve_every=10).hash() == InversionConfig(schedule="constant").hash()
 
@@ -140,46 +141,126 @@ def test_compaction_keeps_every_trajectory_up_to_its_exit(setting):
         assert ((decoded - x[j][None]) ** 2).mean().item() == pytest.approx(e.score, rel=1e-5)
 
 
-def test_learnt_bound_never_rejects_a_calibration_image(setting):
-    ae, cal_full = setting["ae"], setting["cal_full"]
-    bounds = learn_bounds([r.trajectory for r in cal_full], target_tpr=0.8, config=FULL)
-    assert bounds.threshold == pytest.approx(sorted(r.score for r in cal_full)[7])
-    assert bounds.ratios[-1] == 1.0 and all(r >= 1 for r in bounds.ratios)
-    cfg = bounds.apply(FULL, margin=1.0)
-    assert rejected_early([r.trajectory for r in cal_full], cfg) == []
-    live = invert(ae, setting["calibration"], cfg)  # the loop itself, calibration images included
-    for e, f in zip(live, cal_full):
-        assert (e.score <= bounds.threshold) == (f.score <= bounds.threshold)
-        assert e.exit != "bound" or f.score > bounds.threshold
+def test_conformal_rank_and_the_smallest_risk():
+    assert conformal_rank(24, 0.05) == 24 and conformal_rank(24, 0.03) == 25  # 25 > 24: q infinite
+    assert conformal_rank(19, 0.05) == 19 and conformal_rank(9, 0.1) == 9 and conformal_rank(9, 0.09) == 10
+    assert min_risk(24) == pytest.approx(0.04) and min_risk(3) == 0.25
 
 
-def test_learn_ratios_is_the_largest_running_min_over_final():
-    trajectories = [[4.0, 2.0, 3.0, 1.0], [9.0, 1.0, 1.0, 1.0], [5.0, 5.0, 5.0, 5.0]]
-    # running minima / final: [4, 2, 2, 1], [9, 1, 1, 1], [1, 1, 1, 1]
-    assert learn_ratios(trajectories) == (9.0, 2.0, 2.0, 1.0)
-    assert learn_ratios([[1.0, 0.0]]) == (math.inf, math.inf)
-    # relative to a threshold, over the images still above it whose full run is belonging (the third is not)
-    assert learn_ratios(trajectories, threshold=1.5) == pytest.approx((6.0, 2 / 1.5, 2 / 1.5, 1.0))
+def _decays(rng, n, steps=20, scale=1.0):
+    """``n`` exchangeable loss curves: a random start, a random rate of fall, a random floor, a little noise."""
+    k = np.arange(steps)
+    start = np.exp(rng.normal(3.0, 0.6, (n, 1)))
+    rate = rng.uniform(0.15, 0.6, (n, 1))
+    floor = np.exp(rng.normal(0.0, 0.5, (n, 1)))
+    return scale * (floor + start * np.exp(-rate * k)) * np.exp(rng.normal(0, 0.05, (n, steps)))
+
+
+def test_the_rule_is_the_quantile_of_held_out_scores():
+    """By hand on four belonging images: the seeded split, the median shape, ``s_i = max a_ik / b_k`` over the
+    pending steps, q the rank-th smallest score; too few scores for the risk leave the exact exit only."""
+    trajectories = [[8.0, 4.0, 2.0, 1.0], [6.0, 3.0, 0.5, 0.5], [9.0, 6.0, 3.0, 1.5], [4.0, 2.0, 1.0, 1.0],
+                    [20.0, 20.0, 20.0, 20.0]]  # the last ends above t = 2: not belonging, not used
+    policy = learn_exit_policy(trajectories, 2.0, risk=0.5, seed=0)
+    assert (policy.n_calibration, policy.n_shape, policy.n_scores) == (5, 2, 2)
+    order = np.random.default_rng(0).permutation(4)
+    mins = np.array([running_min(t) for t in trajectories[:4]]) / 2.0
+    shape = np.median(mins[np.sort(order[:2])], axis=0)
+    scores = sorted(max(a[k] / shape[k] for k in range(3) if a[k] > 1) if (a[:3] > 1).any() else -math.inf
+                    for a in mins[np.sort(order[2:])])
+    assert policy.q == pytest.approx(scores[conformal_rank(2, 0.5) - 1])
+    assert policy.bound[:3] == pytest.approx(tuple(np.maximum(policy.q * shape[:3], 1.0)))
+    assert policy.bound[-1] == math.inf  # the last step ends the run anyway
+    assert "risk >= 0.333 for any exit from above" in policy.allows()
+    exact = learn_exit_policy(trajectories, 2.0, risk=0.2)  # rank 3 of 2 scores: q infinite
+    assert exact.bound is None and math.isinf(exact.q) and "only the exact exit" in exact.allows()
+    assert exact.apply(InversionConfig(steps=4)).exit_ratios is None
+    with pytest.raises(ValueError, match="risk must be a number in"):
+        learn_exit_policy(trajectories, 2.0, risk=1.0)
     with pytest.raises(ValueError, match="differ in length"):
-        learn_ratios([[1.0, 2.0], [1.0]])
+        learn_exit_policy([[1.0, 2.0], [1.0]], 1.0)
     with pytest.raises(ValueError, match="non-finite"):
-        learn_ratios([[1.0, math.nan]])
-    cfg = InversionConfig(steps=4, early_exit=True, exit_threshold=1.5, exit_ratios=(9.0, 2.0, 2.0, 1.0))
-    assert rejected_early(trajectories, cfg) == []
+        learn_exit_policy([[1.0, math.nan]], 1.0)
+
+
+@pytest.mark.parametrize("risk", [0.05, 0.2])
+def test_wrong_exits_among_exchangeable_images_stay_within_the_risk(risk):
+    """The guarantee, checked by simulation: 100 calibration draws of 60 images (threshold at 95% TPR, learnt on
+    them), 100 fresh images each from the same distribution; the mean over draws of the wrong-exit rate among
+    those the full run calls belonging is at most the risk, to three standard errors of that mean (a rule that
+    learnt its shape and its level on the same images exceeds it: the next test)."""
+    rng = np.random.default_rng(1)
+    config = InversionConfig(steps=20)
+    rates = []
+    for _ in range(100):
+        cal = _decays(rng, 60)
+        t = calibrate_threshold(cal.min(1), 0.95)
+        fast = learn_exit_policy(list(cal), t, risk, config, seed=int(rng.integers(1 << 30))).apply(config)
+        w, n = wrong_exits(list(_decays(rng, 100)), fast)
+        rates.append(w / n)
+    assert np.mean(rates) <= risk + 3 * np.std(rates) / math.sqrt(len(rates))
+    assert np.mean(rates) >= risk / 4  # and it is not the exact exit in disguise: the bound does stop images
+
+
+def test_in_sample_bounds_break_the_guarantee_the_split_keeps():
+    """The reason for the split: a shape and a level learnt from the same images reject more than the risk on new
+    ones. The split rule's rate on the same draws is lower."""
+    rng = np.random.default_rng(2)
+    config = InversionConfig(steps=20)
+    split = same = total = 0
+    for _ in range(60):
+        cal = _decays(rng, 40)
+        t = calibrate_threshold(cal.min(1), 0.95)
+        new = list(_decays(rng, 100))
+        policy = learn_exit_policy(list(cal), t, 0.1, config)
+        belonging = running_min_all(cal)[running_min_all(cal)[:, -1] <= t] / t
+        shape = np.median(belonging, axis=0)
+        level = np.max(np.where(belonging > 1, belonging / shape, -math.inf)[:, :-1], axis=1)
+        in_sample = np.maximum(np.quantile(level, 0.9) * shape, 1.0)
+        in_sample[-1] = math.inf
+        split += wrong_exits(new, policy.apply(config))[0]
+        w, n = wrong_exits(new, dataclasses.replace(config, early_exit=True, exit_threshold=t,
+                                                    exit_ratios=tuple(in_sample)))
+        same, total = same + w, total + n
+    assert same / total > 0.1 and split / total < same / total
+
+
+def running_min_all(curves):
+    return np.minimum.accumulate(curves, axis=1)
+
+
+def test_learnt_rule_in_the_loop_equals_its_replay(setting, tmp_path):
+    """The rule learnt from the calibration images' full runs, applied by the loop: every image gets the replay's
+    exit and keeps its trajectory up to it; the file round trip keeps the rule; other settings are refused."""
+    ae, cal_full, full = setting["ae"], setting["cal_full"], setting["full"]
+    t = _score_at(cal_full, 0.8)
+    policy = learn_exit_policy([r.trajectory for r in cal_full], t, risk=0.4, config=FULL)
+    assert policy.bound is not None and policy.n_scores == 4
+    cfg = policy.apply(FULL)
+    live = invert(ae, setting["evaluation"], cfg)
+    for e, f in zip(live, full):
+        score, k, kind = replay(f.trajectory, cfg)
+        assert (e.exit, e.exit_step) == (kind, k)
+        torch.testing.assert_close(torch.tensor(e.trajectory), torch.tensor(f.trajectory[:e.steps_run]), rtol=1e-5,
+                                   atol=0)
+        assert kind == "bound" or (e.score <= t) == (f.score <= t)  # only the bound can change a verdict
+    assert "bound" in {e.exit for e in live}
+    assert ExitPolicy.load(policy.save(tmp_path / "rule.json")) == policy
+    with pytest.raises(ValueError, match="other inversion settings"):
+        policy.apply(dataclasses.replace(FULL, lr=0.2))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json"):
+        ExitPolicy.load(tmp_path / "bad.json")
+
+
+def test_replay_by_hand():
+    cfg = InversionConfig(steps=4, early_exit=True, exit_threshold=1.5, exit_ratios=(9.0, 2.0, 2.0, math.inf))
+    trajectories = [[4.0, 2.0, 3.0, 1.0], [9.0, 1.0, 1.0, 1.0], [5.0, 5.0, 5.0, 5.0]]
     # an image whose running minimum 3.5 at step 1 is above 2 * 1.5: rejected there (its final 1.2 would pass)
     assert replay([4.0, 3.5, 3.5, 1.2], cfg) == (3.5, 1, "bound")
     assert replay([4.0, 1.4, 1.0, 1.0], cfg) == (pytest.approx(1.4), 1, "threshold")
-
-
-def test_bounds_file_round_trip_and_checks(tmp_path, setting):
-    bounds = learn_bounds([r.trajectory for r in setting["cal_full"]], config=FULL)
-    path = bounds.save(tmp_path / "bounds.json")
-    assert ExitBounds.load(path) == bounds
-    with pytest.raises(ValueError, match="other inversion settings"):
-        bounds.apply(dataclasses.replace(FULL, lr=0.2))
-    (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="bad.json"):
-        ExitBounds.load(tmp_path / "bad.json")
+    assert rejected_early(trajectories + [[4.0, 3.5, 3.5, 1.2]], cfg) == [3]
+    assert wrong_exits(trajectories + [[4.0, 3.5, 3.5, 1.2]], cfg) == (1, 3)
 
 
 def test_config_validation_names_the_key():
@@ -187,8 +268,8 @@ def test_config_validation_names_the_key():
         InversionConfig(early_exit=True)
     with pytest.raises(ValueError, match="exit_ratios: 3 ratios for 100"):
         InversionConfig(early_exit=True, exit_threshold=0.1, exit_ratios=[1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="exit_margin"):
-        InversionConfig(exit_margin=0.5)
+    with pytest.raises(ValueError, match="exit_ratios: every ratio must be a number > 0"):
+        InversionConfig(exit_ratios=[1.0, 0.0], steps=2)
     with pytest.raises(ValueError, match="strategy 'min'"):
         InversionConfig(early_exit=True, exit_threshold=0.1, strategy="last")
     with pytest.raises(ValueError, match="halve_every"):
@@ -212,8 +293,7 @@ def test_replay_frame_is_replay_per_trajectory():
     rng = np.random.default_rng(3)
     trajectories = [np.exp(rng.normal(0, 1, n)).cumsum()[::-1] * rng.uniform(0.2, 3) for n in [6] * 40 + [3] * 5]
     trajectories += [rng.uniform(0.5, 2.0, 6) for _ in range(20)]  # not monotone: the running minimum decides
-    cfg = InversionConfig(steps=6, early_exit=True, exit_threshold=4.0, exit_ratios=(9.0, 5.0, 3.0, 2.0, 1.5, 1.0),
-                          exit_margin=1.2)
+    cfg = InversionConfig(steps=6, early_exit=True, exit_threshold=4.0, exit_ratios=(9.0, 5.0, 3.0, 2.0, 1.5, 1.0))
     six = [t for t in trajectories if len(t) == 6]
     frame = replay_frame(six, cfg)
     for i, t in enumerate(six):
@@ -227,121 +307,3 @@ def test_replay_frame_is_replay_per_trajectory():
         score, k, kind = replay(t, cfg)
         assert (mixed["score"][i], mixed["exit"][i]) == (score, kind)
         assert mixed["steps_run"][i] == (k + 1 if k is not None else len(t))
-
-
-# -- early accept: a bound learnt from images known not to belong ---------------------------------------------------
-def test_learn_accept_ratios_is_the_lowest_running_min_of_the_rejected():
-    trajectories = [[8.0, 4.0, 6.0, 3.0], [5.0, 5.0, 5.0, 5.0], [9.0, 1.0, 1.0, 1.0]]  # the third ends below t=2
-    # rejected (final > 2): running minima [8, 4, 4, 3] and [5, 5, 5, 5]; their minimum per step / t
-    assert learn_accept_ratios(trajectories, 2.0) == (2.5, 2.0, 2.0, 1.5)
-    with pytest.raises(ValueError, match="no image above the threshold"):
-        learn_accept_ratios([[1.0, 0.5]], 2.0)
-    with pytest.raises(ValueError, match="negative trajectories differ in length"):
-        learn_accept_ratios([[3.0, 3.0], [3.0]], 2.0)
-
-
-def test_accept_rule_in_the_loop_and_the_replay():
-    cfg = InversionConfig(steps=4, early_exit=True, exit_threshold=1.0, exit_ratios=(4.0, 3.0, 2.0, 1.0),
-                          exit_accept_ratios=(3.0, 2.0, 1.5, 1.0), exit_accept_margin=1.0)
-    # step 0: 2.5 < 3 (accept bound) and not above 4 -> accept; 1.0 <= t -> the exact exit, not accept
-    assert replay([2.5, 2.0, 2.0, 2.0], cfg)[1:] == (0, "accept")
-    assert replay([1.0, 1.0, 1.0, 1.0], cfg)[1:] == (0, "threshold")
-    assert replay([3.5, 2.9, 3.1, 3.0], cfg)[1:] == (2, "bound")  # running minimum 2.9 > 2 * 1 at step 2
-    both = dataclasses.replace(cfg, exit_ratios=(1.5, 1.5, 1.5, 1.0))  # 2.5 is above the bound and below accept
-    assert replay([2.5, 2.5, 2.5, 2.5], both)[1:] == (1, "bound")  # step 0: both -> stays; step 1: above only
-    wide = dataclasses.replace(cfg, exit_accept_margin=3.0)  # accept bound <= t: the exact exit takes those first
-    assert replay([2.5, 2.0, 1.5, 1.2], wide)[2] != "accept"
-    with pytest.raises(ValueError, match="inversion.exit_accept_ratios: 2 ratios for 4 scored steps"):
-        dataclasses.replace(cfg, exit_accept_ratios=(2.0, 1.0))
-    with pytest.raises(ValueError, match="inversion.exit_accept_margin: must be a number >= 1"):
-        dataclasses.replace(cfg, exit_accept_margin=0.5)
-    with pytest.raises(ValueError, match=r"inversion.exit_accept_ratios: every ratio must be a number > 0"):
-        dataclasses.replace(cfg, exit_accept_ratios=(2.0, 1.0, 0.0, 1.0))
-    # hashes: a config without accept ratios keeps the key it had before the option existed
-    plain = dataclasses.replace(cfg, exit_accept_ratios=None)
-    assert plain.hash() == dataclasses.replace(plain, exit_accept_margin=2.0).hash()
-    assert cfg.hash() not in (plain.hash(), dataclasses.replace(cfg, exit_accept_margin=1.2).hash())
-
-
-def test_learnt_accept_bound_never_accepts_a_rejected_calibration_image_and_the_loop_agrees(setting, tmp_path):
-    """Accept ratios learnt from known negatives (the sibling's and natural images' full runs) and the calibration
-    images above the threshold: none of those would be accepted early, and the live loop (batch compaction with
-    learnt exits of both kinds) gives every image the replay's exit, its trajectory up to the exit unchanged."""
-    ae, cal_full, full = setting["ae"], setting["cal_full"], setting["full"]
-    negatives = full[6:]  # the sibling's decodes and natural crops
-    bounds = learn_bounds([r.trajectory for r in cal_full], target_tpr=0.8, config=FULL,
-                          negatives=[r.trajectory for r in negatives])
-    assert bounds.n_negatives == len(negatives) and all(a > 1 for a in bounds.accept_ratios)
-    cfg = bounds.apply(FULL, margin=1.5, accept_margin=1.0)
-    rejected = [r.trajectory for r in [*cal_full, *negatives] if r.score > bounds.threshold]
-    assert rejected and accepted_early(rejected, cfg) == []
-    assert rejected_early([r.trajectory for r in cal_full], cfg) == []
-    live = invert(ae, setting["evaluation"], cfg)
-    for e, f in zip(live, full):
-        score, k, kind = replay(f.trajectory, cfg)
-        assert (e.exit, e.exit_step) == (kind, k)
-        torch.testing.assert_close(torch.tensor(e.trajectory), torch.tensor(f.trajectory[:e.steps_run]), rtol=1e-5,
-                                   atol=0)
-        if e.exit == "accept":
-            assert verdict(e.score, e.exit, bounds.threshold) and e.score > bounds.threshold
-    assert {e.exit for e in live} >= {"accept", "bound"}  # both learnt exits were exercised
-    # a file round trip keeps the accept ratios; bounds without them refuse an accept margin
-    assert ExitBounds.load(bounds.save(tmp_path / "bounds.json")) == bounds
-    with pytest.raises(ValueError, match="no accept ratios"):
-        dataclasses.replace(bounds, accept_ratios=None).apply(FULL, accept_margin=1.0)
-
-
-# -- trend: the learnt bounds judge the running minimum carried forward by its recent fall --------------------------
-def test_exit_statistic_is_the_running_minimum_carried_forward_by_its_fall():
-    history = torch.tensor([[8.0, 4.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
-    # j = floor(k / 2): k=0 -> 0, 1 -> 0, 2 -> 1, 3 -> 1
-    assert exit_statistic(history, 3, 0.0).tolist() == [1.0, 5.0]  # trend 0: the running minimum itself
-    assert exit_statistic(history, 2, 1.0).tolist() == [1.0, 5.0]  # 2 * (2 / 4); a flat one stays where it is
-    assert exit_statistic(history, 3, 2.0).tolist() == [0.0625, 5.0]  # 1 * (1 / 4) ** 2
-    assert exit_statistic(history, 0, 2.0).tolist() == [8.0, 5.0]  # nothing to look back on
-    assert statistics(history.numpy(), 1.0).tolist() == [[8.0, 2.0, 1.0, 0.25], [5.0, 5.0, 5.0, 5.0]]
-    # the ratios are of the statistic, and may fall below 1: an image still falling fast is heading below t
-    # (from the images still above t only: the second, below t from the start, adds nothing, not even a floor of 1)
-    assert learn_ratios([[8.0, 4.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0]], threshold=1.5, trend=1.0) == (
-        8 / 1.5, 2 / 1.5, 1 / 1.5, 1.0)
-    assert learn_accept_ratios([[8.0, 4.0, 2.0, 2.0]], 1.5, trend=1.0) == (8 / 1.5, 2 / 1.5, 1 / 1.5, 1 / 1.5)
-
-
-def test_trend_bounds_keep_their_guarantees_and_the_loop_equals_the_replay(setting, tmp_path):
-    """Bounds learnt on the trend statistic: no calibration image the full run calls belonging is rejected early
-    and no rejected image learnt from is accepted early; the live loop (compaction, both learnt exits, the history
-    it looks back on) gives every image the replay's exit and keeps its trajectory up to the exit."""
-    ae, cal_full, full = setting["ae"], setting["cal_full"], setting["full"]
-    negatives = full[6:]
-    config = dataclasses.replace(FULL, exit_trend=2.0)
-    bounds = learn_bounds([r.trajectory for r in cal_full], target_tpr=0.8, config=config,
-                          negatives=[r.trajectory for r in negatives])
-    assert bounds.trend == 2.0
-    plain = learn_bounds([r.trajectory for r in cal_full], target_tpr=0.8, config=FULL,
-                         negatives=[r.trajectory for r in negatives])
-    assert bounds.ratios != plain.ratios and bounds.threshold == plain.threshold
-    cfg = bounds.apply(config, margin=1.0, accept_margin=1.0)
-    assert cfg.exit_trend == 2.0
-    rejected = [r.trajectory for r in [*cal_full, *negatives] if r.score > bounds.threshold]
-    assert rejected and accepted_early(rejected, cfg) == []
-    assert rejected_early([r.trajectory for r in cal_full], cfg) == []
-    live = invert(ae, setting["evaluation"], cfg)
-    replayed = replay_frame([f.trajectory for f in full], cfg)
-    for i, (e, f) in enumerate(zip(live, full)):
-        score, k, kind = replay(f.trajectory, cfg)
-        assert (e.exit, e.exit_step) == (kind, k) and replayed["exit"][i] == kind
-        torch.testing.assert_close(torch.tensor(e.trajectory), torch.tensor(f.trajectory[:e.steps_run]), rtol=1e-5,
-                                   atol=0)
-    assert {e.exit for e in live} >= {"accept", "bound"}
-    # the trend changes when images leave, and the hash; 0 keeps the keys made before the option
-    assert [e.steps_run for e in live] != [e.steps_run for e in invert(ae, setting["evaluation"],
-                                                                     plain.apply(FULL, 1.0, accept_margin=1.0))]
-    assert cfg.hash() != dataclasses.replace(cfg, exit_trend=1.0).hash()
-    off = plain.apply(FULL, margin=1.0)
-    assert off.hash() == dataclasses.replace(off, exit_trend=0.0).hash() and "exit_trend" not in off.identity()
-    # the file keeps the trend; bounds applied with another trend are refused
-    assert ExitBounds.load(bounds.save(tmp_path / "bounds.json")) == bounds
-    with pytest.raises(ValueError, match="learnt for exit_trend 2, the config asks for 1"):
-        bounds.apply(dataclasses.replace(FULL, exit_trend=1.0))
-    with pytest.raises(ValueError, match="inversion.exit_trend: must be a number >= 0"):
-        dataclasses.replace(FULL, exit_trend=-1.0)

@@ -13,6 +13,8 @@ from test_studies import _pairwise_auc
 
 from experiments import common, study
 from latenttracer import protocol
+from latenttracer.early_exit import learn_exit_policy, wrong_exits
+from latenttracer.intervals import wilson
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies import STUDIES
 from latenttracer.studies import early_exit as ee
@@ -44,9 +46,11 @@ def test_registered_with_a_report_section():
 
 def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setattr(ee.zoo, "machine_speed", lambda threads=1: SPEED)  # the real one times a decoder for seconds
-    cfg = job("early_exit", workspace, micro_zoo, tmp_path / "out", RUN)
-    rows = study.run(cfg, "early_exit").frame.set_index("mode")
-    assert list(rows.index) == ["full", "exact", "early_exit"]
+    cfg = job("early_exit", workspace, micro_zoo, tmp_path / "out", [*RUN, "risks=[0.5,0.9]"])
+    frame = study.run(cfg, "early_exit").frame
+    assert list(frame["mode"]) == ["full", "exact", "conformal", "conformal"]
+    assert frame["alpha"].isna().tolist() == [True, True, False, False] and list(frame["alpha"].dropna()) == [0.5, 0.9]
+    rows = frame.set_index("mode")
     assert (rows["schedule"] == "paper").all() and (rows["steps"] == 3).all()  # the preset, at the micro steps
     # evaluation images: kl-a's own 3, 3 of each of the 5 other members, the 4 real images
     assert (rows["n_evaluation"] == 3 + 5 * 3 + 4).all() and (rows["n_calibration"] == 3).all()
@@ -54,8 +58,19 @@ def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch): 
     assert rows.loc["full", "image_steps_fraction"] == pytest.approx(3 / 100)
     assert rows.loc["exact", "image_steps_fraction"] <= rows.loc["full", "image_steps_fraction"]
     assert rows.loc["exact", "agreement_schedule"] == 1.0  # stopping at the threshold never changes a verdict
-    assert rows.loc["early_exit", "margin"] == cfg.inversion.exit_margin and rows.loc["full", "margin"] == 1.0
     assert (rows["machine_speed"] == 123).all()
+    # 3 calibration images end belonging (95% TPR of 3: the largest score), 2 set the level: risk >= 1/3 for any
+    # exit from above; q is the 2nd (alpha 0.5) and the 1st (alpha 0.9) smallest of their 2 scores
+    assert (frame["n_scores"].dropna() == 2).all() and frame["q"].iloc[3] <= frame["q"].iloc[2] < np.inf
+    # the wrong exits and both intervals recomputed from the counts (latenttracer.intervals.wilson)
+    for _, row in frame.iterrows():
+        n_agree = round(row["agreement"] * row["n_evaluation"])
+        assert (row["agreement_lo"], row["agreement_hi"]) == pytest.approx(wilson(n_agree, row["n_evaluation"]))
+        assert row["wrong_exit_rate"] == row["wrong_exits"] / row["n_own_belonging"]
+        assert (row["wrong_exit_rate_lo"], row["wrong_exit_rate_hi"]) == pytest.approx(
+            wilson(row["wrong_exits"], row["n_own_belonging"]))
+        assert row["agreement_lo"] <= row["agreement"] <= row["agreement_hi"]
+    assert rows.loc["full", "wrong_exits"] == 0 and rows.loc["exact", "wrong_exits"] == 0  # no bound, no wrong exit
     # the threshold and the full run's AUC recomputed from the store's scores (the 3-step run is the authors' cut)
     ctx = common.Context(cfg)
     spec = ctx.model_spec("kl-a")
@@ -66,65 +81,36 @@ def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch): 
     cal = ctx.invert_paths(ae, calibration, inv, trajectory_steps=100)
     threshold = calibrate_threshold(cal["score"], ctx.split_settings().target_tpr)
     assert (rows["threshold"] == threshold).all()
-    scores = ctx.invert_paths(ae, evaluation["path"].tolist(), inv, trajectory_steps=100).set_index("path")["score"]
+    ev = ctx.invert_paths(ae, evaluation["path"].tolist(), inv, trajectory_steps=100).set_index("path")
     own = (evaluation["source"] == "kl-a").to_numpy()
     paths = evaluation["path"].to_numpy()
-    want = _pairwise_auc(scores[paths[own]].to_numpy(), scores[paths[~own]].to_numpy())
+    want = _pairwise_auc(ev.loc[paths[own], "score"].to_numpy(), ev.loc[paths[~own], "score"].to_numpy())
     assert rows.loc["full", "auc_full"] == pytest.approx(want, abs=1e-12)
     assert rows.loc["full", "auc_early_exit"] == rows.loc["full", "auc_full"]
+    # the conformal rows' wrong exits: the replay of the own images' full runs under the rule learnt from calibration
+    for _, row in frame[frame["mode"] == "conformal"].iterrows():
+        fast = learn_exit_policy(cal["trajectory"].tolist(), threshold, row["alpha"], inv).apply(inv)
+        own_runs = ev.loc[paths[own], "trajectory"].tolist()
+        assert (row["wrong_exits"], row["n_own_belonging"]) == wrong_exits(own_runs, fast)
     # published: merged into results/debug/early_exit.csv; another schedule's rows are added, the first kept
     results = workspace / "results" / "debug"
     first = pd.read_csv(results / "early_exit.csv")
-    assert list(first["mode"]) == ["full", "exact", "early_exit"]
-    # ... with a cascade row: this schedule screens, its band runs the authors' (at the micro steps here)
-    again = study.run(job("early_exit", workspace, micro_zoo, tmp_path / "again",
-                          [*RUN, "inversion.lr=0.1", "cascade_band_margin=1.1"]), "early_exit").frame.set_index("mode")
-    assert list(again.index) == ["full", "exact", "early_exit", "cascade"]
-    cascade = again.loc["cascade"]
-    assert cascade["band_margin"] == 1.1 and cascade["margin"] == cfg.inversion.exit_margin
-    assert cascade["live_mismatches"] == 0 and cascade["calibration_rejected_early"] == 0
-    assert np.isnan(cascade["auc_early_exit"]) and 0 <= cascade["n_band"] <= cascade["n_evaluation"]
-    assert np.isnan(again.loc["early_exit", "band_margin"])
-    assert 0 < cascade["screen_steps_fraction"] <= cascade["image_steps_fraction"]
-    for frame in (rows, again):  # disagreements: the flipped verdicts counted by source
-        for _, row in frame.iterrows():
-            flips = sum(int(part.split(":")[1]) for part in row["disagreements"].split())
-            assert flips == round((1 - row["agreement"]) * row["n_evaluation"])
-            assert (row["disagreements"] == "") == (row["agreement"] == 1.0)
+    assert list(first["mode"]) == ["full", "exact", "conformal", "conformal"]
+    again = study.run(job("early_exit", workspace, micro_zoo, tmp_path / "again", [*RUN, "inversion.lr=0.1"]),
+                      "early_exit").frame
+    for _, row in pd.concat([frame, again]).iterrows():  # disagreements: the flipped verdicts counted by source
+        flips = sum(int(part.split(":")[1]) for part in row["disagreements"].split())
+        assert flips == round((1 - row["agreement"]) * row["n_evaluation"])
+        assert (row["disagreements"] == "") == (row["agreement"] == 1.0)
     merged = pd.read_csv(results / "early_exit.csv")
-    assert list(merged["lr"]) == [0.05] * 3 + [0.1] * 4
-    pd.testing.assert_frame_equal(merged.head(3), first)
+    assert list(merged["lr"]) == [0.05] * 4 + [0.1] * 5 and list(merged.columns) == ee.COLUMNS
+    pd.testing.assert_frame_equal(merged.head(4), first)
     text = (results / "early_exit.md").read_text()
-    assert text.count("| kl-a | paper | 3 |") == 7 and "machine speed " + SPEED in text
-    assert "| cascade | 1.50 | 1.10 |" in text
+    assert text.count("| kl-a | paper | 3 |") == 9 and "machine speed " + SPEED in text
     assert np.isfinite(merged["speedup"]).all()
-    # the verdict stage's own margin: one more cascade row (a key of its own), its live run again the replay
-    third = study.run(job("early_exit", workspace, micro_zoo, tmp_path / "third",
-                          [*RUN, "inversion.lr=0.1", "cascade_band_margin=1.1", "cascade_verdict_margin=1.0"]),
-                      "early_exit").frame.set_index("mode").loc["cascade"]
-    assert third["verdict_margin"] == 1.0 and third["margin"] == cfg.inversion.exit_margin
-    assert third["live_mismatches"] == 0 and third["calibration_rejected_early"] == 0
-    assert cascade["verdict_margin"] == cfg.inversion.exit_margin  # by default: the screen's margin
-    merged = pd.read_csv(results / "early_exit.csv")
-    assert len(merged) == 8 and sorted(merged["verdict_margin"].dropna()) == [1.0, cfg.inversion.exit_margin]
-    assert "| cascade | 1.50 | 1.10 | 1.00 |" in (results / "early_exit.md").read_text()
-    # early accept: its bound learnt from the other members' calibration halves; the live run is the replay
-    accept = study.run(job("early_exit", workspace, micro_zoo, tmp_path / "fourth", [*RUN, "accept_margin=1.0"]),
-                       "early_exit").frame.set_index("mode")
-    assert list(accept.index) == ["full", "exact", "early_exit", "early_accept"]
-    row = accept.loc["early_accept"]
-    assert row["accept_margin"] == 1.0 and row["margin"] == cfg.inversion.exit_margin
-    assert row["live_mismatches"] == 0 and row["calibration_rejected_early"] == 0
-    assert 0 < row["image_steps_fraction"] <= accept.loc["full", "image_steps_fraction"]
-    assert np.isnan(accept.loc["early_exit", "accept_margin"])
-    merged = pd.read_csv(results / "early_exit.csv")
-    assert len(merged) == 9 and list(merged["accept_margin"].dropna()) == [1.0]
-    assert "| early_accept | 1.50 |  |  | 1.00 |" in (results / "early_exit.md").read_text()
 
 
-def test_a_bad_verdict_margin_names_the_key():
-    with pytest.raises(ValueError, match=r"cascade_verdict_margin: must be a number >= 1 \(or null"):
-        ee.verdict_exit_margin({"cascade_verdict_margin": 0.5}, 1.5)
-    with pytest.raises(ValueError, match=r"accept_margin: must be a number >= 1 \(or null: none\), got True"):
-        ee.margin_or_none({"accept_margin": True}, "accept_margin")
-    assert ee.verdict_exit_margin({"cascade_verdict_margin": None}, 1.5) == 1.5
+def test_a_bad_risk_names_the_key():
+    with pytest.raises(ValueError, match=r"risks: each must be a number in \(0, 1\), got 1.5"):
+        ee.risks({"risks": [0.1, 1.5]})
+    assert ee.risks({"risks": [0.05]}) == [0.05]

@@ -42,11 +42,9 @@ class LatentTracer(Method):
 
     name = "latenttracer"
     needs_grad = True
-    # record_*: always on (the rows carry both); exit_threshold / exit_ratios: set by the caller from a threshold
-    # or calibration trajectories (trace --early-exit with --threshold or --calibrate), never typed by hand; the
-    # accept ratios and margin likewise (trace --negatives, --accept-margin)
-    hidden_options = ("record_trajectory", "record_latent", "exit_threshold", "exit_ratios", "exit_accept_ratios",
-                      "exit_accept_margin")
+    # record_*: always on (the rows carry both); early exit: turned on, with its threshold and bound, by the caller
+    # from a threshold or calibration trajectories (trace --early-exit, latenttracer.tracing.Tracer.early_exit)
+    hidden_options = ("record_trajectory", "record_latent", "early_exit", "exit_threshold", "exit_ratios")
 
     @classmethod
     def settings_type(cls) -> type:

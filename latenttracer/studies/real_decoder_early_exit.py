@@ -6,13 +6,13 @@
 The early-exit study (:class:`~latenttracer.studies.early_exit.EarlyExit`: the same rows, columns and rules) on
 the real-decoder suite's sets (:mod:`latenttracer.studies.real_decoder`: the base's own decodes, its fine-tuned
 sibling's decodes and real crops; the sibling and the sets are the ones ``make real-decoder`` builds and caches, so
-nothing is rebuilt). The base is the inspected model: its calibration half gives the threshold and the bounds
+nothing is rebuilt). The base is the inspected model: its calibration half gives the threshold and the exit rule
 (and the latent RMS of ``lr_scale=latent_rms``); its evaluation half, the sibling's and the real crops are scored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
@@ -26,9 +26,7 @@ from latenttracer.studies.early_exit import EarlyExit
 class RealDecoderEarlyExitConfig(real_decoder.DecodedSuiteConfig):
     timing_images: int = 12              # evaluation images timed live (one batch per config, one process)
     timing_seed: int = 0
-    cascade_band_margin: float | None = None  # cascade rows with this band margin (>= 1); null: none
-    cascade_verdict_margin: float | None = None  # the cascade's verdict-stage exit margin; null: the screen's
-    accept_margin: float | None = None  # an `early_accept` row (the sibling's calibration half: known negatives)
+    risks: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])  # a `conformal` row per risk
     out: str = MISSING                   # publishes <out>.{md,csv}
 
 

@@ -26,9 +26,9 @@ import pandas as pd
 from omegaconf import MISSING
 
 from latenttracer import protocol, tables
-from latenttracer.calibration import CLEAN, calibration_sets, family_name, parse_family, pooled_threshold
 from latenttracer.metrics import detection_metrics
 from latenttracer.perturbations import Perturbation, kind_of, parse_grid, perturbed_set
+from latenttracer.reencoding import CLEAN, calibration_sets, family_name, parse_family, pooled_threshold
 from latenttracer.studies.base import STUDIES, Context, FigureOut, MethodEntry, ReportSection, Study, StudyResult
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class RobustnessConfig:
     methods: list[MethodEntry] = field(default_factory=list)
     subset_seed: int = 0
     perturbed_dir: str = MISSING
-    # thresholds: "clean" (the calibration half as it is) and/or perturbation families (latenttracer.calibration:
+    # thresholds: "clean" (the calibration half as it is) and/or perturbation families (latenttracer.reencoding:
     # the calibration half and its perturbed copies pooled), one set of accuracy/TPR/FPR rows each
     calibration: list[str] = field(default_factory=lambda: [CLEAN])
     calibration_n: int | None = None  # perturbed copies of this many calibration images (seeded subset; null: all)
@@ -178,7 +178,7 @@ def notes(cfg: Any, p: dict, conditions: tuple[Perturbation, ...], rows: pd.Data
         f"{p['split_seed']}); perturbation grid `{cfg.perturbation.name}` ({len(conditions)} conditions).",
         "Threshold per (method, calibration, inspected model) at "
         f"{p['target_tpr']:.0%} TPR (the method's own rule): `clean` on the model's calibration half as it is; a "
-        "perturbation family (e.g. `jpeg:90..70,downscale:0.5`, latenttracer.calibration) on the calibration half "
+        "perturbation family (e.g. `jpeg:90..70,downscale:0.5`, latenttracer.reencoding) on the calibration half "
         "and its perturbed copies pooled"
         + (f" (copies of a seeded subset of {cfg.calibration_n} calibration images per model)"
            if cfg.calibration_n is not None else "")

@@ -1,4 +1,4 @@
-"""Calibration under a perturbation family: thresholds that survive re-encoding (``docs/deployment.md``).
+"""Calibration under re-encoding (perturbation families): thresholds that survive re-encoding (``docs/deployment.md``).
 
 A *family* is a comma-separated list of ``kind:strength`` conditions (kinds from the perturbation registry,
 :mod:`latenttracer.perturbations`), where a strength may be a range ``a..b``:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli import FAST, _run, folders  # noqa: F401, F811  (fixture)
-from test_experiments import job, micro_zoo, workspace  # noqa: F401  (fixtures)
+from helpers.cli import FAST, folders  # noqa: F401, F811  (fixture)
+from helpers.cli import run_trace as _run
+from helpers.micro_zoo import job, micro_zoo, workspace  # noqa: F401  (fixtures)
 
 from experiments import common, study
 from latenttracer import protocol
-from latenttracer.calibration import family_name, parse_family
+from latenttracer.reencoding import family_name, parse_family
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.perturbations import parse_perturbation, perturbed_set
 
