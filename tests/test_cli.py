@@ -368,3 +368,108 @@ def test_trace_lr_scale_latent_rms_is_set_on_the_calibration_images(tmp_path, ti
     lr = float(line.split("= ")[1].split()[0])
     assert rms > 0 and lr == pytest.approx(0.2 * rms, rel=1e-3) and "(on 6 --calibrate images)" in line
     assert pd.read_csv(out)["belonging"].notna().all()
+
+
+# -- trace --early-exit ---------------------------------------------------------------------------------------------
+def _mixed(tmp_path, folders):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("own", "other", "real"):
+        for f in sorted(folders[name].iterdir())[:4]:
+            (mixed / f"{name}_{f.name}").write_bytes(f.read_bytes())
+    return mixed
+
+
+def test_early_exit_with_threshold_gives_the_full_runs_verdicts(tmp_path, tiny_dirs, folders, capsys):
+    from latenttracer.cli import EXIT_COLUMNS
+
+    model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
+    full, early = tmp_path / "full.csv", tmp_path / "early.csv"
+    assert _run("--model", model, "--images", mixed, "--out", full, "--calibrate", folders["cal"], "--no-cache",
+                "--resolution", 32, *FAST) == 0
+    # a threshold between the scores, so that some images stop below it and others run to the end
+    threshold = float(pd.read_csv(full)["score"].median())
+    capsys.readouterr()
+    assert _run("--model", model, "--images", mixed, "--out", full, "--threshold", threshold, "--no-cache",
+                "--resolution", 32, *FAST) == 0
+    reference = pd.read_csv(full)
+    assert _run("--model", model, "--images", mixed, "--out", early, "--threshold", threshold, "--early-exit",
+                "--no-cache", "--resolution", 32, *FAST) == 0
+    assert "early exit: exact part only" in capsys.readouterr().err
+    df = pd.read_csv(early, keep_default_na=False)
+    assert list(df.columns) == CSV_COLUMNS + EXIT_COLUMNS
+    assert (df["belonging"].astype(str) == reference["belonging"].astype(str)).all()
+    stopped = df[df["exit_reason"] == "threshold"]
+    assert 0 < len(stopped) < len(df) and (stopped["steps_run"].astype(int) < 20).all()
+    assert set(df["exit_reason"]) <= {"threshold", ""}  # no bound without calibration
+    ran = df[df["exit_reason"] == ""]
+    full_ran = reference.set_index("path").loc[ran["path"], "score"].to_numpy()
+    assert ran["score"].astype(float).to_numpy() == pytest.approx(full_ran, rel=1e-5)
+
+
+def test_early_exit_with_calibration_says_what_the_set_allows_and_keeps_the_full_runs_verdicts(
+        tmp_path, tiny_dirs, folders, capsys):
+    """6 calibration images: 3 set the bound's level, so risk >= 0.25 for any exit from above. At the default risk
+    only the exact exit runs (every verdict is the full run's); at --exit-risk 0.5 the bound stops images, and
+    every verdict it does not decide is still the full run's."""
+    model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
+    flags = ["--calibrate", folders["cal"], "--cache", tmp_path / "cache", "--resolution", 32, *FAST]
+    full, early = tmp_path / "full.csv", tmp_path / "early.csv"
+    assert _run("--model", model, "--images", mixed, "--out", full, *flags) == 0
+    reference = pd.read_csv(full).set_index("path")["belonging"]
+    capsys.readouterr()
+    assert _run("--model", model, "--images", mixed, "--out", early, "--early-exit", *flags) == 0
+    err = capsys.readouterr().err
+    assert ("early exit: 6 calibration images, 6 end belonging (3 learn the bound's shape, 3 set its level): "
+            "risk >= 0.25 for any exit from above; at risk 0.05 only the exact exit") in err
+    df = pd.read_csv(early, keep_default_na=False).set_index("path")
+    assert set(df["exit_reason"]) <= {"threshold", ""}
+    assert (df["belonging"].astype(str) == reference.loc[df.index].astype(str)).all()
+    assert _run("--model", model, "--images", mixed, "--out", early, "--early-exit", "--exit-risk", 0.5, *flags) == 0
+    assert "at risk 0.5 the bound is q = " in capsys.readouterr().err
+    df = pd.read_csv(early, keep_default_na=False).set_index("path")
+    stopped = df[df["exit_reason"] == "bound"]
+    assert len(stopped) and (stopped["belonging"].astype(str) == "False").all()
+    kept = df[df["exit_reason"] != "bound"]
+    assert (kept["belonging"].astype(str) == reference.loc[kept.index].astype(str)).all()
+    assert (df["steps_run"].astype(int).mean() < 20) and (df.loc[df["exit_reason"] == "", "steps_run"] == 20).all()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([], "--early-exit needs --calibrate DIR"),
+    (["--threshold", "0.01", "--method", "aedr"], "--method aedr does not take --early-exit"),
+    (["--threshold", "0.01", "--method", "relative"], "method relative: early exit"),
+    (["--threshold", "0.01", "--calibrate-perturb", "jpeg:90"], "--calibrate-perturb needs --calibrate"),
+])
+def test_bad_early_exit_combinations_fail_before_any_work(tmp_path, folders, capsys, extra, words):
+    # the model does not exist: any work would fail on it, so the flags' error must come first
+    code = _run("--model", tmp_path / "no_model", "--images", folders["own"], "--out", tmp_path / "s.csv",
+                "--early-exit", "--no-cache", *extra)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
+def test_exit_risk_needs_early_exit_and_a_number_in_0_1(tmp_path, folders, capsys):
+    args = ["--model", tmp_path / "no_model", "--images", folders["own"], "--out", tmp_path / "s.csv", "--no-cache",
+            "--threshold", "0.01"]
+    assert _run(*args, "--exit-risk", "0.1") == 2
+    assert "--exit-risk needs --early-exit" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run(*args, "--early-exit", "--exit-risk", "1.5")
+    assert "must be a number in (0, 1), got '1.5'" in capsys.readouterr().err
+
+
+def test_calibrate_perturb_bad_family_fails_before_any_work(tmp_path, folders, capsys):
+    code = _run("--model", tmp_path / "no_model", "--images", folders["own"], "--out", tmp_path / "s.csv",
+                "--calibrate", folders["cal"], "--calibrate-perturb", "jpeg:95..99", "--no-cache")
+    assert code == 2
+    assert "no point of AEROBLADE's jpeg grid" in capsys.readouterr().err
+
+
+def test_trace_help_states_the_guarantee(capsys):
+    with pytest.raises(SystemExit):
+        main(["trace", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exchangeable with the calibration images" in text and "--exit-risk" in text
+    assert "--cascade" not in text and "--negatives" not in text and "--exit-margin" not in text

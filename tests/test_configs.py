@@ -7,7 +7,6 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -55,28 +54,7 @@ def test_every_entry_point_has_a_schema_and_every_study_a_config():
 
 def test_every_preset_is_listed_here():
     assert _names("experiment") == sorted(["table1_zoo", "table1_paper", "full", "ablation_init", "ablation_steps",
-                                           "ablation_lr", "robustness_full", "drift_taef2", "frontier_holdout"])
-
-
-def test_the_frontier_holdout_preset_draws_fresh_sets_and_pins_grid_points(tmp_path):
-    from latenttracer.studies import cascade_frontier
-
-    base, _ = compose_resolved("cascade_frontier", [], tmp_path)
-    cfg, hydra_cfg = compose_resolved("cascade_frontier", ["experiment=frontier_holdout"], tmp_path)
-    assert hydra_cfg.runtime.choices["inversion"] == "fast_rms"
-    assert cfg.suite.generated.seed != base.suite.generated.seed and cfg.suite.real.seed != base.suite.real.seed
-    # image i uses seed + i: no generated image is shared with the seed-0 sets, even experiment=full's 1000
-    full, _ = compose_resolved("table1", ["experiment=full"], tmp_path)
-    assert cfg.suite.generated.seed >= base.suite.generated.seed + max(base.suite.generated.n, full.suite.generated.n)
-    assert cfg.suite.real.crops.seed != base.suite.real.crops.seed and cfg.suite.real.dir != base.suite.real.dir
-    # everything else that decides the sets and splits is Table 1's
-    for key in ("generated.n", "split", "real.n", "real.crops.n", "real.crops.size", "real.origin"):
-        assert OmegaConf.select(cfg.suite, key) == OmegaConf.select(base.suite, key), key
-    assert cfg.out.endswith("cascade_frontier_holdout") and not base.pinned
-    # pinned: the published seed-0 frontier's best single setting (the top row of its single-settings table)
-    top = cascade_frontier.single_settings(pd.read_csv(CONF.parent / "results" / "cascade_frontier.csv")).iloc[0]
-    assert cascade_frontier.pinned_settings(cfg) == [(top["verdict"], top["band_margin"], top["screen_margin"],
-                                                      top["verdict_margin"])]
+                                           "ablation_lr", "robustness_full", "drift_taef2"])
 
 
 def test_the_fresh_suites_share_no_image_with_each_other_or_the_zoo(tmp_path):
@@ -230,7 +208,6 @@ TYPOS = [
     ("experiment/robustness_full.yaml", "robustness", ["experiment=robustness_full"]),
     ("suite/zoo_fresh.yaml", "early_exit", ["suite=zoo_fresh"]),
     ("suite/zoo_fresh2.yaml", "early_exit", ["suite=zoo_fresh2"]),
-    ("experiment/frontier_holdout.yaml", "cascade_frontier", ["experiment=frontier_holdout"]),
     *[(f"{entry}.yaml", entry, []) for entry in ENTRY_POINTS],
 ]
 

@@ -70,14 +70,8 @@ def test_an_unreadable_record_is_an_error_naming_it(tmp_path):
     ("early_exit", [], "early_exit"),
     ("early_exit", ["suite=zoo_fresh"], "early_exit_holdout"),
     ("early_exit", ["suite=zoo_fresh2"], "early_exit_holdout2"),
-    ("cascade_frontier", [], "cascade_frontier"),
-    ("cascade_frontier", ["experiment=frontier_holdout"], "cascade_frontier_holdout"),
     ("schedule_sweep", [], "schedule_sweep"),
     ("real_decoder_early_exit", [], "real_decoder_early_exit"),
-    ("real_decoder_cascade_frontier", [], "real_decoder_cascade_frontier"),
-    ("exit_frontier", [], "exit_frontier"),
-    ("exit_frontier", ["suite=zoo_fresh"], "exit_frontier_holdout"),
-    ("exit_frontier", ["suite=zoo_fresh2"], "exit_frontier_holdout2"),
 ])
 def test_each_published_table_records_the_sets_of_its_command(name, overrides, stem, tmp_path):
     """The record beside each published merged table equals the sets of the config that publishes it, so a
