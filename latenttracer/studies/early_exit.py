@@ -9,7 +9,7 @@ Per inspected model (Table 1's protocol, :mod:`latenttracer.protocol`): the cali
 the threshold (target TPR) and the conformal exit rule (:func:`latenttracer.early_exit.learn_exit_policy`, one row
 per risk ``alpha`` in ``risks``) from full-run trajectories of the schedule under test; the evaluation images (its
 own evaluation half = belonging, every other source's evaluation half and the real set = non-belonging) are
-scored. Rows (:mod:`latenttracer.deployment`):
+scored. Rows (:mod:`latenttracer.studies.full_run_comparison`):
 
 * ``full``: the schedule run to the end (for ``paper`` this is the authors' run itself);
 * ``exact``: early exit on the threshold alone (verdicts equal the schedule's full run);
@@ -38,13 +38,13 @@ from omegaconf import MISSING
 
 from data_gen import zoo
 from latenttracer import protocol, tables
-from latenttracer.deployment import compare, pooled_auc, time_inversions, timing_subset
 from latenttracer.early_exit import learn_exit_policy, rejected_early, replay_frame
 from latenttracer.images import load_images
 from latenttracer.intervals import wilson
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies.base import STUDIES, Context, Merge, MergedStudy, ReportSection, StudyResult
+from latenttracer.studies.full_run_comparison import compare, pooled_auc, time_inversions, timing_subset
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import pandas as pd
 from omegaconf import MISSING
 
 from latenttracer import protocol, tables
-from latenttracer.deployment import pooled_auc
 from latenttracer.inversion import InversionConfig
 from latenttracer.studies.base import STUDIES, Context, Merge, MergedStudy, ReportSection, StudyResult
+from latenttracer.studies.full_run_comparison import pooled_auc
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What a deployment option buys against the authors' full run: verdicts, image-steps, AUC and wall time.
+"""What a faster option buys against the authors' full run: verdicts, image-steps, AUC and wall time (study helpers).
 
 An *option* is an inversion config (a faster schedule, early exit, or both) with its own threshold, calibrated on
 the same calibration images as the authors' run. Per inspected model and evaluation set it is compared with the
@@ -19,7 +19,7 @@ what the loop computes (``tests/test_early_exit.py``); the timed runs check it o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -29,7 +29,7 @@ from latenttracer.autoencoders import Autoencoder
 from latenttracer.inversion import InversionConfig, InversionResult, invert
 from latenttracer.metrics import detection_metrics
 
-__all__ = ["compare", "pooled_auc", "time_cascade", "time_inversions", "timing_subset"]
+__all__ = ["compare", "pooled_auc", "time_inversions", "timing_subset"]
 
 
 def pooled_auc(scores: Sequence[float], belonging: Sequence[bool]) -> float:
@@ -39,23 +39,18 @@ def pooled_auc(scores: Sequence[float], belonging: Sequence[bool]) -> float:
 
 
 def compare(*, authors_scores: Sequence[float], authors_threshold: float, schedule_scores: Sequence[float],
-            schedule_threshold: float, scores: Sequence[float] | None = None, steps_run: Sequence[int],
-            belonging: Sequence[bool], authors_steps: int, verdicts: Sequence[bool] | None = None) -> dict:
-    """One option against the authors' full run and against its own schedule's full run (module docstring).
-    ``verdicts``: an option whose verdict is not ``score <= threshold`` (early accept, whose accepted images keep
-    scores above it), or which has no one score scale (a cascade, :mod:`latenttracer.cascade`: no ``scores``, so
-    its ``auc`` is NaN)."""
-    if scores is None and verdicts is None:
-        raise ValueError("compare: give the option's scores, its verdicts, or both")
+            schedule_threshold: float, scores: Sequence[float], steps_run: Sequence[int],
+            belonging: Sequence[bool], authors_steps: int) -> dict:
+    """One option (its ``scores``, verdict ``score <= schedule_threshold``) against the authors' full run and
+    against its own schedule's full run (module docstring)."""
     a = np.asarray(authors_scores, dtype=float) <= float(authors_threshold)
     s = np.asarray(schedule_scores, dtype=float) <= float(schedule_threshold)
-    o = (np.asarray(verdicts, dtype=bool) if verdicts is not None
-         else np.asarray(scores, dtype=float) <= float(schedule_threshold))
+    o = np.asarray(scores, dtype=float) <= float(schedule_threshold)
     return {"agreement": float(np.mean(o == a)), "agreement_schedule": float(np.mean(o == s)),
             "image_steps_fraction": float(np.mean(steps_run)) / float(authors_steps),
             "tpr": float(np.mean(o[np.asarray(belonging, dtype=bool)])),
             "fpr": float(np.mean(o[~np.asarray(belonging, dtype=bool)])),
-            "auc": pooled_auc(scores, belonging) if scores is not None else float("nan")}
+            "auc": pooled_auc(scores, belonging)}
 
 
 def timing_subset(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -82,13 +77,3 @@ def time_inversions(ae: Autoencoder, images: torch.Tensor,
 def _one_batch(ae: Autoencoder, images: torch.Tensor, cfg: InversionConfig) -> list[InversionResult]:
     return invert(ae, images, replace(cfg, batch_size=max(1, images.shape[0]), record_trajectory=False,
                                       record_latent=False))
-
-
-def time_cascade(ae: Autoencoder, images: torch.Tensor,
-                 run: Callable[[torch.Tensor, Callable[..., list[InversionResult]]], list]) -> tuple[float, list]:
-    """Wall seconds and results of a staged option ``run(images, invert_fn)`` (a cascade,
-    :func:`latenttracer.cascade.run_cascade`) whose every stage runs in one batch, as :func:`time_inversions`
-    runs each config (call it after that one: its warm-up has been paid)."""
-    t0 = time.perf_counter()
-    results = run(images, _one_batch)
-    return time.perf_counter() - t0, results
