@@ -32,6 +32,7 @@ __all__ = [
     "calibrate_threshold",
     "detection_metrics",
     "kde_threshold",
+    "median_ratio",
     "resampled_detection_stats",
     "roc_points",
     "split_calibration",
@@ -227,6 +228,31 @@ def resampled_detection_stats(belonging: np.ndarray, non_belonging: np.ndarray,
     if threshold is not None:
         out.append(0.5 * ((b <= threshold).mean(axis=1) + (nb > threshold).mean(axis=1)))
     return np.stack(out, axis=1)
+
+
+def median_ratio(belonging, non_belonging, *, intervals: bool = True, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """``(ratio, lo, hi)``: ``median(non_belonging) / median(belonging)`` and its seeded stratified-bootstrap
+    interval (:func:`latenttracer.intervals.stratified_bootstrap`; NaN bounds with ``intervals=False``).
+
+    A ratio near 1 means the two classes' losses collapse onto one level (AEDR's observation); a belonging
+    median of 0 gives ``inf``.
+    """
+    from latenttracer.intervals import stratified_bootstrap
+
+    b = _scores(belonging, "belonging")
+    nb = _scores(non_belonging, "non-belonging")
+
+    def stat(rb: np.ndarray, rnb: np.ndarray) -> np.ndarray:
+        mb = np.median(rb, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(mb > 0, np.median(rnb, axis=1) / np.where(mb > 0, mb, 1.0), np.inf)
+
+    ratio = float(stat(b[None], nb[None])[0])
+    if not intervals:
+        return ratio, float("nan"), float("nan")
+    lo, hi = stratified_bootstrap(stat, b, nb, n_boot=n_boot, seed=seed, level=level, vectorized=True)
+    return ratio, lo, hi
 
 
 def detection_metrics(belonging, non_belonging, threshold: float | None = None, *, intervals: bool = True,

@@ -22,14 +22,16 @@ import numpy as np
 import pandas as pd
 
 from latenttracer import protocol, tables
-from latenttracer.metrics import detection_metrics
+from latenttracer.intervals import auc_delong
+from latenttracer.metrics import detection_metrics, median_ratio
 
 __all__ = ["COLUMNS", "ROW", "figure", "markdown", "method_cells", "steps_cells", "subset_sets", "two_class_row"]
 
 ROW = "method / inspected"
-COLUMNS = ["method", "inspected", "source", "auc", "median_belonging", "median_non_belonging", "ratio",
-           "seconds_per_image", "ap", "tpr_at_5fpr", "accuracy", "threshold", "auc_step0", "n_belonging",
-           "n_non_belonging", "n_failed"]
+COLUMNS = ["method", "inspected", "source", "auc", "auc_lo", "auc_hi", "median_belonging", "median_non_belonging",
+           "ratio", "ratio_lo", "ratio_hi", "seconds_per_image", "ap", "ap_lo", "ap_hi", "tpr_at_5fpr",
+           "tpr_at_5fpr_lo", "tpr_at_5fpr_hi", "accuracy", "accuracy_lo", "accuracy_hi", "threshold", "auc_step0",
+           "auc_step0_lo", "auc_step0_hi", "n_belonging", "n_non_belonging", "n_failed"]
 
 
 def subset_sets(sets: protocol.ImageSets, n_belonging: int | None, n_per_source: int | None) -> dict:
@@ -42,8 +44,16 @@ def subset_sets(sets: protocol.ImageSets, n_belonging: int | None, n_per_source:
     return out
 
 
-def _ratio(cells: pd.DataFrame) -> pd.Series:
-    return cells["median_non_belonging"] / cells["median_belonging"].where(cells["median_belonging"] > 0)
+def _ratios(part: pd.DataFrame, name: str, sources: Sequence[str], cells: pd.DataFrame) -> list[tuple]:
+    """(ratio, lo, hi) of each cell's medians (non-belonging / belonging) with its bootstrap interval, from the
+    same evaluation rows as :func:`latenttracer.protocol.cell_metrics` uses."""
+    ok = part[(part["status"] == "ok") & (part["split"] == "evaluation")]
+    own = ok.loc[ok["source"] == name, "score"]
+    out = []
+    for source in cells["source"]:
+        chosen = list(sources) if source == protocol.ALL else [source]
+        out.append(median_ratio(own, ok.loc[ok["source"].isin(chosen), "score"]))
+    return out
 
 
 def method_cells(scores: pd.DataFrame, sources: Sequence[str], inspected: Sequence[str], label: str,
@@ -54,14 +64,16 @@ def method_cells(scores: pd.DataFrame, sources: Sequence[str], inspected: Sequen
     rows = []
     for name in inspected:
         part = scores[scores["inspected"] == name]
-        cells = pd.DataFrame(protocol.cell_metrics(part, name, [s for s in sources if s != name], target_tpr,
-                                                   calibrate))
+        others = [s for s in sources if s != name]
+        cells = pd.DataFrame(protocol.cell_metrics(part, name, others, target_tpr, calibrate))
+        ratios = _ratios(part, name, others, cells)
+        for i, column in enumerate(("ratio", "ratio_lo", "ratio_hi")):
+            cells[column] = [r[i] for r in ratios]
         ok = part[part["status"] == "ok"]
         cells["seconds_per_image"] = float(ok["seconds"].median()) * seconds_scale if "seconds" in ok else np.nan
         rows.append(cells)
     cells = pd.concat(rows, ignore_index=True)
     cells.insert(0, "method", label)
-    cells["ratio"] = _ratio(cells)
     return cells[[c for c in COLUMNS if c in cells] + [c for c in cells if c not in COLUMNS]]
 
 
@@ -85,11 +97,12 @@ def two_class_row(belonging: pd.DataFrame, non_belonging: pd.DataFrame) -> dict:
     b = belonging[belonging["status"] == "ok"]
     nb = non_belonging[non_belonging["status"] == "ok"]
     m = detection_metrics(b["score"], nb["score"])
-    row = {"auc": m.auc, "median_belonging": float(b["score"].median()),
+    row = {"auc": m.auc, "auc_lo": m.auc_lo, "auc_hi": m.auc_hi, "median_belonging": float(b["score"].median()),
            "median_non_belonging": float(nb["score"].median()), "n_belonging": len(b), "n_non_belonging": len(nb)}
-    row["ratio"] = row["median_non_belonging"] / row["median_belonging"] if row["median_belonging"] > 0 else np.inf
+    row["ratio"], row["ratio_lo"], row["ratio_hi"] = median_ratio(b["score"], nb["score"])
     has_init = "init_loss" in b and b["init_loss"].notna().all() and nb["init_loss"].notna().all()
-    row["auc_step0"] = detection_metrics(b["init_loss"], nb["init_loss"]).auc if has_init else np.nan
+    row["auc_step0"], row["auc_step0_lo"], row["auc_step0_hi"] = (
+        auc_delong(b["init_loss"], nb["init_loss"]) if has_init else (np.nan,) * 3)
     return row
 
 
@@ -98,8 +111,9 @@ def _g(v: float) -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3g}"
 
 
-def _f3(v: float) -> str:
-    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+def _ci(r, metric: str) -> str:
+    """A row's ``metric`` with its 95% interval where the row has one (:func:`latenttracer.tables.fmt_metric`)."""
+    return tables.fmt_metric(r._asdict() if hasattr(r, "_asdict") else r, metric)
 
 
 def markdown(cells: pd.DataFrame, steps: pd.DataFrame | None, resolutions: pd.DataFrame | None,
@@ -115,7 +129,8 @@ def markdown(cells: pd.DataFrame, steps: pd.DataFrame | None, resolutions: pd.Da
               "source, and their ratio (non-belonging / belonging; near 1 = the collapse AEDR reports). Seconds "
               "per image: the median time recorded when each image was scored (one thread per job).", "",
               tables.markdown_table([[r.method, r.inspected, r.source, _g(r.median_belonging),
-                                      _g(r.median_non_belonging), _g(r.ratio), _f3(r.auc), _g(r.seconds_per_image)]
+                                      _g(r.median_non_belonging), _ci(r, "ratio"), _ci(r, "auc"),
+                                      _g(r.seconds_per_image)]
                                      for r in sep.itertuples()],
                                     ["method", "inspected", "source", "median belonging", "median non-belonging",
                                      "ratio", "AUC", "s / image"]), ""]
@@ -123,8 +138,8 @@ def markdown(cells: pd.DataFrame, steps: pd.DataFrame | None, resolutions: pd.Da
         lines += ["## LatentTracer against its number of steps", "",
                   "One run of the longest step count per image, cut exactly to each shorter one "
                   "(latenttracer.protocol.truncate); the authors' schedule halves the learning rate every 50 steps.",
-                  "", tables.markdown_table([[int(r.steps), r.inspected, r.source, _f3(r.auc), _f3(r.auc_step0),
-                                              _g(r.median_belonging), _g(r.median_non_belonging), _g(r.ratio)]
+                  "", tables.markdown_table([[int(r.steps), r.inspected, r.source, _ci(r, "auc"), _ci(r, "auc_step0"),
+                                              _g(r.median_belonging), _g(r.median_non_belonging), _ci(r, "ratio")]
                                              for r in steps.itertuples()],
                                             ["steps", "inspected", "source", "AUC", "AUC step 0", "median belonging",
                                              "median non-belonging", "ratio"]), ""]
@@ -133,8 +148,8 @@ def markdown(cells: pd.DataFrame, steps: pd.DataFrame | None, resolutions: pd.Da
                   "The inspected decoder's own decodes (belonging) against real crops of the evaluation photos at "
                   "each size (no calibration half: AUC, medians and ratio only).", "",
                   tables.markdown_table([[int(r.resolution), r.method, r.source, f"{int(r.n_belonging)} / "
-                                          f"{int(r.n_non_belonging)}", _f3(r.auc), _f3(r.auc_step0),
-                                          _g(r.median_belonging), _g(r.median_non_belonging), _g(r.ratio),
+                                          f"{int(r.n_non_belonging)}", _ci(r, "auc"), _ci(r, "auc_step0"),
+                                          _g(r.median_belonging), _g(r.median_non_belonging), _ci(r, "ratio"),
                                           _g(r.seconds_per_image)]
                                          for r in resolutions.itertuples()],
                                         ["px", "method", "non-belonging", "images (b / nb)", "AUC", "AUC step 0",
@@ -156,6 +171,8 @@ def figure(cells: pd.DataFrame, steps: pd.DataFrame | None, base: str):
             r = pooled[(pooled["method"] == m) & (pooled["inspected"] == name)]
             if r.empty:  # a method that did not inspect this model (RONAN inspects the base only)
                 continue
+            if tables.has_interval(r, "auc"):
+                tables.plot_metric(axes[0], r, "seconds_per_image", "auc", "none", color=colours(i), zorder=2)
             axes[0].scatter(r["seconds_per_image"], r["auc"], color=colours(i), marker=markers[j % 5], s=46,
                             edgecolor="black", linewidth=0.4, label=f"{m} / {name}", zorder=3)
     axes[0].set_xscale("log")
@@ -177,7 +194,7 @@ def figure(cells: pd.DataFrame, steps: pd.DataFrame | None, base: str):
     axes[1].legend(fontsize=7)
     if steps is not None and len(steps):
         for k, ((name, source), g) in enumerate(steps.groupby(["inspected", "source"], sort=False)):
-            axes[2].plot(g["steps"], g["auc"], "o-", ms=4, color=colours(k), label=f"{name} vs {source}")
+            tables.plot_metric(axes[2], g, "steps", "auc", "o-", ms=4, color=colours(k), label=f"{name} vs {source}")
         axes[2].set_xscale("log")
         ticks = sorted(set(int(k) for k in steps["steps"]))
         axes[2].set_xticks(ticks, [str(k) for k in ticks])

@@ -141,7 +141,12 @@ def metric_matrix(cells: pd.DataFrame, metric: str, rows: str = "inspected") -> 
 def _fmt(value: float, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:.3g}" if metric == "threshold" or metric.startswith("median") else f"{value:.3f}"
+    return f"{value:.3g}" if _significant(metric) else f"{value:.3f}"
+
+
+def _significant(metric: str) -> bool:
+    """Metrics written with 3 significant digits (scores and their ratios), not 3 decimals (rates)."""
+    return metric in ("threshold", "ratio") or metric.startswith("median")
 
 
 def has_interval(frame: pd.DataFrame | pd.Series | dict, metric: str) -> bool:
@@ -159,7 +164,12 @@ def fmt_metric(row: pd.Series | dict, metric: str) -> str:
     if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return "–"
     if has_interval(row, metric):
-        return fmt_ci(float(value), row[f"{metric}_lo"], row[f"{metric}_hi"])
+        lo, hi = row[f"{metric}_lo"], row[f"{metric}_hi"]
+        if _significant(metric):
+            if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+                return _fmt(float(value), metric)
+            return f"{_fmt(float(value), metric)} [{float(lo):.3g}, {float(hi):.3g}]"
+        return fmt_ci(float(value), lo, hi)
     return _fmt(float(value), metric)
 
 

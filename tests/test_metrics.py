@@ -202,3 +202,17 @@ def test_resampled_stats_match_scikit_learn_with_ties():
         ref = detection_metrics(b, nb, threshold=0.3, intervals=False)
         got = resampled_detection_stats(b[None], nb[None], 0.3)[0]
         assert got == pytest.approx([ref.ap, ref.tpr_at_1fpr, ref.tpr_at_5fpr, ref.balanced_accuracy])
+
+
+def test_median_ratio_by_hand_and_its_bootstrap_interval():
+    from latenttracer.metrics import median_ratio
+
+    # medians 2 and 6: ratio 3; constant classes resample to themselves, so the interval is the point.
+    assert median_ratio([2.0, 2.0, 2.0], [6.0, 6.0]) == (3.0, 3.0, 3.0)
+    rng = np.random.default_rng(8)
+    b, nb = rng.uniform(1, 2, 40), rng.uniform(3, 5, 40)
+    ratio, lo, hi = median_ratio(b, nb)
+    assert ratio == pytest.approx(np.median(nb) / np.median(b))
+    assert lo < ratio < hi and median_ratio(b, nb) == (ratio, lo, hi)  # seeded
+    assert np.isnan(median_ratio(b, nb, intervals=False)[1])
+    assert median_ratio([0.0, 0.0], [1.0])[0] == np.inf

@@ -186,3 +186,8 @@ def test_threshold_rates_carry_the_wilson_interval_of_their_counts(name):
         assert (r.tpr_lo, r.tpr_hi) == pytest.approx(wilson(round(r.tpr * r.n_belonging), r.n_belonging))
         assert (r.fpr_lo, r.fpr_hi) == pytest.approx(wilson(round(r.fpr * r.n_non_belonging), r.n_non_belonging))
         assert r.accuracy_lo <= r.accuracy <= r.accuracy_hi
+
+
+def test_fmt_metric_for_score_ratios():
+    assert tables.fmt_metric({"ratio": 96.123, "ratio_lo": 80.2, "ratio_hi": 120.4}, "ratio") == "96.1 [80.2, 120]"
+    assert tables.fmt_metric({"ratio": 2.0, "ratio_lo": float("inf"), "ratio_hi": 3.0}, "ratio") == "2"

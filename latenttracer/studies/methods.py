@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from latenttracer import protocol, tables
+from latenttracer.metrics import median_ratio
 from latenttracer.studies.base import STUDIES, Context, FigureOut, ReportSection, Study, StudyResult
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,10 @@ def separation(loaded: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataF
             own = group.loc[group["source"] == inspected, "score"]
             other = group.loc[group["source"] != inspected, "score"]
             if len(own) and len(other):
+                ratio, lo, hi = median_ratio(own, other)
                 rows.append({"method": str(cells["method"].iloc[0]), "inspected": inspected,
                              "median_belonging": float(own.median()), "median_non_belonging": float(other.median()),
-                             "ratio": float(other.median() / own.median()) if own.median() else float("inf")})
+                             "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi})
     return pd.DataFrame(rows)
 
 
@@ -185,7 +187,8 @@ def aggregate_notes(p: dict, cells: pd.DataFrame, context: str) -> list[str]:
 
 
 def auc_vs_seconds(cells: pd.DataFrame):
-    """Pooled AUC against seconds per image (log x): one point per (method, inspected model)."""
+    """Pooled AUC against seconds per image (log x): one point per (method, inspected model), with its 95%
+    interval where the cells have one."""
     plt = tables._pyplot()
     pooled = cells[cells["source"] == protocol.ALL]
     methods = list(dict.fromkeys(pooled["method"]))
@@ -197,6 +200,8 @@ def auc_vs_seconds(cells: pd.DataFrame):
         for j, name in enumerate(models):
             r = pooled[(pooled["method"] == m) & (pooled["inspected"] == name)]
             if len(r):
+                if tables.has_interval(r, "auc"):  # the AUC's 95% interval as a vertical bar
+                    tables.plot_metric(ax, r, "seconds_per_image", "auc", "none", color=colors(i % 10), zorder=2)
                 ax.scatter(r["seconds_per_image"], r["auc"], color=colors(i % 10), marker=markers[j % len(markers)],
                            s=46, edgecolor="black", linewidth=0.4, zorder=3)
     ax.set_xscale("log")
@@ -226,10 +231,10 @@ def aggregate(cfg: Any, ctx: Context) -> StudyResult:
     sep = separation(load_runs(Path(cfg.outputs.method_runs)))
     if len(sep):
         notes += ["", "Median score of each inspected model's own evaluation images (belonging) and of every other "
-                      "source's (non-belonging), and their ratio (near 1: the two collapse onto one level, as AEDR "
-                      "reports for 16-channel VAEs):", "",
+                      "source's (non-belonging), and their ratio with its 95% interval (seeded stratified bootstrap; near 1: "
+                      "the two collapse onto one level, as AEDR reports for 16-channel VAEs):", "",
                   tables.markdown_table([[f"{r.method} / {r.inspected}", f"{r.median_belonging:.3g}",
-                                          f"{r.median_non_belonging:.3g}", f"{r.ratio:.3g}"]
+                                          f"{r.median_non_belonging:.3g}", tables.fmt_metric(r._asdict(), "ratio")]
                                          for r in sep.itertuples()],
                                         [ROW, "median belonging", "median non-belonging", "ratio"])]
     title = f"Methods compared ({cfg.suite.name})"
