@@ -42,7 +42,8 @@ def matching(rows: pd.DataFrame, cfg: DictConfig, free: list[str]) -> pd.DataFra
 
 
 def summary_markdown(steps: pd.DataFrame, lr: pd.DataFrame) -> str:
-    """The pooled cells (``source == all``) of the steps and lr sweeps as Markdown: AUC and TPR@1%FPR."""
+    """The pooled cells (``source == all``) of the steps and lr sweeps as Markdown: AUC and TPR@1%FPR, each with
+    its 95% interval where the rows have one."""
     parts = []
     for title, rows, index, columns in (("steps x init", steps, "steps", "init"), ("learning rate", lr, "lr", None)):
         pooled = rows[rows["source"] == "all"]
@@ -50,11 +51,11 @@ def summary_markdown(steps: pd.DataFrame, lr: pd.DataFrame) -> str:
             continue
         for metric in ("auc", "tpr_at_1fpr"):
             keys = [columns] if columns else []
-            table = pooled.pivot_table(index=["inspected", *keys], columns=index, values=metric, aggfunc="last")
+            table = tables.pivot_formatted(pooled, ["inspected", *keys], index, metric, sort=True)
             header = ["inspected", *keys, *table.columns]
-            body = [[*(key if isinstance(key, tuple) else (key,)), *(f"{v:.3f}" if v == v else "–" for v in row)]
-                    for key, row in table.iterrows()]
-            parts += [f"### {tables.METRIC_LABELS.get(metric, metric)} (all sources pooled) vs {title}", "",
+            body = [[*(key if isinstance(key, tuple) else (key,)), *row] for key, row in table.iterrows()]
+            ci = " [95% CI]" if tables.has_interval(pooled, metric) else ""
+            parts += [f"### {tables.METRIC_LABELS.get(metric, metric)}{ci} (all sources pooled) vs {title}", "",
                       tables.markdown_table(body, header), ""]
     return "\n".join(parts)
 

@@ -177,7 +177,7 @@ def pivot_formatted(frame: pd.DataFrame, index, columns, metric: str, sort: bool
     """``frame.pivot_table(index, columns, values=metric)`` with each cell as text by :func:`fmt_metric`
     (``0.944 [0.80, 1.00]`` where ``frame`` has the metric's bounds, ``–`` where a cell is missing)."""
     def pivot(col: str) -> pd.DataFrame:
-        return frame.pivot_table(index=index, columns=columns, values=col, aggfunc="first", sort=sort, dropna=False)
+        return frame.pivot_table(index=index, columns=columns, values=col, aggfunc="first", sort=sort)
 
     wide = pivot(metric)
     if not has_interval(frame, metric):

@@ -191,3 +191,19 @@ def test_threshold_rates_carry_the_wilson_interval_of_their_counts(name):
 def test_fmt_metric_for_score_ratios():
     assert tables.fmt_metric({"ratio": 96.123, "ratio_lo": 80.2, "ratio_hi": 120.4}, "ratio") == "96.1 [80.2, 120]"
     assert tables.fmt_metric({"ratio": 2.0, "ratio_lo": float("inf"), "ratio_hi": 3.0}, "ratio") == "2"
+
+
+def test_plot_metric_draws_error_bars_only_with_an_interval():
+    from matplotlib.container import ErrorbarContainer
+
+    plt = tables._pyplot()
+    rows = pd.DataFrame({"steps": [10, 100], "auc": [0.8, 0.9], "auc_lo": [0.7, 0.85], "auc_hi": [0.88, 0.97]})
+    fig, ax = plt.subplots()
+    bars = tables.plot_metric(ax, rows, "steps", "auc")
+    assert isinstance(bars, ErrorbarContainer)
+    (segments,) = bars.lines[2]
+    spans = sorted((float(s[0][1]), float(s[1][1])) for s in segments.get_segments())
+    assert spans == pytest.approx([(0.7, 0.88), (0.85, 0.97)])
+    plain = tables.plot_metric(ax, rows.drop(columns=["auc_lo", "auc_hi"]), "steps", "auc")
+    assert not isinstance(plain, ErrorbarContainer)
+    plt.close(fig)
