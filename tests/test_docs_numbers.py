@@ -39,7 +39,7 @@ import pytest
 from latenttracer import tables
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "research").glob("*.md"))]
 MARKER = re.compile(r"<!--\s*(src|table):(.*?)-->", re.S)
 NUMBER = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?)$")
 AGGREGATES = {"min": min, "max": max, "sum": sum, "count": len, "mean": lambda v: sum(v) / len(v),
