@@ -236,7 +236,7 @@ def median_ratio(belonging, non_belonging, *, intervals: bool = True, n_boot: in
     interval (:func:`latenttracer.intervals.stratified_bootstrap`; NaN bounds with ``intervals=False``).
 
     A ratio near 1 means the two classes' losses collapse onto one level (AEDR's observation); a belonging
-    median of 0 gives ``inf``.
+    median of 0 gives ``inf`` (with NaN bounds).
     """
     from latenttracer.intervals import stratified_bootstrap
 
@@ -249,7 +249,7 @@ def median_ratio(belonging, non_belonging, *, intervals: bool = True, n_boot: in
             return np.where(mb > 0, np.median(rnb, axis=1) / np.where(mb > 0, mb, 1.0), np.inf)
 
     ratio = float(stat(b[None], nb[None])[0])
-    if not intervals:
+    if not intervals or not math.isfinite(ratio):  # no interval around an infinite ratio
         return ratio, float("nan"), float("nan")
     lo, hi = stratified_bootstrap(stat, b, nb, n_boot=n_boot, seed=seed, level=level, vectorized=True)
     return ratio, lo, hi
