@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import decoded_images, natural_crops, save_png
+from helpers import cli as shared_cli
 from helpers import method_contracts as contracts
 
 from latenttracer.autoencoders import load_autoencoder
@@ -18,26 +19,8 @@ from latenttracer.cli import CSV_COLUMNS, main
 from latenttracer.methods import METHODS
 from latenttracer.methods.flags import method_flags
 
-FAST = ["--steps", "20", "--batch-size", "4", "--quiet"]
-
-
-@pytest.fixture()
-def folders(tmp_path, tiny_dirs):
-    ae = load_autoencoder(tiny_dirs["AutoencoderTiny-0"], resolution=32)
-    sib = load_autoencoder(tiny_dirs["AutoencoderTiny-1"], resolution=32)
-    out = {}
-    for name, images in {"own": decoded_images(ae, 6, 0), "cal": decoded_images(ae, 6, 1),
-                         "other": decoded_images(sib, 6, 0), "real": natural_crops(6)}.items():
-        d = tmp_path / name
-        d.mkdir()
-        for i, x in enumerate(images):
-            save_png(x, d / f"{i:03d}.png")
-        out[name] = d
-    return out
-
-
-def _run(*args):
-    return main(["trace", *map(str, args)])
+# Shared with the other CLI tests (tests/helpers/cli.py): the fast flags, a trace in-process, the `folders` fixture.
+FAST, _run, folders = shared_cli.FAST, shared_cli.run_trace, shared_cli.folders
 
 
 def test_trace_calibrate_end_to_end(tmp_path, tiny_dirs, folders, capsys):

@@ -8,10 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from helpers.configs import compose_resolved
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 import experiments.schema  # noqa: F401  (registers the schemas, as every entry point does)
 from latenttracer.inversion import InversionConfig
@@ -26,19 +25,6 @@ PAPER = ["sd15", "sd2base", "sd21", "sdxl", "kandinsky21", "vqdiffusion"]
 
 def _names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_resolved(name: str, overrides: list[str], tmp_path: Path, conf: Path = CONF):
-    """Compose like @hydra.main does, resolve every value, and return (job config, hydra config)."""
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(name, overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out",
-                                       *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    hydra_cfg = cfg.hydra
-    with open_dict(cfg):
-        del cfg["hydra"]
-    OmegaConf.resolve(cfg)  # every interpolation resolves
-    return cfg, hydra_cfg
 
 
 def test_every_entry_point_has_a_schema_and_every_study_a_config():

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.micro_zoo import MICRO, _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
 from PIL import Image
-from test_experiments import MICRO, _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
 
 from experiments import study
 from latenttracer.registry import load_plugins

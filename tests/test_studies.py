@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_experiments import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
+from helpers.auc import pairwise_auc
+from helpers.micro_zoo import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
 
 from data_gen.sets import ModelSpec
 from data_gen.zoo import drift as zoo_drift
@@ -20,12 +21,7 @@ from latenttracer import protocol
 from latenttracer.perturbations import perturbed_set
 from latenttracer.studies import drift, robustness
 
-
-def _pairwise_auc(belonging: np.ndarray, non_belonging: np.ndarray) -> float:
-    """AUC with lower score = belonging: the fraction of (belonging, non-belonging) pairs in which the belonging
-    image scores lower, ties counting half (computed pair by pair, independently of latenttracer.metrics)."""
-    pairs = [(b < n) + 0.5 * (b == n) for b in belonging for n in non_belonging]
-    return float(np.mean(pairs))
+_pairwise_auc = pairwise_auc  # tests/test_studies_early_exit.py and _schedule_sweep.py import it from here
 
 
 ROBUSTNESS = ["inspected=[kl-a]", "perturbation.conditions=[jpeg:50,noise:0.1]", "logger=none", "calibration=[clean]",
@@ -59,7 +55,7 @@ def test_robustness_end_to_end(micro_zoo, workspace, tmp_path):  # noqa: F811
         scored = ctx.score_paths(ae, [*map(str, b), *map(str, nb)], method,
                                  store=ctx.store()).set_index("path")["score"]
         sb, snb = scored[[str(p) for p in b]].to_numpy(), scored[[str(p) for p in nb]].to_numpy()
-        assert row.auc == pytest.approx(_pairwise_auc(sb, snb), abs=1e-12), row.condition
+        assert row.auc == pytest.approx(pairwise_auc(sb, snb), abs=1e-12), row.condition
         assert row.tpr == pytest.approx(np.mean(sb <= row.threshold)), row.condition
         assert row.fpr == pytest.approx(np.mean(snb <= row.threshold)), row.condition
     # one clean threshold per method, used for every condition
@@ -111,7 +107,7 @@ def test_drift_series_of_two_tiny_finetunes(micro_zoo, workspace, tmp_path, monk
         own, other = evaluation[row.belonging], evaluation[row.non_belonging]
         scored = ctx.score_paths(models[row.inspected], [*map(str, own), *map(str, other)], method,
                            store=ctx.store()).set_index("path")["score"]
-        want = _pairwise_auc(scored[[str(p) for p in own]].to_numpy(), scored[[str(p) for p in other]].to_numpy())
+        want = pairwise_auc(scored[[str(p) for p in own]].to_numpy(), scored[[str(p) for p in other]].to_numpy())
         assert row.auc == pytest.approx(want, abs=1e-12), (row.steps, row.direction)
     # the decoder moved, the encoder and the prior did not
     base, ft = load_member(micro_zoo / "kl-a"), load_member(members / "ft-2")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_configs import compose_resolved
-from test_experiments import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
+from helpers.configs import compose_resolved
+from helpers.micro_zoo import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
 
 from experiments import common, study
 from latenttracer.studies import STUDIES, Merge, OtherSetsError, StudyResult, check_sets, publish
