@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from latenttracer.intervals import (
     AUC_FALLBACK,
     auc_delong,
+    auc_difference,
     auc_interval,
     delong_variance,
     fmt_ci,
@@ -216,6 +217,33 @@ def test_delong_coverage_is_near_nominal():
         _, lo, hi = auc_delong(rng.normal(0, 1, 40), rng.normal(1, 1, 40))
         hits.append(lo <= true_auc <= hi)
     assert 0.91 <= np.mean(hits) <= 0.98
+
+
+def test_paired_auc_difference_by_hand():
+    # Same 3 belonging / 2 non-belonging images under two scores.
+    # Score a: b = [1, 3, 5], nb = [4, 6]: placements v10 = [1, 1, 1/2], v01 = [2/3, 1], AUC 5/6.
+    # Score b: b = [1, 5, 3], nb = [6, 4]: placements v10 = [1, 1/2, 1], v01 = [1, 2/3], AUC 5/6.
+    # Differences of placements: v10 [0, 1/2, -1/2] (sample variance 1/4), v01 [-1/3, 1/3] (sample variance 2/9);
+    # var = (1/4)/3 + (2/9)/2 = 1/12 + 1/9 = 7/36; diff 0 -/+ 1.96 * sqrt(7/36) = -/+ 0.86427.
+    diff, lo, hi = auc_difference([1, 3, 5], [4, 6], [1, 5, 3], [6, 4])
+    assert diff == pytest.approx(0.0, abs=1e-12)
+    assert hi == pytest.approx(Z95 * math.sqrt(7 / 36), abs=1e-12) and lo == pytest.approx(-hi)
+
+
+def test_paired_difference_is_narrower_than_two_intervals_and_resolves_a_real_gap():
+    rng = np.random.default_rng(11)
+    b_base, nb_base = rng.normal(0, 1, 60), rng.normal(0.4, 1, 60)
+    # score a: the baseline plus a signal, so the two scores are correlated image by image
+    b_a, nb_a = b_base - 0.2 * rng.random(60), nb_base + 1.0 + 0.2 * rng.random(60)
+    diff, lo, hi = auc_difference(b_a, nb_a, b_base, nb_base)
+    (auc_a, lo_a, hi_a), (auc_b, lo_b, hi_b) = auc_delong(b_a, nb_a), auc_delong(b_base, nb_base)
+    assert diff == pytest.approx(auc_a - auc_b)
+    assert lo > 0  # resolved
+    assert hi - lo < (hi_a - lo_a) + (hi_b - lo_b)
+    same = auc_difference(b_base, nb_base, b_base, nb_base)
+    assert same == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same images"):
+        auc_difference(b_a, nb_a, b_base[:-1], nb_base)
 
 
 def test_auc_rejects_empty_or_nan_scores():
