@@ -1,6 +1,6 @@
-"""Merged study tables record the image sets their rows were measured on (<stem>.sets.json) and refuse rows of
-other sets: the key columns do not name the sets, so without the record a rerun on other sets would replace some
-rows and sit beside others unseen."""
+"""latenttracer/studies/base.py: merged study tables record the image sets their rows were measured on
+(<stem>.sets.json) and refuse rows of other sets: the key columns do not name the sets, so without the record a
+rerun on other sets would replace some rows and sit beside others unseen."""
 
 from __future__ import annotations
 
