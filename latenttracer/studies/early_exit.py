@@ -54,7 +54,7 @@ COLUMNS = [*KEY, "agreement", "agreement_lo", "agreement_hi", "image_steps_fract
            "auc_full", "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold",
            "n_evaluation", "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds",
            "live_mismatches", "machine_speed", "disagreements",
-           # columns of the retired margin rows (docs/research/early_exit_margins.md), kept empty
+           # columns of the retired margin rows (docs/research/results/README.md), kept empty here
            "margin", "band_margin", "verdict_margin", "accept_margin", "trend", "n_band", "screen_steps_fraction"]
 
 
