@@ -43,7 +43,7 @@ from latenttracer.autoencoders import Autoencoder
 from latenttracer.images import ImageOptions
 from latenttracer.inversion import InversionConfig
 from latenttracer.locks import locked
-from latenttracer.intervals import auc_delong
+from latenttracer.intervals import auc_delong, auc_difference
 from latenttracer.metrics import calibrate_threshold, detection_metrics, split_calibration
 from latenttracer.store import ResultStore
 from latenttracer.tracing import run_hash, score_images
@@ -285,7 +285,9 @@ def cell_metrics(scores: pd.DataFrame, inspected: str, sources: Sequence[str], t
 
     ``scores``: (source, split, score, status[, init_loss]) rows of the inspected model's grid. The threshold is
     ``calibrate(calibration scores)``, by default :func:`~latenttracer.metrics.calibrate_threshold` at
-    ``target_tpr``. ``auc_step0`` is the AUC of the ``init_loss`` column (NaN without one).
+    ``target_tpr``. ``auc_step0`` is the AUC of the ``init_loss`` column (NaN without one), and
+    ``auc_gain_over_step0`` the AUC minus it on the same images, with DeLong's paired interval
+    (:func:`latenttracer.intervals.auc_difference`).
     """
     ok = scores[scores["status"] == "ok"]
     failed = scores[scores["status"] != "ok"]
@@ -308,8 +310,13 @@ def cell_metrics(scores: pd.DataFrame, inspected: str, sources: Sequence[str], t
         n_failed = int((failed["source"].isin([*chosen, inspected])).sum())
         # Baseline from the same rows: the step-0 loss alone (plain encode/decode error, AEROBLADE-like L2).
         step0 = auc_delong(own_eval["init_loss"], ok.loc[mask, "init_loss"]) if baseline else (np.nan,) * 3
+        # What the optimisation adds: AUC minus step-0 AUC on the same images, DeLong's paired interval.
+        gain = (auc_difference(own_eval["score"], ok.loc[mask, "score"], own_eval["init_loss"],
+                               ok.loc[mask, "init_loss"]) if baseline else (np.nan,) * 3)
         rows.append({"inspected": inspected, "source": source, **metrics.as_dict(), "n_failed": n_failed,
                      "auc_step0": step0[0], "auc_step0_lo": step0[1], "auc_step0_hi": step0[2],
+                     "auc_gain_over_step0": gain[0], "auc_gain_over_step0_lo": gain[1],
+                     "auc_gain_over_step0_hi": gain[2],
                      "median_belonging": float(belonging.median()),
                      "median_non_belonging": float(ok.loc[mask, "score"].median())})
     return rows

@@ -207,3 +207,19 @@ def test_plot_metric_draws_error_bars_only_with_an_interval():
     plain = tables.plot_metric(ax, rows.drop(columns=["auc_lo", "auc_hi"]), "steps", "auc")
     assert not isinstance(plain, ErrorbarContainer)
     plt.close(fig)
+
+
+def test_table1_gain_over_step0_is_the_paired_difference():
+    csv, scores = ROOT / "results" / "table1.csv", ROOT / "results" / "table1_scores.parquet"
+    if not (csv.is_file() and scores.is_file()):
+        pytest.skip("results/table1.csv or its scores are not in this checkout")
+    from latenttracer.intervals import auc_difference
+
+    cells = pd.read_csv(csv)
+    assert (cells["auc_gain_over_step0"] - (cells["auc"] - cells["auc_step0"])).abs().max() < 1e-12
+    s = pd.read_parquet(scores, columns=["inspected", "source", "split", "score", "init_loss", "status"])
+    s = s[(s["split"] == "evaluation") & (s["inspected"] == "vq") & (s["status"] == "ok")]
+    own, other = s[s["source"] == "vq"], s[s["source"] != "vq"]
+    row = cells[(cells["inspected"] == "vq") & (cells["source"] == "all")].iloc[0]
+    expected = auc_difference(own["score"], other["score"], own["init_loss"], other["init_loss"])
+    assert (row.auc_gain_over_step0, row.auc_gain_over_step0_lo, row.auc_gain_over_step0_hi) == pytest.approx(expected)
