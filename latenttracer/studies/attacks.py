@@ -71,6 +71,7 @@ class DecodedModel:
 @dataclass
 class DefenceConfig:
     methods: list[str] = field(default_factory=lambda: ["latenttracer"])  # labels of `methods`
+    inspected: list[str] | None = None   # null: every inspected model
     family: str = "jpeg:90..70,downscale:0.5"  # --calibrate-perturb (latenttracer.calibration)
     n: int = 10                          # perturbed copies of this many calibration images
     attacks: list[str] = field(default_factory=lambda: ["noise", "pgd"])
@@ -431,7 +432,7 @@ class Attacks(Study):
                 budgets += budget_rows(label, cell.name, CLEAN, t, out["results"], analytic_budgets(label, t, out))
                 images += image_rows(label, cell.name, t, out["results"])
                 defences.append(fpr_row(label, cell.name, CLEAN, t, out["clean_foreign"], out["results"]))
-                if label in defended:
+                if label in defended and (cfg.defence.inspected is None or cell.name in cfg.defence.inspected):
                     (d,), res = defence_rows(cfg, ctx, cell, out, store, target)
                     curves += curve_rows(cfg, label, cell.name, d["name"], d["t"], res)
                     budgets += budget_rows(label, cell.name, d["name"], d["t"], res, {})
