@@ -7,8 +7,8 @@ JOBS    ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
-        report sync-wandb benchmark clean compare-methods attribution robustness drift complexity study \
-        real-decoder real-models
+        report sync-wandb benchmark clean compare-methods attribution robustness drift complexity study attacks \
+        real-decoder real-decoder-long real-models
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -80,6 +80,14 @@ real-decoder: ## taef2 (a real decoder): every method, separation, steps, resolu
 	$(PYTHON) -m experiments.real_decoder $(ARGS)
 	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
 
+# RONAN at 12 + 12 per class and the 256 px sets (8 + 8): their own target, too long for real-decoder's ~45 min (run
+# it after real-decoder: LatentTracer's 64 px scores come from the results store).
+REAL_DECODER_LONG := 'methods=[{name: latenttracer, inspected: [taef2]}, {name: ronan, n_belonging: 12, n_per_source: 12, inspected: [taef2]}]' \
+	'resolutions=[{size: 256, n: 8, n_real: 8, methods: [latenttracer]}]' 'out=$${paths.results_dir}/real_decoder_long'
+real-decoder-long: ## taef2: RONAN at 12 + 12 per class and 256 px at 8 + 8 -> results/real_decoder_long.{md,csv}
+	$(PYTHON) -m experiments.real_decoder $(REAL_DECODER_LONG) $(ARGS)
+	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
+
 # Table 1 on eight real pretrained CelebA VAEs (models/disvae-celeba/; docs/real_models.md): every step is an
 # existing entry point with experiment=table1_celeba (suite celeba; outputs named real_models_*); RONAN on a subset
 # of inspected models (RONAN_CELEBA), then the intervals, the investigation and the page with its wall time.
@@ -95,6 +103,10 @@ real-models: ## Table 1 on 8 real CelebA VAEs, every method, attribution -> resu
 	$(PYTHON) -m experiments.methods $(CELEBA) aggregate=true threads=1 $(ARGS)
 	$(PYTHON) -m experiments.attribution $(CELEBA) $(ARGS)
 	$(PYTHON) -m experiments.real_models since=$(START) threads=1 $(ARGS)
+	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
+
+attacks: ## adaptive attacks: evasion and forgery budgets per method and model -> results/attacks*.{md,csv} + figures
+	$(PYTHON) -m experiments.attacks threads=2 $(ARGS)
 	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
 
 complexity: ## Table 1's scores vs image complexity and brightness (after reproduce-table1) -> results/complexity.*

@@ -175,7 +175,8 @@ def test_real_decoder_study_end_to_end(base_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(real_decoder, "machine_speed", lambda threads: "(not measured in tests)")
     cfg = _job("real_decoder", tmp_path, base_dir, [
         "sibling_steps=1", "suite.generated.n=4", "suite.real.n=2", "inversion.steps=2", "steps=[1,2,4]",
-        "+methods.1.options.steps=3", "resolutions=[{size:24,n:2,n_real:2,methods:[latenttracer,aedr]}]"])
+        "+methods.1.options.steps=3", "methods.0.inspected=null",  # both decoders inspect (default: taef2 alone)
+        "resolutions=[{size:24,n:2,n_real:2,methods:[latenttracer,aedr]}]"])
     cells = study.run(cfg, "real_decoder").frame
     labels = ["latenttracer", "ronan", "aedr", "aeroblade[l2]", "aeroblade[ssim]"]
     assert list(dict.fromkeys(cells["method"])) == labels
