@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--normalise", choices=["ratio", "pvalue"], default="ratio",
                    help="ratio: score / threshold (default); pvalue: empirical p-value among calibration scores")
     _add_common_args(a)
+    from latenttracer import attack_cli  # `latenttracer attack` (its parser and handler live there)
+
+    attack_cli.add_parser(sub)
     return p
 
 
@@ -404,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
             return trace(args)
         if args.command == "attribute":
             return attribute(args)
+        if args.command == "attack":
+            from latenttracer import attack_cli
+
+            return attack_cli.run(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         print(f"latenttracer: error: {err}", file=sys.stderr)
         return 2
