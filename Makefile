@@ -8,7 +8,7 @@ JOBS    ?= 2
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
         report sync-wandb benchmark clean compare-methods attribution robustness drift complexity study attacks \
-        real-decoder real-models
+        real-decoder real-decoder-long real-models
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -78,6 +78,14 @@ drift: ## kl-a's decoder fine-tuned N steps vs its fingerprint -> results/drift.
 
 real-decoder: ## taef2 (a real decoder): every method, separation, steps, resolution -> results/real_decoder.{md,csv} + figure
 	$(PYTHON) -m experiments.real_decoder $(ARGS)
+	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
+
+# RONAN at 12 + 12 per class and the 256 px sets (8 + 8): their own target, too long for real-decoder's ~45 min (run
+# it after real-decoder: LatentTracer's 64 px scores come from the results store).
+REAL_DECODER_LONG := 'methods=[{name: latenttracer, inspected: [taef2]}, {name: ronan, n_belonging: 12, n_per_source: 12, inspected: [taef2]}]' \
+	'resolutions=[{size: 256, n: 8, n_real: 8, methods: [latenttracer]}]' 'out=$${paths.results_dir}/real_decoder_long'
+real-decoder-long: ## taef2: RONAN at 12 + 12 per class and 256 px at 8 + 8 -> results/real_decoder_long.{md,csv}
+	$(PYTHON) -m experiments.real_decoder $(REAL_DECODER_LONG) $(ARGS)
 	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
 
 # Table 1 on eight real pretrained CelebA VAEs (models/disvae-celeba/; docs/real_models.md): every step is an
