@@ -41,9 +41,9 @@ import pandas as pd
 
 from latenttracer.autoencoders import Autoencoder
 from latenttracer.images import ImageOptions
+from latenttracer.intervals import auc_delong, auc_difference
 from latenttracer.inversion import InversionConfig
 from latenttracer.locks import locked
-from latenttracer.intervals import auc_delong, auc_difference
 from latenttracer.metrics import calibrate_threshold, detection_metrics, split_calibration
 from latenttracer.store import ResultStore
 from latenttracer.tracing import run_hash, score_images
