@@ -113,10 +113,16 @@ def test_every_published_auc_has_an_interval(name, request):
     if name in AWAITING_RERUN:
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"{name}: rerun pending; once it has its intervals, "
                                                  "remove it from AWAITING_RERUN in tests/test_tables.py"))
-    columns = list(pd.read_csv(ROOT / "results" / name, nrows=0).columns)
+    frame = pd.read_csv(ROOT / "results" / name)
+    columns = list(frame.columns)
     aucs = [c for c in columns if (c == "auc" or c.startswith("auc_")) and not c.endswith(("_lo", "_hi"))]
     missing = [f"{c}{s}" for c in aucs for s in ("_lo", "_hi") if f"{c}{s}" not in columns]
     assert not missing, f"results/{name} lacks {missing}"
+    for c in aucs:  # and every AUC given has its bounds, around it
+        given = frame[frame[c].notna()]
+        lo, hi = given[f"{c}_lo"], given[f"{c}_hi"]
+        assert lo.notna().all() and hi.notna().all(), f"results/{name}: {int(lo.isna().sum())} {c} without bounds"
+        assert ((lo <= given[c] + 1e-12) & (given[c] <= hi + 1e-12)).all(), f"results/{name}: {c} outside its bounds"
 
 
 def test_licence_table():
