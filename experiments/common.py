@@ -30,7 +30,6 @@ from latenttracer import provenance
 from latenttracer.autoencoders import Autoencoder, load_autoencoder
 from latenttracer.images import ImageOptions, list_images, load_images
 from latenttracer.inversion import InversionConfig, resolve_lr_scale
-from latenttracer.locks import locked
 from latenttracer.methods import LatentTracer, Method, get_method
 from latenttracer.store import ResultStore
 from latenttracer.tracing import score_images
@@ -275,9 +274,9 @@ def inversion_preset() -> str:
 
 def score_paths(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], scoring: Method, *,
                  store: ResultStore | None) -> pd.DataFrame:
-    """``scoring``'s scores of ``paths`` against ``ae``: one row per path. With a store, under a file lock per
-    (model, run hash), so parallel jobs never compute the same thing twice; LatentTracer goes through
-    :func:`latenttracer.protocol.invert_paths` (Table 1's path)."""
+    """``scoring``'s scores of ``paths`` against ``ae``: one row per path. With a store, through
+    :func:`latenttracer.protocol.score_once`, so parallel jobs never compute the same thing twice; LatentTracer goes
+    through :func:`latenttracer.protocol.invert_paths` (Table 1's path)."""
     settings = getattr(scoring, "config", None)
     if isinstance(settings, InversionConfig) and settings.lr_scale != "absolute":
         scoring = type(scoring).from_settings(resolved(cfg, ae, settings))
@@ -286,15 +285,14 @@ def score_paths(cfg: DictConfig, ae: Autoencoder, paths: Sequence[str | Path], s
                                  progress=bool(cfg.progress))
     options = image_options(cfg)
 
-    def run() -> pd.DataFrame:
-        frame, _ = score_images(ae, [str(p) for p in paths], method=scoring, store=store, image_options=options,
-                                progress=bool(cfg.progress), desc=f"{scoring.label} {ae.name}")
-        return frame
+    def run(chosen: list[str]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+        return score_images(ae, chosen, method=scoring, store=store, image_options=options,
+                            progress=bool(cfg.progress), desc=f"{scoring.label} {ae.name}")
 
+    chosen = [str(p) for p in paths]
     if store is None:
-        return run()
-    with locked(store.root / ".locks" / f"{ae.name}-{scoring.run_hash(ae, options)}.lock"):
-        return run()
+        return run(chosen)[0]
+    return proto.score_once(store.root / ".locks" / f"{ae.name}-{scoring.run_hash(ae, options)}", chosen, run)[0]
 
 
 def method_scorer(cfg: DictConfig) -> proto.Scorer:
