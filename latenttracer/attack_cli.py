@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     scorer = scorer_of(method)
     projector = scorer if isinstance(method, LatentTracer) else scorer_of(get_method("latenttracer"))
-    common = dict(psnr_range=(args.budget, max(args.budget + 24.0, 64.0)), steps=args.search_steps, seed=args.noise_seed)
+    common = dict(psnr_range=(args.budget, max(args.budget + 24.0, 64.0)), steps=args.search_steps,
+                  seed=args.noise_seed)
     if args.kind == "evade":
         result = A.evade(method, ae, originals, scorer, threshold, attack, linf_max=255, **common)
     else:

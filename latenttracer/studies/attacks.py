@@ -32,10 +32,10 @@ from omegaconf import MISSING, OmegaConf
 
 from latenttracer import attacks as A
 from latenttracer import protocol, tables
-from latenttracer.reencoding import CLEAN, calibration_sets, family_name, parse_family, pooled_threshold
 from latenttracer.images import load_images
 from latenttracer.intervals import fmt_ci, wilson
 from latenttracer.methods import LatentTracer
+from latenttracer.reencoding import CLEAN, calibration_sets, family_name, parse_family, pooled_threshold
 from latenttracer.studies.base import STUDIES, Context, FigureOut, MethodEntry, ReportSection, Study, StudyResult
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,8 @@ def run_cell(cfg: Any, ctx: Context, cell: Cell, entry: Any, store, target: floa
         return lambda paths: ctx.score_paths(ae, paths, m, store=store)
 
     scorer = A.file_scorer(folder, score_paths(method))
-    projector_method = method if isinstance(method, LatentTracer) else ctx.method(OmegaConf.create({"name": "latenttracer"}))
+    projector_method = (method if isinstance(method, LatentTracer)
+                        else ctx.method(OmegaConf.create({"name": "latenttracer"})))
     projector = A.file_scorer(folder, score_paths(projector_method))
     seed = int(cfg.subset_seed)
     cal_paths = pick(cell.calibration, cfg.calibration_n, seed)
@@ -390,8 +391,10 @@ def markdown(budgets: pd.DataFrame, defences: pd.DataFrame, notes: list[str]) ->
                   "FPR: clean foreign images (real crops, other models) accepted, with its Wilson interval.", ""]
         body = []
         for r in defences.to_dict("records"):
-            fmt = lambda k: ("-" if not np.isfinite(r.get(k, math.nan)) else  # noqa: E731
-                             fmt_ci(r[k], r[k + "_large"], r[k + "_small"], digits=1))
+            def fmt(k: str, r: dict = r) -> str:
+                return "-" if not np.isfinite(r.get(k, math.nan)) else fmt_ci(r[k], r[k + "_large"], r[k + "_small"],
+                                                                               digits=1)
+
             body.append([r["method"], r["inspected"], r["calibration"], f"{r['threshold']:.3g}",
                          fmt_ci(r["fpr"], r["fpr_lo"], r["fpr_hi"]), int(r["n_non_belonging"]),
                          fmt("evade_noise_psnr50"), fmt("evade_pgd_psnr50")])
@@ -443,19 +446,21 @@ class Attacks(Study):
         p = ctx.protocol()
         sizes = "; ".join(f"`{e.name}`{'' if not e.options else ' ' + str(dict(e.options))}: "
                           f"{e.n_belonging or 'all'} own, {e.n_per_source or 'all'} per other source, "
-                          f"{e.n_real if e.n_real is not None else e.n_per_source or 'all'} real; evade {list(e.evade)}, "
+                          f"{e.n_real if e.n_real is not None else e.n_per_source or 'all'} real; "
+                          f"evade {list(e.evade)}, "
                           f"forge {list(e.forge)}" for e in cfg.methods)
         notes = [
             f"Suite `{p['suite']}` (split seed {p['split_seed']}, target TPR {target:.0%}); inspected "
             f"{[c.name for c in cells]}; decoded sets ({', '.join(e.name for e in cfg.decoded) or 'none'}) from "
             "data_gen.real_decoder (decodes of encoded crops and interpolated latents; real crops of the same photos).",
             "Threshold per (method, model): the method's own rule on the model's calibration images"
-            + (f" (a seeded subset of {cfg.calibration_n})" if cfg.calibration_n else "") + ". Attacked: a seeded subset "
-            "of its own evaluation images (evasion) and of the real crops and other models' evaluation images (forgery); "
-            "only images the clean verdict gets right count (n).",
+            + (f" (a seeded subset of {cfg.calibration_n})" if cfg.calibration_n else "") + ". Attacked: a "
+            "seeded subset of its own evaluation images (evasion) and of the real crops and other models' evaluation "
+            "images (forgery); only images the clean verdict gets right count (n).",
             f"Images per method: {sizes}.",
-            f"Budget search: {cfg.rungs} rungs from {cfg.psnr_range[0]:g} to {cfg.psnr_range[1]:g} dB, then {cfg.steps} "
-            f"halvings (resolution {(cfg.psnr_range[1] - cfg.psnr_range[0]) / cfg.rungs / 2 ** cfg.steps:.2f} dB); "
+            f"Budget search: {cfg.rungs} rungs from {cfg.psnr_range[0]:g} to {cfg.psnr_range[1]:g} dB, then "
+            f"{cfg.steps} halvings (resolution "
+            f"{(cfg.psnr_range[1] - cfg.psnr_range[0]) / cfg.rungs / 2 ** cfg.steps:.2f} dB); "
             f"L-infinity: bisection over 1..{cfg.linf_max} levels; JPEG qualities {list(cfg.jpeg_qualities)}; "
             f"{cfg.rounds} projection rounds. Every attacked image is 8-bit and its PSNR is measured on it.",
             f"Defence: `{family_name(str(cfg.defence.family))}` = the threshold on the clean calibration scores and "
