@@ -21,7 +21,8 @@ belonging**, and belonging images are the positive class. The AUC is therefore
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -151,11 +152,11 @@ def auc_interval(belonging, non_belonging, level: float = 0.95) -> AUCInterval:
       Birnbaum and Klose 1957), so it is conservative, and it does not collapse at 0 or 1: a perfect 50 vs 50
       gives [0.93, 1.00], 6 vs 6 gives [0.61, 1.00], 2 vs 2 gives [0.34, 1.00].
 
-    Measured coverage of the nominal 95% (binormal scores, 1000 simulated studies per case, seed 0; the slow
-    test ``test_auc_coverage_table`` in tests/test_intervals.py reruns it): at a true AUC of 0.99, plain DeLong covers 0.80 of the time at 50 vs 50 and 0.45
-    at 12 vs 12; this interval 1.00 at both. At a true AUC of 0.75 and 50 vs 50 both cover 0.94 (the fallback
-    is not used). It stays below nominal where DeLong's interval is still inside [0, 1]: 0.89 at a true AUC of
-    0.97 with 50 vs 300.
+    Measured coverage of the nominal 95% (binormal scores, 1000 simulated studies per case, seed 0): at a true
+    AUC of 0.99, plain DeLong covers 0.80 of the time at 50 vs 50 and 0.45 at 12 vs 12; this interval 1.00 at
+    both. At a true AUC of 0.75 and 50 vs 50 both cover 0.94 (the fallback is not used). It stays below nominal
+    where DeLong's interval is still inside [0, 1]: 0.89 at a true AUC of 0.97 with 50 vs 300. The slow test
+    ``test_auc_coverage_table`` (tests/test_intervals.py) reruns this interval's figures.
     """
     z = z_value(level)
     b, nb = _two_classes(belonging, non_belonging)

@@ -168,7 +168,8 @@ def test_attribution_accuracies_show_their_wilson_interval():
     blocks = {lines[0]: lines for lines in _tables(text)}
     accuracy = next(lines for head, lines in blocks.items() if head.startswith("| method \\ source |"))
     header = _cells(accuracy[0])
-    shown = {(_cells(line)[0], source): cell for line in accuracy[2:] for source, cell in zip(header[1:], _cells(line)[1:])}
+    shown = {(_cells(line)[0], source): cell
+             for line in accuracy[2:] for source, cell in zip(header[1:], _cells(line)[1:])}
     for r in table.itertuples():
         k = round(r.accuracy * r.n)
         assert (r.accuracy_lo, r.accuracy_hi) == pytest.approx(wilson(k, r.n))

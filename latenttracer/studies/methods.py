@@ -231,8 +231,8 @@ def aggregate(cfg: Any, ctx: Context) -> StudyResult:
     sep = separation(load_runs(Path(cfg.outputs.method_runs)))
     if len(sep):
         notes += ["", "Median score of each inspected model's own evaluation images (belonging) and of every other "
-                      "source's (non-belonging), and their ratio with its 95% interval (seeded stratified bootstrap; near 1: "
-                      "the two collapse onto one level, as AEDR reports for 16-channel VAEs):", "",
+                      "source's (non-belonging), and their ratio with its 95% interval (seeded stratified bootstrap; "
+                      "near 1: the two collapse onto one level, as AEDR reports for 16-channel VAEs):", "",
                   tables.markdown_table([[f"{r.method} / {r.inspected}", f"{r.median_belonging:.3g}",
                                           f"{r.median_non_belonging:.3g}", tables.fmt_metric(r._asdict(), "ratio")]
                                          for r in sep.itertuples()],
