@@ -268,3 +268,15 @@ def test_report_entry_point_logs_the_folder_to_wandb(micro_results, tmp_path, mo
     assert page == results / "report" / "index.html" and page.is_file()
     assert [k for k in provenance.load(results)["stages"] if k.startswith("report [")]  # named with its overrides
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+
+
+def test_metric_table_shows_intervals_when_given_bounds():
+    from latenttracer import html_report
+
+    matrix = pd.DataFrame({"b": [0.9444, np.nan]}, index=["a", "c"])
+    lo = pd.DataFrame({"b": [0.8012, np.nan]}, index=["a", "c"])
+    hi = pd.DataFrame({"b": [1.0, np.nan]}, index=["a", "c"])
+    table = html_report.metric_table(matrix, "auc", "AUC", bounds=(lo, hi))
+    assert [cell.text for _, cells in table.rows for cell in cells] == ["0.944 [0.80, 1.00]", "–"]
+    plain = html_report.metric_table(matrix, "auc", "AUC")
+    assert plain.rows[0][1][0].text == "0.944"
