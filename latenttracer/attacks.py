@@ -270,17 +270,26 @@ def orthogonal_to_range(ae: Autoencoder, z: torch.Tensor, v: torch.Tensor) -> to
     return (v.flatten().double() - (j @ coef).squeeze(1)).reshape(v.shape).float()
 
 
-def project(images: np.ndarray, projector: Scorer, ae: Autoencoder, rounds: int = 1) -> list[np.ndarray]:
+def project(images: np.ndarray, projector: Scorer, ae: Autoencoder, rounds: int = 1,
+            method: LatentTracer | None = None) -> list[np.ndarray]:
     """``rounds`` projections: each ``round8(D(z*))`` of the previous one, ``z*`` the best latent of the projector's
-    rows (an inversion method scoring through the one path); the list of 8-bit batches, one per round."""
+    rows (an inversion method scoring through the one path); the list of 8-bit batches, one per round. A row without
+    its latent (cached before latents were stored) is inverted again with ``method``, the projector's method."""
     out, current = [], images
     for _ in range(int(rounds)):
         rows = projector(current)
-        if "best_latent" not in rows or rows["best_latent"].isna().any():
+        has = rows["best_latent"].notna().to_numpy() if "best_latent" in rows else np.zeros(len(rows), bool)
+        if not has.all() and method is None:
             raise ValueError("projection: the projector's rows carry no best latent (use an inversion method)")
-        z = torch.stack([latent_from_bytes(b) for b in rows["best_latent"]]).to(ae.device, ae.dtype)
-        with torch.no_grad():
-            current = to_uint8(ae.decode(z))
+        decoded = torch.zeros(to_tensor(current).shape)
+        if has.any():
+            z = torch.stack([latent_from_bytes(b) for b in rows.loc[has, "best_latent"]]).to(ae.device, ae.dtype)
+            with torch.no_grad():
+                decoded[torch.from_numpy(has)] = ae.decode(z).float().cpu()
+        if not has.all():
+            again = inverted(method, ae, to_tensor(current[~has]), current[~has])
+            decoded[torch.from_numpy(~has)] = again.float().cpu()
+        current = to_uint8(decoded)
         out.append(current)
     return out
 
@@ -411,20 +420,23 @@ def evade(method: Method, ae: Autoencoder, images: np.ndarray, scorer: Scorer, t
 
 
 def forge(method: Method, ae: Autoencoder, images: np.ndarray, scorer: Scorer, threshold: float, attack: str, *,
-          projector: Scorer | None = None, clean: pd.DataFrame | None = None, rounds: int = 3,
+          projector: Scorer | None = None, projector_method: LatentTracer | None = None,
+          clean: pd.DataFrame | None = None, rounds: int = 3,
           psnr_range: tuple[float, float] = PSNR_RANGE, steps: int = 4, pgd_iters: int = 1, rungs: int = 4,
           seed: int = 0) -> AttackResult:
     """The weakest ``attack`` (``projection``, ``projection_iter``: ``rounds`` projections, the best accepted one
     kept, ``pgd``, ``noise``) that makes each image judged belonging (``score <= threshold``). ``projector``: an
     inversion method's scorer on the same model (default: ``scorer``, which must then be one)."""
     return _attack("forge", method, ae, images, scorer, threshold, attack, clean=clean, psnr_range=psnr_range,
-                   steps=steps, projector=projector, rounds=rounds, pgd_iters=pgd_iters, rungs=rungs, seed=seed)
+                   steps=steps, projector=projector, rounds=rounds, pgd_iters=pgd_iters, rungs=rungs, seed=seed,
+                   projector_method=projector_method or (method if isinstance(method, LatentTracer) else None))
 
 
 def _attack(goal: str, method: Method, ae: Autoencoder, images: np.ndarray, scorer: Scorer, threshold: float,
             attack: str, *, clean: pd.DataFrame | None, psnr_range: tuple[float, float], steps: int, seed: int,
             linf_max: int = 64, jpeg_qualities: Sequence[int] = (), projector: Scorer | None = None,
-            rounds: int = 1, pgd_iters: int = 1, rungs: int = 4) -> AttackResult:
+            rounds: int = 1, pgd_iters: int = 1, rungs: int = 4,
+            projector_method: LatentTracer | None = None) -> AttackResult:
     allowed = {"evade": ("noise", "pgd", "pgd_linf", "jpeg"), "forge": ("noise", "pgd", "projection",
                                                                        "projection_iter")}[goal]
     if attack not in allowed:
@@ -484,7 +496,7 @@ def _attack(goal: str, method: Method, ae: Autoencoder, images: np.ndarray, scor
         return _result(attack, "l2", "none", images, clean, found, threshold, goal, lambda v: v)
     # projections: the rounds' images, the first accepted kept (forgery only)
     n_rounds = 1 if attack == "projection" else max(1, int(rounds))
-    rounds_out = project(images, projector or scorer, ae, n_rounds)
+    rounds_out = project(images, projector or scorer, ae, n_rounds, projector_method)
     n = len(images)
     found = {"value": np.full(n, np.nan), "attacked": images.copy(), "score": np.full(n, np.nan), "probes": []}
     for k, attacked in enumerate(rounds_out, start=1):

@@ -179,7 +179,8 @@ def run_cell(cfg: Any, ctx: Context, cell: Cell, entry: Any, store, target: floa
     for attack in entry.forge:
         t0 = time.time()
         results[("forge", attack)] = A.forge(method, ae, foreign, scorer, threshold, attack, clean=clean_foreign,
-                                             projector=projector, rounds=int(cfg.rounds), **common)
+                                             projector=projector, projector_method=projector_method,
+                                             rounds=int(cfg.rounds), **common)
         log.info("%s / %s forge %s: %.0f s", method.label, cell.name, attack, time.time() - t0)
     return {"method": method, "threshold": threshold, "own": own, "foreign": foreign, "clean_own": clean_own,
             "clean_foreign": clean_foreign, "results": results, "cal": cal_ok.to_numpy(), "cal_paths": cal_paths,
