@@ -40,7 +40,7 @@ def test_every_entry_point_has_a_schema_and_every_study_a_config():
 
 def test_every_preset_is_listed_here():
     assert _names("experiment") == sorted(["table1_zoo", "table1_paper", "full", "ablation_init", "ablation_steps",
-                                           "ablation_lr", "robustness_full", "drift_taef2"])
+                                           "ablation_lr", "robustness_full", "drift_taef2", "table1_celeba"])
 
 
 def test_the_fresh_suites_share_no_image_with_each_other_or_the_zoo(tmp_path):
@@ -126,7 +126,7 @@ def test_every_model_composes_for_invert(model, tmp_path):
     cfg, _ = compose_resolved("invert", [f"model={model}"], tmp_path)
     assert cfg.model.name == model
     assert set(cfg.model) == {"name", "weights", "pipeline", "resolution", "dtype", "generation"}
-    assert cfg.model.pipeline in ("zoo", "hub", "auto")  # auto: a model without a generation pipeline (taef2)
+    assert cfg.model.pipeline in ("zoo", "hub", "auto", "prior")  # auto: no generation pipeline (taef2); prior: disvae
 
 
 @pytest.mark.parametrize("logger", _names("logger"))
