@@ -363,6 +363,14 @@ def pick_examples(cells: dict, label: str, n: int) -> list[tuple[str, np.ndarray
     return out[: 2 * n]
 
 
+def fmt_budget(value: float, large: float, small: float) -> str:
+    """A budget (dB) with its interval; a side the Wilson interval never reaches within the search is ``-``."""
+    if np.isfinite(large) and np.isfinite(small):
+        return fmt_ci(value, large, small, digits=1)
+    side = lambda v: f"{v:.1f}" if np.isfinite(v) else "-"  # noqa: E731
+    return f"{value:.1f} [{side(large)}, {side(small)}]"
+
+
 def markdown(budgets: pd.DataFrame, defences: pd.DataFrame, notes: list[str]) -> str:
     parts = ["# Adaptive attacks", "", *notes, "", "## Smallest budget that flips 50% / 90% of the images", "",
              "PSNR to the original in dB (higher = a smaller, less visible change; L-infinity rows: 8-bit levels), "
@@ -380,7 +388,7 @@ def markdown(budgets: pd.DataFrame, defences: pd.DataFrame, notes: list[str]) ->
                 cells.append("-" if not np.isfinite(v) else f"{v:.0f} levels")
             else:
                 cells.append("-" if not np.isfinite(r["budget_psnr"]) else
-                             fmt_ci(r["budget_psnr"], r["budget_psnr_large"], r["budget_psnr_small"], digits=1))
+                             fmt_budget(r["budget_psnr"], r["budget_psnr_large"], r["budget_psnr_small"]))
         r0 = g.iloc[0]
         an = r0["analytic_psnr"]
         body.append([*key, r0["gradient"], int(r0["n"]), *cells, "" if not np.isfinite(an) else f"{an:.1f}",
@@ -393,8 +401,8 @@ def markdown(budgets: pd.DataFrame, defences: pd.DataFrame, notes: list[str]) ->
         body = []
         for r in defences.to_dict("records"):
             def fmt(k: str, r: dict = r) -> str:
-                return "-" if not np.isfinite(r.get(k, math.nan)) else fmt_ci(r[k], r[k + "_large"], r[k + "_small"],
-                                                                               digits=1)
+                return "-" if not np.isfinite(r.get(k, math.nan)) else fmt_budget(r[k], r[k + "_large"],
+                                                                                   r[k + "_small"])
 
             body.append([r["method"], r["inspected"], r["calibration"], f"{r['threshold']:.3g}",
                          fmt_ci(r["fpr"], r["fpr_lo"], r["fpr_hi"]), int(r["n_non_belonging"]),
