@@ -150,6 +150,31 @@ def latent_norms(ctx: Context, ae: Any, paths: list[str]) -> np.ndarray:
                      else np.nan for v in frame["best_latent"]])
 
 
+STALLED = 1e-5  # a best loss above this (about 8x the 8-bit floor of ~1.3e-6) leaves an own sample unreproduced
+
+
+def own_latent_errors(ctx: Context, ae: Any, paths: list[str], seed: int) -> dict[str, float]:
+    """For a model's own samples (image ``NNNNN.png`` decodes the prior sample seeded ``seed + N``): the median
+    squared distance of the encoder mean and of LatentTracer's best latent to the true latent, and the fraction of
+    images whose best loss stays above :data:`STALLED`, overall and among those whose encoder start is farther
+    than the median."""
+    from latenttracer.images import load_images
+    from latenttracer.inversion import latent_from_bytes
+
+    truth = ae.sample_prior([torch.Generator().manual_seed(seed + int(Path(p).stem)) for p in paths]).double()
+    images, _, _ = load_images(paths, ae.resolution, ctx.image_options())
+    start = ae.encode(images).double()
+    frame = ctx.score_paths(ae, paths, ctx.method(), store=ctx.store())
+    best = torch.stack([latent_from_bytes(v).double() for v in frame["best_latent"]])
+    enc_err = (start - truth).square().sum(1).numpy()
+    best_err = (best - truth).square().sum(1).numpy()
+    stalled = frame["score"].to_numpy(float) > STALLED
+    far = enc_err > np.median(enc_err)
+    return {"own_encoder_err2_median": float(np.median(enc_err)), "own_best_err2_median": float(np.median(best_err)),
+            "own_stalled": float(stalled.mean()), "own_stalled_far_start": float(stalled[far].mean()),
+            "own_stalled_near_start": float(stalled[~far].mean()), "n_own": len(paths)}
+
+
 def investigation(ctx: Context, cfg: Any, models: list[str], lt: pd.DataFrame) -> pd.DataFrame:
     """Per (inspected, source): sibling AUC, median score, the inspector's Lipschitz estimate, ``||z*||^2``."""
     sets = ctx.image_sets()
@@ -158,6 +183,8 @@ def investigation(ctx: Context, cfg: Any, models: list[str], lt: pd.DataFrame) -
         ae = ctx.load_model(ctx.model_spec(m))
         lip = lipschitz(ae, int(cfg.lipschitz_samples), int(cfg.lipschitz_directions), int(cfg.seed))
         dof = int(np.prod(ae.latent_shape))
+        own_errors = own_latent_errors(ctx, ae, [str(p) for p in sets[m]["evaluation"]],
+                                       int(ctx.generation_settings().seed))
         tail = CHI2_99.get(dof)
         for s in [*models, "real"]:
             paths = [str(p) for p in (sets[s]["evaluation"] if s in sets else [])]
@@ -179,6 +206,7 @@ def investigation(ctx: Context, cfg: Any, models: list[str], lt: pd.DataFrame) -
                 "z_beyond_chi2_99": (float(np.nanmean(norms > tail)) if tail and np.isfinite(norms).any()
                                      else math.nan),
                 "n_latents": int(np.isfinite(norms).sum()), "latent_dim": dof,
+                **(own_errors if own else {}),
             })
         log.info("%s: Lipschitz median %.3g", m, float(np.median(lip)))
     return pd.DataFrame(rows)
@@ -232,7 +260,9 @@ def investigation_figure(inv: pd.DataFrame):
         ax.grid(alpha=0.3)
     dof = int(inv["latent_dim"].iloc[0])
     axes[1].axvline(dof, color="gray", ls="--", lw=0.8)
-    axes[1].text(dof, 0.5, f" prior mean ({dof})", fontsize=7, color="gray")
+    axes[1].text(dof, 0.02, f" prior mean ({dof})", fontsize=7, color="gray", transform=axes[1].get_xaxis_transform())
+    for ax in axes[1:]:
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
     fig.suptitle("LatentTracer: one point per (inspector, sibling) pair", fontsize=10)
     fig.tight_layout()
     return fig
@@ -279,12 +309,21 @@ def markdown(table: pd.DataFrame, attribution: pd.DataFrame, inv: pd.DataFrame, 
                            & (table["source"] == protocol.ALL)]
             auc = (fmt_ci(pooled["auc"].iloc[0], pooled["auc_lo"].iloc[0], pooled["auc_hi"].iloc[0])
                    if len(pooled) else "–")
-            body.append([m, auc, f"{g['lipschitz_median'].iloc[0]:.3g}", f"{own['z_norm2_median'].iloc[0]:.3g}",
+            o = own.iloc[0]
+            k = round(o["own_stalled"] * o["n_own"])
+            lo, hi = wilson(k, o["n_own"])
+            body.append([m, auc, f"{g['lipschitz_median'].iloc[0]:.3g}", f"{o['z_norm2_median']:.3g}",
                          f"{sib['z_norm2_median'].median():.3g}", f"{sib['z_beyond_chi2_99'].mean():.2f}",
-                         f"{own['median_score'].iloc[0]:.3g}", f"{sib['median_score'].median():.3g}"])
+                         f"{o['median_score']:.3g}", f"{sib['median_score'].median():.3g}",
+                         f"{int(k)}/{int(o['n_own'])} {fmt_ci(o['own_stalled'], lo, hi)}",
+                         f"{o['own_stalled_far_start']:.2f} / {o['own_stalled_near_start']:.2f}",
+                         f"{o['own_encoder_err2_median']:.3g}", f"{o['own_best_err2_median']:.3g}"])
         lines += [tables.markdown_table(body, ["inspected", "pooled AUC [95%]", "Lipschitz (median ||Jv||)",
                                                "own ||z*||^2", "siblings ||z*||^2", "siblings beyond chi2 99%",
-                                               "own median loss", "siblings median loss"]), ""]
+                                               "own median loss", "siblings median loss",
+                                               f"own stalled (loss > {STALLED:g}) [95% Wilson]",
+                                               "stalled: far / near encoder start",
+                                               "own ||E(x) - z||^2", "own ||z* - z||^2"]), ""]
     for method in methods:
         t = table[table["method"] == method]
         body = []
