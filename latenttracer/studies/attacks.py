@@ -331,13 +331,15 @@ def figure(curves: pd.DataFrame):
 
 
 def examples_figure(examples: list[tuple[str, np.ndarray, np.ndarray]], magnify: float):
-    """One row per example: original, attacked, |difference| x ``magnify``."""
+    """One row per example: original, attacked, |difference| magnified (at least ``magnify``, and so that the
+    largest difference reaches half the scale)."""
     plt = tables._pyplot()
     fig, axes = plt.subplots(len(examples), 3, figsize=(5.4, 1.9 * len(examples)), squeeze=False)
     for ax_row, (title, orig, att) in zip(axes, examples):
-        diff = np.abs(att.astype(np.float64) - orig.astype(np.float64)) * magnify
-        for ax, img, name in zip(ax_row, (orig, att, np.clip(diff, 0, 255).astype(np.uint8)),
-                                 ("original", "attacked", f"|difference| x {magnify:g}")):
+        diff = np.abs(att.astype(np.float64) - orig.astype(np.float64))
+        gain = max(float(magnify), 255.0 / max(float(diff.max()), 1.0) / 2)  # at least half the scale
+        for ax, img, name in zip(ax_row, (orig, att, np.clip(diff * gain, 0, 255).astype(np.uint8)),
+                                 ("original", "attacked", f"|difference| x {gain:.0f}")):
             ax.imshow(img, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(name, fontsize=7)
