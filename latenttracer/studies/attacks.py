@@ -323,10 +323,14 @@ def figure(curves: pd.DataFrame):
             if row == 1:
                 ax.set_xlabel("budget: PSNR to the original (dB)")
         axes[row][0].set_ylabel("success rate (95% Wilson)")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+    labels = {}
+    for ax in axes.flat:  # a method may be on some models only: one legend for the figure
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
     fig.suptitle("Attack success against budget (solid: white-box pgd; dotted: noise / iterated projection)",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=max(1, len(labels)), fontsize=7)
     return fig
 
 
