@@ -285,10 +285,10 @@ def project(images: np.ndarray, projector: Scorer, ae: Autoencoder, rounds: int 
         if has.any():
             z = torch.stack([latent_from_bytes(b) for b in rows.loc[has, "best_latent"]]).to(ae.device, ae.dtype)
             with torch.no_grad():
-                decoded[torch.from_numpy(has)] = ae.decode(z).float().cpu()
+                decoded[torch.tensor(has)] = ae.decode(z).float().cpu()
         if not has.all():
             again = inverted(method, ae, to_tensor(current[~has]), current[~has])
-            decoded[torch.from_numpy(~has)] = again.float().cpu()
+            decoded[torch.tensor(~has)] = again.float().cpu()
         current = to_uint8(decoded)
         out.append(current)
     return out
