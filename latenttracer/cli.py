@@ -6,25 +6,14 @@
     latenttracer attribute --model zoo/kl-a --calibrate own_a/ --model zoo/kl-b --calibrate own_b/ \\
         --images photos/ --out attribution.csv
 
-Writes one CSV row per image (``path,score,init_loss,best_step,status,belonging,...``); ``belonging`` is
-empty unless a threshold is given (``--threshold``) or calibrated on images known to come from the model
-(``--calibrate DIR``: the threshold is set at the ``--target-tpr`` point, 95% by default). Scores are cached
-(``--cache``, default ``$LATENTTRACER_CACHE`` or ``~/.cache/latenttracer/scores``), so a rerun, or a run
-interrupted and started again, recomputes nothing already done. ``--method`` picks the scoring method
-(``latenttracer`` default, ``ronan``, ``aedr``, ``aeroblade``, or one from a plugin file: ``--plugin FILE``,
-repeatable, or ``$LATENTTRACER_PLUGINS``); its options are flags built from the method's settings dataclass, and
-each method calibrates its own way (quantile, or AEDR's Gaussian KDE). Every output path is checked before any
-scoring.
-
-``trace --early-exit`` stops each image once its verdict is known: as belonging once its running minimum is at or
-below the threshold (exact: the full run's verdict), as not belonging once it is above a per-step bound learnt
-from the calibration images' full runs. Guarantee: for the model's own images, exchangeable with the --calibrate
-images (drawn the same way from the same model), the chance that one the full run calls belonging is stopped as not
-belonging is at most --exit-risk (on average over calibration sets; split-conformal, latenttracer/early_exit.py).
-It says nothing about images unlike the calibration images. The first line printed says what the calibration set
-allows: too few calibration images for the risk asked leaves only the exact exit (safe, slower).
-``attribute`` scores every image under every ``--model`` (one ``--calibrate`` folder per model, same order) and
-names the model with the strongest claim among those whose threshold the image passes, or ``none``.
+One CSV row per image (``path,score,init_loss,best_step,status,belonging,...``); ``belonging`` needs a threshold
+(``--threshold``) or images known to come from the model (``--calibrate DIR``: the ``--target-tpr`` point, 95% by
+default). Scores are cached (``--cache``, default ``$LATENTTRACER_CACHE`` or ``~/.cache/latenttracer/scores``): a
+rerun recomputes nothing. ``--method`` picks the scoring method (``latenttracer``, ``ronan``, ``aedr``,
+``aeroblade``, or a plugin's: ``--plugin FILE``); its options are flags built from its settings. Output paths are
+checked before any work. ``trace --early-exit`` stops each image once its verdict is known; its one parameter is
+``--exit-risk`` (see its help and docs/cli.md). ``attribute`` names, per image, the ``--model`` with the strongest
+claim among those whose threshold it passes, or ``none``.
 """
 
 from __future__ import annotations
@@ -257,7 +246,9 @@ def _check_trace_flags(args: argparse.Namespace) -> tuple:
         raise ValueError("--early-exit needs --calibrate DIR (threshold and per-step bound from the calibration "
                          "images' full runs) or --threshold T (the exact part only: an image stops once its score "
                          "is <= T)")
-    if args.early_exit:
+    if args.early_exit:  # a method without the loop, or whose score is not its running minimum, fails here
+        from dataclasses import replace
+
         from latenttracer.inversion import InversionConfig
         from latenttracer.methods import METHODS
 
@@ -265,6 +256,8 @@ def _check_trace_flags(args: argparse.Namespace) -> tuple:
         if args.method not in takes:
             raise ValueError(f"--method {args.method} does not take --early-exit (methods that take it: "
                              f"{', '.join(takes)})")
+        method = method_from_args(args)
+        type(method).from_settings(replace(method.config, early_exit=True, exit_threshold=1.0))
     if args.calibrate_perturb is None:
         return ()
     if args.calibrate is None:
@@ -295,10 +288,6 @@ def trace(args: argparse.Namespace) -> int:
                      else args.cache.parent / "perturbed")
         check_writable(perturbed, "--calibrate-perturb (perturbed copies)", folder=True)
     method, options, store = _setup(args)
-    if args.early_exit:  # a method whose score is not the loop's (e.g. relative) fails here, before any work
-        from dataclasses import replace
-
-        type(method).from_settings(replace(method.config, early_exit=True, exit_threshold=1.0))
     if getattr(getattr(method, "config", None), "lr_scale", "absolute") != "absolute" and args.calibrate is None:
         raise ValueError("--lr-scale latent_rms needs --calibrate DIR (the rate is in units of the model's latent RMS "
                          "on its own images)")
