@@ -349,7 +349,7 @@ def test_trace_lr_scale_latent_rms_is_set_on_the_calibration_images(tmp_path, ti
     line = next(s for s in err.splitlines() if "--lr-scale latent_rms" in s)
     rms = float(line.split("latent RMS ")[1].split()[0])
     lr = float(line.split("= ")[1].split()[0])
-    assert rms > 0 and lr == pytest.approx(0.2 * rms, rel=1e-3) and "(on 6 --calibrate images)" in line
+    assert rms > 0 and lr == pytest.approx(0.2 * rms, rel=1e-3) and "(on 6 calibration images)" in line
     assert pd.read_csv(out)["belonging"].notna().all()
 
 
