@@ -312,7 +312,7 @@ def test_figures_from_cached_files_only(micro_zoo, workspace, tmp_path, monkeypa
     for name in made:
         assert (target / f"{name}.png").stat().st_size > 1000 and (target / f"{name}.pdf").is_file()
         assert (tmp_path / "f" / "figures" / f"{name}.png").is_file()  # the job's own copy
-    assert "AUC (all sources pooled) vs learning rate" in (target / "ablations.md").read_text()
+    assert "AUC [95% CI] (all sources pooled) vs learning rate" in (target / "ablations.md").read_text()
 
 
 # -- launchers (the real command line) ---------------------------------------------------------------------------
