@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.auc import pairwise_auc
+from helpers.micro_zoo import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
 from helpers.published import published_notes
-from test_experiments import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
-from test_studies import _pairwise_auc
 
 from experiments import common, study
 from latenttracer import protocol
@@ -84,7 +84,7 @@ def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch): 
     ev = ctx.invert_paths(ae, evaluation["path"].tolist(), inv, trajectory_steps=100).set_index("path")
     own = (evaluation["source"] == "kl-a").to_numpy()
     paths = evaluation["path"].to_numpy()
-    want = _pairwise_auc(ev.loc[paths[own], "score"].to_numpy(), ev.loc[paths[~own], "score"].to_numpy())
+    want = pairwise_auc(ev.loc[paths[own], "score"].to_numpy(), ev.loc[paths[~own], "score"].to_numpy())
     assert rows.loc["full", "auc_full"] == pytest.approx(want, abs=1e-12)
     assert rows.loc["full", "auc_early_exit"] == rows.loc["full", "auc_full"]
     # the conformal rows' wrong exits: the replay of the own images' full runs under the rule learnt from calibration

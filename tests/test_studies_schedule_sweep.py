@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_experiments import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
-from test_studies import _pairwise_auc
+from helpers.auc import pairwise_auc
+from helpers.micro_zoo import _wandb_sandbox, job, micro_zoo, workspace  # noqa: F401  (fixtures)
 
 from experiments import common, study
 from latenttracer.studies import Merge, StudyResult, publish
@@ -71,7 +71,7 @@ def test_micro_sweep_objective_and_gap_to_the_authors(micro_zoo, workspace, tmp_
     scores = ctx.invert_paths(ctx.load_model(spec), images["path"].tolist(), inv,
                               trajectory_steps=3).set_index("path").loc[images["path"], "score"].to_numpy()
     belonging = images["belonging"].to_numpy()
-    assert result.objective == pytest.approx(_pairwise_auc(scores[belonging], scores[~belonging]), abs=1e-12)
+    assert result.objective == pytest.approx(pairwise_auc(scores[belonging], scores[~belonging]), abs=1e-12)
     # the authors' reference (100 steps) on the same images: the gap column appears in the merged table
     study.run(job("schedule_sweep", workspace, micro_zoo, tmp_path / "ref", [*RUN, "inversion.steps=100"]),
               "schedule_sweep")
