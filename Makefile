@@ -8,7 +8,7 @@ JOBS    ?= 2
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow lint zoo zoo-grid reproduce-table1 ablations figures \
         report sync-wandb benchmark clean compare-methods attribution robustness drift complexity study attacks \
-        real-decoder real-decoder-long real-models
+        real-decoder real-decoder-long real-models transfer
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -104,6 +104,9 @@ real-models: ## Table 1 on 8 real CelebA VAEs, every method, attribution -> resu
 	$(PYTHON) -m experiments.attribution $(CELEBA) $(ARGS)
 	$(PYTHON) -m experiments.real_models since=$(START) threads=1 $(ARGS)
 	@$(PYTHON) benchmarks/decoder_speed.py --machine --since $(START)
+
+transfer: ## what transfers: pooled / hardest-pair AUC per method on zoo, CelebA VAEs, taef2 (stored scores) -> results/transfer.{md,csv}
+	$(PYTHON) -m experiments.transfer threads=1 $(ARGS)
 
 attacks: ## adaptive attacks: evasion and forgery budgets per method and model -> results/attacks*.{md,csv} + figures
 	$(PYTHON) -m experiments.attacks threads=2 $(ARGS)
