@@ -5,8 +5,9 @@ and which zoo findings hold there (reads stored per-image scores only; computes 
 
 A *domain* is one family of inspected models whose per-image scores earlier runs stored:
 
-* ``table1`` domains (the zoo, suite celeba): LatentTracer's scores from Table 1's ``<outputs.table1>_scores.parquet``,
-  every other method's from the method runs under ``outputs.method_runs`` (:func:`latenttracer.studies.methods.load_runs`).
+* ``table1`` domains (the zoo, suite celeba): LatentTracer's scores from Table 1's
+  ``<outputs.table1>_scores.parquet``, every other method's from the method runs under ``outputs.method_runs``
+  (:func:`latenttracer.studies.methods.load_runs`).
 * ``real_decoder`` domains (taef2): the real-decoder study's config is composed as it is configured
   (``conf/real_decoder.yaml``), its decoders and sets are looked up where that study caches them, and each method's
   rows of those sets are read from the results store (:meth:`latenttracer.store.ResultStore.lookup`) under the key
@@ -16,7 +17,8 @@ Per method and domain (evaluation images only, ``status == "ok"``):
 
 * **pooled AUC**: each inspected model's own evaluation images (belonging) against everything else it inspects
   (every other source's evaluation images and the real crops: Table 1's ``all`` cell), the (inspected, image) pairs
-  of every inspected model pooled into one two-class set; DeLong's interval (:func:`latenttracer.intervals.auc_interval`).
+  of every inspected model pooled into one two-class set; DeLong's interval
+  (:func:`latenttracer.intervals.auc_interval`).
 * **hardest pair**: the (inspected, source) cell, source another model of the domain (not the real crops, as
   results/real_models.md's hardest pair), with the lowest AUC, and its interval.
 
@@ -236,6 +238,14 @@ class Domain:
     models: list[str] | None = None      # the models a hardest pair may name (None: the inspected ones)
 
 
+def shown(path: str | Path) -> str:
+    """``path`` as the page shows it: relative to the working folder (the project root) when inside it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
@@ -252,7 +262,7 @@ def table1_domain(entry: Any) -> Domain:
         path = Path(str(entry.table1))
         if path.is_file():
             dom.frames["latenttracer"] = normalise(read_parquet(path), str(path), "latenttracer")
-            dom.sources["latenttracer"] = str(path)
+            dom.sources["latenttracer"] = shown(path)
     if entry.method_runs and Path(str(entry.method_runs)).is_dir():
         runs = Path(str(entry.method_runs))
         try:
@@ -260,7 +270,7 @@ def table1_domain(entry: Any) -> Domain:
         except Exception as err:  # noqa: BLE001 - the folder's files are named in the error
             raise ValueError(f"{runs}: cannot read the method runs ({type(err).__name__}: {err})") from None
         for preset, (_, scores) in loaded.items():
-            where = f"{runs}/{preset}*_scores.parquet"
+            where = f"{shown(runs)}/{preset}*_scores.parquet"
             frame = normalise(scores, where, preset)
             for label, rows in frame.groupby("method", sort=False):
                 if label in dom.frames:  # Table 1's LatentTracer, or a label two presets share: the first wins
@@ -305,14 +315,15 @@ def real_decoder_domain(entry: Any, ctx: Context) -> Domain:
     dom = Domain(str(entry.name))
     if not entry.config:
         raise ValueError(f"domain {entry.name!r}: kind real_decoder needs `config` (e.g. real_decoder)")
-    # its job writes nothing of its own: its output folder is this job's
-    rcfg = compose_config(str(entry.config), [f"paths.output_dir={ctx.output_dir}", *list(entry.overrides or [])])
+    # its job writes nothing of its own (its output folder is this job's) and runs on this job's threads
+    shared = [f"paths.output_dir={ctx.output_dir}", *([f"threads={ctx.cfg.threads}"] if ctx.cfg.get("threads") else [])]
+    rcfg = compose_config(str(entry.config), [*shared, *list(entry.overrides or [])])
     rctx = type(ctx)(rcfg)  # the same kind of context, for that study's job config
     settings = rds.set_settings(rcfg, rctx)
     folder = rds.set_dir(rcfg, settings)
     member = Path(str(rcfg.dir)) / "members" / f"ft-{int(rcfg.sibling_steps)}"
     if not folder.is_dir() or not member.is_dir():
-        dom.missing = f"no decoded sets at {folder} (or no sibling at {member})"
+        dom.missing = f"no decoded sets at {shown(folder)} (or no sibling at {shown(member)})"
         return dom
     aes = rds.decoders(rcfg, rctx, [int(rcfg.sibling_steps)])  # cached: loads them
     sets = rds.image_sets(rcfg, rctx, aes, settings)           # cached: lists them
@@ -338,8 +349,8 @@ def real_decoder_domain(entry: Any, ctx: Context) -> Domain:
             frames.append(rows.assign(inspected=name))
             lacking, total = lacking + lack, total + len(images)
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        where = f"results store {store.root} ({rcfg.suite.name} sets {folder.name}, {total - lacking} of {total} " \
-                f"grid images stored)"
+        where = (f"results store {shown(store.root)} ({rcfg.suite.name} sets {folder.name}, {total - lacking} of "
+                 f"{total} grid images stored)")
         if frame.empty or total == lacking:
             continue
         if "reason" not in frame.columns:
@@ -348,7 +359,7 @@ def real_decoder_domain(entry: Any, ctx: Context) -> Domain:
         if len(rows):
             dom.frames[method.label], dom.sources[method.label] = rows, where
     if not dom.frames:
-        dom.missing = f"the results store holds none of the configured sets' scores ({folder})"
+        dom.missing = f"the results store holds none of the configured sets' scores ({shown(folder)})"
     return dom
 
 
