@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.auc import pairwise_auc
+from helpers.transfer_scores import score_frame, write_domain
 from omegaconf import OmegaConf
 
 from latenttracer.intervals import auc_difference, auc_interval
@@ -20,8 +22,6 @@ from latenttracer.studies.transfer import (
     transfer_table,
     verdict,
 )
-from helpers.auc import pairwise_auc
-from helpers.transfer_scores import score_frame, write_domain
 
 
 def _eval(frame):
@@ -147,3 +147,16 @@ def test_the_study_reads_two_domains_and_publishes_both_tables(tmp_path):
     assert findings[findings["domain"] == "real"].iloc[0]["verdict"].startswith("not run")
     assert zoo_finding["verdict"] in result.markdown
     assert np.isclose(result.objective, table[table["method"] == "latenttracer"]["auc_pooled"].mean())
+
+
+def test_a_real_decoder_domain_without_its_sets_is_not_run(tmp_path):
+    from helpers.configs import compose_resolved
+
+    from experiments import common
+    from latenttracer.studies.transfer import real_decoder_domain
+
+    cfg, _ = compose_resolved("transfer", [], tmp_path)
+    entry = OmegaConf.create({"name": "taef2", "kind": "real_decoder", "config": "real_decoder",
+                              "overrides": [f"paths.root_dir={tmp_path}"], "command": "make real-decoder"})
+    dom = real_decoder_domain(entry, common.Context(cfg))
+    assert not dom.frames and "no decoded sets" in dom.missing and str(tmp_path) in dom.missing
