@@ -28,8 +28,8 @@ BUDGET_RANGE = (10.0, 80.0)  # PSNR, dB
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``attack`` on the ``latenttracer`` subparsers (the shared flags come from :mod:`latenttracer.cli`)."""
-    from latenttracer.cli import _add_common_args
+    """Register ``attack`` on the ``latenttracer`` subparsers (shared flags: :mod:`latenttracer.cli_shared`)."""
+    from latenttracer.cli_shared import add_common_args as _add_common_args
 
     a = sub.add_parser("attack", help="perturb images to evade or frame an inspected model (red-team a threshold)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,8 +59,8 @@ def check_args(args: argparse.Namespace) -> tuple[str, tuple]:
     """One-line errors before any work: the kind, the attack, the budget, the output folder; returns the attack and
     the ``--calibrate-perturb`` family."""
     from latenttracer.attacks import ATTACKS
-    from latenttracer.cli import check_writable
     from latenttracer.reencoding import parse_family
+    from latenttracer.writable import check_writable
 
     if args.kind not in KINDS:
         raise ValueError(f"--kind {args.kind!r}: unknown kind; expected one of {', '.join(KINDS)}")
@@ -91,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
     from latenttracer import atomic
     from latenttracer import attacks as A
     from latenttracer.autoencoders import load_autoencoder
-    from latenttracer.cli import _describe, _setup, _tracer
+    from latenttracer.cli_shared import make_tracer as _tracer
+    from latenttracer.cli_shared import setup as _setup
     from latenttracer.images import list_images, load_images
     from latenttracer.methods import LatentTracer, get_method
+    from latenttracer.methods.flags import describe as _describe
 
     attack, family = check_args(args)
     method, options, store = _setup(args)

@@ -491,14 +491,11 @@ def build_run_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
 # -- a traced folder --------------------------------------------------------------------------------------------
 def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, model: str,
                        threshold: float | None = None, config: Mapping[str, Any] | None = None,
-                       n_nearest: int = 8, root: str | os.PathLike | None = None,
-                       band: tuple[float, float] | None = None) -> Path:
+                       n_nearest: int = 8, root: str | os.PathLike | None = None) -> Path:
     """Write ``out_html`` for one ``trace`` run (images beside it in ``<stem>_files/``); return its path.
 
     ``frame``: the rows ``trace`` writes (``path, score, status, belonging, ...``). Paths are shown relative to
-    ``root``, the traced folder (default: ``config["images"]``, else the folder the paths share). ``band``: a
-    cascade's screen band ``(low, high)`` (``trace --cascade``: rows with a ``stage`` column); each stage's scores
-    are then drawn on their own scale, the screen's against its band, the verdict schedule's against ``threshold``.
+    ``root``, the traced folder (default: ``config["images"]``, else the folder the paths share).
     """
     out_html = Path(out_html)
     root = _trace_root(frame, config) if root is None else Path(root)
@@ -510,55 +507,24 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
     summary.facts += [("inspected model", model), ("images", str(len(frame))), ("scored", str(len(ok))),
                       ("failed", str(int((frame["status"] == "failed").sum()))),
                       ("skipped", str(int((frame["status"] == "skipped").sum())))]
-    def verdict_of(row) -> bool:  # the row's own verdict where it has one (trace --cascade: not always the score's)
-        b = row.get("belonging")
-        if b is None or (isinstance(b, float) and math.isnan(b)):
-            return float(row["score"]) <= threshold
-        return bool(b)
-
     if threshold is not None:
-        n_bel = int(sum(verdict_of(row) for _, row in ok.iterrows()))
+        n_bel = int((ok["score"] <= threshold).sum())
         summary.facts += [("threshold", f"{threshold:.4g}"), ("belonging", f"{n_bel} of {len(ok)}")]
     else:
         summary.facts.append(("threshold", "none given: no verdicts (use --threshold or --calibrate)"))
 
-    staged = band is not None and "stage" in ok
-    if staged:
-        summary.facts += [("cascade", f"{int((ok['stage'] == 'screen').sum())} decided by the screen, "
-                                      f"{int((ok['stage'] == 'verdict').sum())} by the verdict schedule"),
-                          ("screen band", f"({band[0]:.4g}, {band[1]:.4g}]")]
     dist = Section("distribution", "Score distribution")
-    if not staged and len(ok) and (ok["score"] > 0).any():
+    if len(ok) and (ok["score"] > 0).any():
         fig = tables.score_histogram(ok["score"].to_numpy(float), threshold, title=f"Inspected model {model}")
         tables.save_figure(fig, files / "scores", formats=("png",))
         dist.figures.append(Figure(f"{rel}/scores.png", "Scores (log scale) against the threshold (dashed)",
                                    "score histogram"))
-    for stage, caption in (("screen", "Images the screen decided: screen scores (log scale), coloured by verdict; "
-                                      "the band between the dotted lines went to the verdict schedule"),
-                           ("verdict", "Images in the band: the verdict schedule's scores (log scale) against its "
-                                       "threshold (dashed)")):
-        part = ok[ok["stage"] == stage] if staged else ok.iloc[:0]
-        if len(part) and (part["score"] > 0).any():
-            fig = tables.score_histogram(part["score"].to_numpy(float), threshold,
-                                         title=f"Inspected model {model}: {stage} ({len(part)} image"
-                                               f"{'' if len(part) == 1 else 's'})",
-                                         belonging=[verdict_of(r) for _, r in part.iterrows()],
-                                         band=band if stage == "screen" else None)
-            tables.save_figure(fig, files / f"scores_{stage}", formats=("png",))
-            dist.figures.append(Figure(f"{rel}/scores_{stage}.png", caption, f"{stage} score histogram"))
-    if not dist.figures:
+    else:
         dist.missing = "No positive scores to draw."
-
-    def reference(row) -> float:  # the score a row's verdict turns on: a screen row's nearest band edge
-        if staged and row["stage"] == "screen":
-            return min(band, key=lambda edge: abs(math.log10(max(float(row["score"]), 1e-30) / max(edge, 1e-30))))
-        return threshold
 
     near = Section("nearest", "Nearest the threshold")
     if threshold is not None and len(ok):
-        refs = np.array([reference(r) for _, r in ok.iterrows()], dtype=float)
-        gap = pd.Series(np.abs(np.log10(ok["score"].clip(lower=1e-30).to_numpy(float))
-                               - np.log10(np.maximum(refs, 1e-30))), index=ok.index)
+        gap = np.abs(np.log10(ok["score"].clip(lower=1e-30)) - math.log10(max(threshold, 1e-30)))
         cases = []
         for k, (_, row) in enumerate(ok.assign(gap=gap).nsmallest(n_nearest, "gap").iterrows()):
             image = None
@@ -568,12 +534,10 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
                 with Image.open(row["path"]) as img:
                     array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
                 image = f"{rel}/" + _save_png(array, files, f"near_{k}.png", max_side=160)
-            predicted = verdict_of(row)
+            predicted = float(row["score"]) <= threshold
             cases.append(Case(display_path(row["path"], root), "", float(row["score"]),
                               "belonging" if predicted else "not belonging", True, image))
-        where = f"threshold {threshold:.3g}" + (f"; screen-decided images: the band ({band[0]:.3g}, {band[1]:.3g}]"
-                                                  if staged else "")
-        near.groups.append(CaseGroup("closest scores", where, cases))
+        near.groups.append(CaseGroup("closest scores", f"threshold {threshold:.3g}", cases))
     else:
         near.missing = "No threshold given: nothing to be near."
 
@@ -586,11 +550,9 @@ def build_trace_report(frame: pd.DataFrame, out_html: str | os.PathLike, *, mode
             "belonging" if bool(bel) else "not belonging")
         table_rows.append((display_path(row["path"], root), [
             Cell(tables._fmt(float(score), "threshold") if score is not None and score == score else "–"),
-            *([Cell(str(row.get("stage") or ""))] if staged else []),
             Cell(str(row["status"])),
             Cell(verdict, "#d9f0d3" if verdict == "belonging" else "#f7f7f7" if verdict else "")]))
-    verdicts.tables.append(Table("Per image", ["score", *(["stage"] if staged else []), "status", "verdict"],
-                                 table_rows, corner="path"))
+    verdicts.tables.append(Table("Per image", ["score", "status", "verdict"], table_rows, corner="path"))
     prov = _provenance_section(out_html.parent, config, None)
     prov.tables = []
     return render(out_html, title=f"latenttracer trace: {model}", sections=[summary, dist, near, verdicts, prov],

@@ -1,7 +1,9 @@
 """Score files of images against one inspected model: images -> a method -> results store.
 
 This is the one path from a list of image files to per-image scores, for every method
-(:mod:`latenttracer.methods`); the CLI, the Hydra entry points and the benchmarks all use it. Results are
+(:mod:`latenttracer.methods`); the CLI, the Hydra entry points and the benchmarks all use it. :class:`Tracer` adds
+a threshold, early exit and verdicts on top (``latenttracer trace``); :func:`attribute` runs one per inspected
+model and names, per image, the model that made it (``latenttracer attribute``). Results are
 keyed on (image content sha256, model name, run hash); the run hash covers the method and its settings, the
 image preprocessing and a fingerprint of the autoencoder weights, so a rerun skips every image already scored,
 and a run killed half-way resumes where it stopped (each batch is written to the store atomically as soon as
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from latenttracer.autoencoders import Autoencoder
+from latenttracer.autoencoders import Autoencoder, load_autoencoder
 from latenttracer.early_exit import DEFAULT_RISK, ExitPolicy, learn_exit_policy
 from latenttracer.images import BadImageError, ImageOptions, file_sha256, load_images
 from latenttracer.inversion import (  # noqa: F401
@@ -39,11 +41,16 @@ from latenttracer.memory import auto_batch_size, is_out_of_memory
 from latenttracer.methods import LatentTracer, Method, get_method
 from latenttracer.store import ResultStore
 
-__all__ = ["RESULT_COLUMNS", "Tracer", "as_method", "image_seed", "run_hash", "score_images", "steps_per_second"]
+__all__ = ["CSV_COLUMNS", "EXIT_COLUMNS", "RESULT_COLUMNS", "Tracer", "as_method", "attribute", "check_early_exit",
+           "image_seed", "run_hash", "score_images", "steps_per_second"]
 
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["path", "sha256", "score", "init_loss", "best_step", "status", "reason", "seconds", "cached"]
+# The columns of ``latenttracer trace``'s CSV (:meth:`Tracer.table`): these, the method's components, the exit ones.
+CSV_COLUMNS = ["path", "score", "init_loss", "best_step", "status", "belonging", "reason", "sha256", "seconds",
+               "cached"]
+EXIT_COLUMNS = ["exit_step", "exit_reason", "steps_run"]
 
 
 def as_method(method: Method | str | InversionConfig | None, config: InversionConfig | None = None) -> Method:
@@ -188,6 +195,18 @@ def steps_per_second(frame: pd.DataFrame, config: InversionConfig) -> float:
     return len(fresh) * config.scored_steps / total if total > 0 else math.nan
 
 
+def check_early_exit(method: Method) -> None:
+    """A one-line error unless ``method`` can exit early: it runs the inversion loop and its score is the loop's
+    running minimum (checked before any work)."""
+    from latenttracer.methods import METHODS
+
+    takes = [n for n in METHODS.names() if METHODS.get(n).settings_type() is InversionConfig]
+    if method.name not in takes:
+        raise ValueError(f"--method {method.name} does not take --early-exit (methods that take it: "
+                         f"{', '.join(takes)})")
+    type(method).from_settings(replace(method.config, early_exit=True, exit_threshold=1.0))
+
+
 @dataclass
 class Tracer:
     """Trace images against one inspected model, the one path every caller takes (``trace``, ``attribute``):
@@ -298,9 +317,28 @@ class Tracer:
         frame = frame.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order))), kind="stable")
         return frame.reset_index(drop=True), skipped
 
+    def table(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """:meth:`trace`'s rows with the columns of ``trace``'s CSV: :data:`CSV_COLUMNS`, the method's components
+        and, with early exit, :data:`EXIT_COLUMNS`."""
+        columns = CSV_COLUMNS + list(self.method.components) + (EXIT_COLUMNS if self.exits else [])
+        return frame.reindex(columns=columns)
+
     @property
     def exits(self) -> bool:
         return bool(getattr(getattr(self.method, "config", None), "early_exit", False))
+
+    def report(self, frame: pd.DataFrame, n_images: int, n_skipped: int, seconds: float, device: str) -> list[str]:
+        """What ``trace`` prints after a run of ``n_images`` (``n_skipped`` skipped) in ``seconds``: the counts,
+        LatentTracer's speed on ``device``, then :meth:`summary`."""
+        n_ok = int((frame["status"] == "ok").sum())
+        lines = [f"{n_images} images: {n_ok} scored, {int((frame['status'] == 'failed').sum())} failed, "
+                 f"{n_skipped} skipped; {int(frame['cached'].fillna(False).astype(bool).sum())} from cache; "
+                 f"{seconds:.1f}s"]
+        if n_ok and isinstance(self.method, LatentTracer):
+            rate = steps_per_second(frame[frame["status"] != "skipped"], self.method.config)
+            if rate == rate:
+                lines.append(f"speed: {rate:.0f} image-steps/s on {device}")
+        return lines + self.summary(frame)
 
     def summary(self, frame: pd.DataFrame) -> list[str]:
         """What ``trace`` prints after a run: scores, early exits, verdicts."""
@@ -322,6 +360,51 @@ class Tracer:
             lines.append(f"belonging (score <= {self.threshold:.4g}): {int((ok['belonging'] == True).sum())} of "  # noqa: E712
                          f"{len(ok)}")
         return lines
+
+
+def attribute(models: Sequence[str | Path], calibration: Sequence[Sequence[str | Path]],
+              paths: Sequence[str | Path], method: Method, *, target_tpr: float = 0.95, normalise: str = "ratio",
+              where: Sequence[str] | None = None, load_options: Mapping | None = None,
+              **tracer_options) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """Which of ``models`` made each of ``paths``, or none (:func:`latenttracer.attribution.attribute`).
+
+    Each model is loaded in turn (``load_options`` for :func:`~latenttracer.autoencoders.load_autoencoder`),
+    calibrated on its own images (``calibration``, one list per model, in the same order; ``where`` names each
+    list in the notes) with its own rate and threshold, and scores ``paths``; ``tracer_options`` go to
+    :class:`Tracer` (store, batch size, ``log``, ...). Returns (one row per path: ``path``, ``predicted`` and the
+    per-model columns; skipped paths last, with no prediction), the model names (directory base names) and
+    {skipped path: reason}."""
+    from latenttracer.attribution import NONE
+    from latenttracer.attribution import attribute as attribute_frame
+    from latenttracer.methods.flags import describe
+
+    if len(calibration) != len(models):
+        raise ValueError(f"attribute: {len(models)} models but {len(calibration)} calibration sets")
+    where = list(where) if where is not None else [f"calibration set {i + 1}" for i in range(len(models))]
+    log = tracer_options.get("log", print)
+    scores, cal_scores, thresholds, skipped_all = {}, {}, {}, {}
+    for source, cal_where, cal_paths in zip(models, where, calibration):
+        ae = load_autoencoder(source, **dict(load_options or {}))
+        if ae.name in scores:
+            raise ValueError(f"attribute: two --model share the name {ae.name!r} (names are directory base names)")
+        if ae.name == NONE:
+            raise ValueError(f"attribute: a model may not be called {NONE!r}")
+        log(f"inspected model: {ae.name} ({ae.family}, {ae.resolution}px); {describe(method)}")
+        tracer = Tracer(ae, method, **tracer_options)  # each model's own rate (lr_scale) and threshold
+        thresholds[ae.name] = tracer.calibrate(cal_paths, target_tpr, where=cal_where)
+        cal_scores[ae.name] = tracer.calibration["score"].to_numpy()
+        frame, skipped = tracer.score(paths, f"attribute {ae.name}")
+        ok = _ok(frame)
+        scores[ae.name] = pd.Series(ok["score"].to_numpy(dtype=float), index=ok["path"].astype(str))
+        skipped_all.update(dict(skipped))
+        del ae, tracer
+    wide = pd.DataFrame(scores).reindex([str(p) for p in paths if str(p) not in skipped_all])
+    out = attribute_frame(wide, cal_scores, thresholds, normalise)
+    out.insert(0, "path", out.index)
+    if skipped_all:
+        out = pd.concat([out, pd.DataFrame([{"path": p, "predicted": None} for p in skipped_all])],
+                        ignore_index=True)
+    return out.reset_index(drop=True), list(scores), skipped_all
 
 
 def _ok(frame: pd.DataFrame) -> pd.DataFrame:

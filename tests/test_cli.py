@@ -2,6 +2,7 @@
 built from the registered methods' settings; output paths checked before any work."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from helpers import cli as shared_cli
 from helpers import method_contracts as contracts
 
 from latenttracer.autoencoders import load_autoencoder
-from latenttracer.cli import CSV_COLUMNS, main
+from latenttracer.cli import main
+from latenttracer.early_exit import DEFAULT_RISK, min_risk
 from latenttracer.methods import METHODS
 from latenttracer.methods.flags import method_flags
+from latenttracer.tracing import CSV_COLUMNS
 
 # Shared with the other CLI tests (tests/helpers/cli.py): the fast flags, a trace in-process, the `folders` fixture.
 FAST, _run, folders = shared_cli.FAST, shared_cli.run_trace, shared_cli.folders
@@ -268,75 +271,6 @@ def test_attribute_end_to_end(tmp_path, tiny_dirs, folders, capsys):
     assert "share the name 'AutoencoderTiny-0'" in capsys.readouterr().err
 
 
-def test_flags_are_built_from_a_settings_dataclass(monkeypatch):
-    """Names -> --kebab-case, Literal -> choices, bool -> --x/--no-x, tuples -> several values, help from the
-    field's metadata; a type with no command-line form, or one name with two kinds, is an error naming it."""
-    from dataclasses import dataclass, field
-    from typing import Literal
-
-    from latenttracer.cli import _parser, method_from_args
-    from latenttracer.methods.base import Method
-
-    METHODS.names()
-    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
-
-    @METHODS.register
-    @dataclass(frozen=True)
-    class Toy(Method):
-        mode: Literal["fast", "exact"] = field(default="exact", metadata={"help": "how hard to try"})
-        calibrated_cut: float | None = None
-        ratios: tuple[float, ...] | None = None
-        use_mean: bool = False
-        size: int | Literal["auto"] = "auto"
-        device: str = "auto"
-        dtype: str = "float32"
-        name = "toy"
-
-        def identity(self):
-            return {}
-
-        def compute(self, ae, images, records):
-            return []
-
-    flags = method_flags()
-    assert flags["mode"].choices == {"toy": ("fast", "exact")} and flags["mode"].helps["toy"] == "how hard to try"
-    text = _parser().format_help() + _parser()._subparsers._group_actions[0].choices["trace"].format_help()
-    assert "--mode {fast,exact}" in text and "how hard to try [default: toy exact]" in " ".join(text.split())
-    assert "--use-mean, --no-use-mean" in text and "--calibrated-cut" in text
-    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--method", "toy",
-                                 "--mode", "fast", "--ratios", "1", "2.5", "--use-mean", "--size", "7",
-                                 "--calibrated-cut", "0.25"])
-    built = method_from_args(args)
-    assert built == Toy(mode="fast", calibrated_cut=0.25, ratios=(1.0, 2.5), use_mean=True, size=7)
-    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--method", "toy",
-                                 "--size", "auto", "--no-use-mean"])
-    assert method_from_args(args) == Toy()
-    with pytest.raises(SystemExit):
-        _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--mode", "slow"])
-    # A flag several methods share takes every method's values; each method then checks its own.
-    args = _parser().parse_args(["trace", "--model", "m", "--images", "i", "--out", "o.csv", "--distance", "l1"])
-    assert method_from_args(args).config.distance == "l1"
-
-    @dataclass(frozen=True)
-    class Clash(Toy):
-        mode: int = 3
-        name = "clash"
-
-    METHODS.register(Clash)
-    with pytest.raises(TypeError, match=r"option mode: type .*, but method (toy|clash)'s mode is .*cannot be both"):
-        method_flags()
-    del METHODS._entries["clash"]
-
-    @dataclass(frozen=True)
-    class Odd(Toy):
-        table: dict = field(default_factory=dict)
-        name = "odd"
-
-    METHODS.register(Odd)
-    with pytest.raises(TypeError, match="method odd, option table: type <class 'dict'> has no command-line form"):
-        method_flags()
-
-
 def test_trace_lr_scale_latent_rms_is_set_on_the_calibration_images(tmp_path, tiny_dirs, folders, capsys):
     model = tiny_dirs["AutoencoderTiny-0"]
     out = tmp_path / "scores.csv"
@@ -364,7 +298,7 @@ def _mixed(tmp_path, folders):
 
 
 def test_early_exit_with_threshold_gives_the_full_runs_verdicts(tmp_path, tiny_dirs, folders, capsys):
-    from latenttracer.cli import EXIT_COLUMNS
+    from latenttracer.tracing import EXIT_COLUMNS
 
     model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
     full, early = tmp_path / "full.csv", tmp_path / "early.csv"
@@ -392,9 +326,9 @@ def test_early_exit_with_threshold_gives_the_full_runs_verdicts(tmp_path, tiny_d
 
 def test_early_exit_with_calibration_says_what_the_set_allows_and_keeps_the_full_runs_verdicts(
         tmp_path, tiny_dirs, folders, capsys):
-    """6 calibration images: 3 set the bound's level, so risk >= 0.25 for any exit from above. At the default risk
-    only the exact exit runs (every verdict is the full run's); at --exit-risk 0.5 the bound stops images, and
-    every verdict it does not decide is still the full run's."""
+    """6 calibration images are too few for an exit from above at the default risk: only the exact exit runs (every
+    verdict is the full run's); at --exit-risk 0.5 the bound stops images, and every verdict it does not decide is
+    still the full run's."""
     model, mixed = tiny_dirs["AutoencoderTiny-0"], _mixed(tmp_path, folders)
     flags = ["--calibrate", folders["cal"], "--cache", tmp_path / "cache", "--resolution", 32, *FAST]
     full, early = tmp_path / "full.csv", tmp_path / "early.csv"
@@ -403,8 +337,14 @@ def test_early_exit_with_calibration_says_what_the_set_allows_and_keeps_the_full
     capsys.readouterr()
     assert _run("--model", model, "--images", mixed, "--out", early, "--early-exit", *flags) == 0
     err = capsys.readouterr().err
-    assert ("early exit: 6 calibration images, 6 end belonging (3 learn the bound's shape, 3 set its level): "
-            "risk >= 0.25 for any exit from above; at risk 0.05 only the exact exit") in err
+    # what the set allows, as the library states it (latenttracer.early_exit.min_risk of the scores that set the
+    # bound's level: all those that end belonging, or the half of them a split keeps)
+    said = re.search(r"early exit: 6 calibration images, (\d+) end belonging(?: \(\d+ learn the bound's shape, "
+                     r"(\d+) set its level\))?: risk >= (\S+) for any exit from above; at risk (\S+) only the "
+                     r"exact exit", err)
+    assert said, err
+    n_scores = int(said[2] or said[1])
+    assert said[3] == f"{min_risk(n_scores):.3g}" and float(said[4]) == DEFAULT_RISK < min_risk(n_scores)
     df = pd.read_csv(early, keep_default_na=False).set_index("path")
     assert set(df["exit_reason"]) <= {"threshold", ""}
     assert (df["belonging"].astype(str) == reference.loc[df.index].astype(str)).all()

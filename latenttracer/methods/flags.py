@@ -1,4 +1,6 @@
-"""Command-line flags from the registered methods' settings dataclasses (used by :mod:`latenttracer.cli`).
+"""Command-line flags from the registered methods' settings dataclasses, and back (used by :mod:`latenttracer.cli`
+and :mod:`latenttracer.attack_cli`): :func:`add_method_args` puts ``--method`` and every method's options on a
+parser, :func:`method_from_args` builds the method the parsed arguments ask for.
 
 A settings field ``my_option`` becomes ``--my-option``: a ``Literal`` gives its choices, a ``bool`` gives
 ``--my-option`` / ``--no-my-option``, ``int`` / ``float`` / ``str`` (or an ``Optional`` of one, or a union of them
@@ -18,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from latenttracer.methods.base import METHODS, SHARED_OPTIONS
 
-__all__ = ["MethodFlag", "method_flags"]
+__all__ = ["MethodFlag", "add_method_args", "describe", "method_flags", "method_from_args"]
 
 
 @dataclass
@@ -173,3 +175,61 @@ def method_flags() -> dict[str, MethodFlag]:
             flag.helps[mname] = f.metadata.get("help", "")
             flag.defaults[mname] = defaults.get(f.name)
     return out
+
+
+def add_method_args(parser: argparse.ArgumentParser) -> None:
+    """``--method`` and every registered method's options, in a group of ``parser``."""
+    m = parser.add_argument_group("method", "each option flag says which methods take it and their defaults")
+    m.add_argument("--method", choices=METHODS.names(), default="latenttracer",
+                   help="scoring method (default latenttracer)")
+    for flag in method_flags().values():
+        kwargs: dict[str, Any] = {"dest": flag.dest, "default": None, "help": flag.help_text()}
+        if flag.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = flag.convert
+            if flag.kind == "values":
+                kwargs["nargs"] = "+"
+            kwargs["metavar"] = flag.name.upper()
+            all_choices = [v for c in flag.choices.values() for v in c]
+            if all_choices and len(flag.choices) == len(flag.defaults):  # only Literal fields: list the choices
+                kwargs["metavar"] = "{" + ",".join(dict.fromkeys(map(str, all_choices))) + "}"
+        try:
+            m.add_argument(flag.flag, **kwargs)
+        except argparse.ArgumentError as err:
+            raise TypeError(f"method option {flag.name} ({', '.join(flag.methods)}): {flag.flag} is already a "
+                            f"flag of {parser.prog} ({err})") from err
+
+
+def method_from_args(args: argparse.Namespace):
+    """The :class:`~latenttracer.methods.Method` that arguments parsed with :func:`add_method_args` ask for; the
+    :data:`~latenttracer.methods.base.SHARED_OPTIONS` come from ``args.device``, ``args.dtype`` and
+    ``args.batch_size`` (``"auto"``: the method's own). A flag the chosen method does not take, or a value it does
+    not allow, is an error naming the flag, the method and the methods that take it."""
+    from latenttracer.methods import get_method
+
+    name = args.method
+    flags = method_flags()
+    given = {f.name: getattr(args, f.dest) for f in flags.values() if getattr(args, f.dest, None) is not None}
+    given = {k: tuple(v) if flags[k].kind == "values" else v for k, v in given.items()}
+    for key, value in given.items():
+        flag = flags[key]
+        if name not in flag.defaults:
+            raise ValueError(f"--method {name} does not take {flag.spelled(value)} (methods that take "
+                             f"{flag.flag}: {', '.join(flag.methods)})")
+        allowed = flag.choices.get(name)
+        if allowed is not None and flag.kind == "value" and value not in allowed:
+            others = [m for m, c in flag.choices.items() if value in c]
+            raise ValueError(f"--method {name} takes {flag.flag} {'|'.join(map(str, allowed))}, not {value}"
+                             + (f" ({value} is for {', '.join(others)})" if others else ""))
+    takes = {f.name for f in METHODS.get(name).option_fields()}
+    shared = {"device": args.device, "dtype": args.dtype}
+    if args.batch_size != "auto":
+        shared["batch_size"] = args.batch_size
+    options = {k: v for k, v in shared.items() if k in takes and k in SHARED_OPTIONS}
+    return get_method(name, {**given, **options})
+
+
+def describe(method) -> str:
+    """A method and its settings in one line, as the commands print it: ``label: key=value ...``."""
+    return f"{method.label}: " + " ".join(f"{k}={v}" for k, v in method.identity().items())
