@@ -1,30 +1,36 @@
-"""Early exit with a stated guarantee: a split-conformal exit rule learnt from calibration trajectories.
+"""Early exit with a stated guarantee: a conformal exit rule learnt from calibration trajectories.
 
 The loop (:mod:`latenttracer.inversion`) stops an image at scored iteration ``k`` when its running minimum ``m_k``
 is ``<= t`` (belonging: exact, the minimum only falls) or above ``bound_k * t`` (not belonging). This module learns
 ``bound_k`` so that, for the model's own images, the chance of a **wrong early rejection** (an image stopped as not
 belonging that the full run would call belonging) is at most the **risk** ``alpha``:
 
-* ``t`` is the calibrated threshold; of the calibration images, those whose full run ends belonging
-  (``min <= t``) are split in two, seeded: a *shape* part and a *score* part;
-* ``a_ik = m_ik / t``; the shape is ``b_k = median over the shape part of a_ik``;
-* each score-part image gets ``s_i = max a_ik / b_k`` over the steps at which it is still pending (``m_ik > t``,
-  not the last step: the steps a bound could stop it wrongly at);
+* ``t`` is the calibrated threshold; the ``n`` calibration images whose full run ends belonging (``min <= t``) all
+  take part (no split);
+* ``a_ik = m_ik / t``; the bound's shape is ``b_k = median over the n images of a_ik``;
+* each image gets the score ``s_i = max a_ik / lo_ik`` over the steps at which it is still pending (``m_ik > t``, not
+  the last step: the steps a bound could stop it wrongly at), where ``lo_ik`` is the median of the other ``n - 1``
+  images' ``a_.k`` and a zero: the smallest value the median of "the others and one more image" can take;
 * ``q`` is the ``ceil((n + 1)(1 - alpha))``-th smallest of the ``n`` scores, infinite when that rank exceeds ``n``
-  (then nothing exits from above: ``alpha >= 1 / (n + 1)`` is what a score part of ``n`` images allows);
+  (then nothing exits from above: ``alpha >= 1 / (n + 1)`` is what ``n`` images allow);
 * ``bound_k = q * b_k``.
 
-**Guarantee.** An own image whose full run is belonging is stopped wrongly iff its score exceeds ``q``. If it is
-exchangeable with the calibration images that end belonging (drawn the same way from the same model), the
-split-conformal rank argument gives ``P(wrong early rejection) <= alpha``, whatever the model and the shape. It is
-a guarantee on average over calibration draws, for images like the calibration images (not for perturbed ones
-unless the calibration had perturbed copies). It says nothing about non-own images: a bound can only reject, so
-it can only change the verdict of a non-own image the full run wrongly accepts. ``t`` is learnt from the same
+**Guarantee.** Let a new own image be exchangeable with the calibration images that end belonging (drawn the same
+way from the same model) and end belonging itself. Score all ``n + 1`` images symmetrically, each against the
+median of the other ``n``: the new image's score is exactly ``max a_k / b_k`` (its others are the calibration
+images), and the bound stops it wrongly iff that score exceeds ``q``. A calibration image's symmetric score uses a
+median that includes the new image, which is at least ``lo_ik``, so ``s_i`` is at least its symmetric score and ``q``
+at least the symmetric ``q``. By exchangeability the new image's score is above the symmetric ``q`` with probability
+at most ``alpha`` (the conformal rank argument), so ``P(wrong early rejection) <= alpha``, whatever the model and the
+shape. Every belonging calibration image scores (a split would halve them): ``n`` images allow ``alpha >= 1/(n+1)``.
+It is a guarantee on average over calibration draws, for images like the calibration images (not for perturbed ones
+unless the calibration had perturbed copies). It says nothing about non-own images: a bound can only reject, so it
+can only change the verdict of a non-own image the full run wrongly accepts. ``t`` is learnt from the same
 calibration images (``trace --calibrate``); the argument is exact for a ``t`` fixed beforehand, and
 ``results/early_exit.csv`` measures the wrong-exit rate with ``t`` learnt (``wrong_exit_rate`` and its interval).
 
-    policy = learn_exit_policy(calibration_trajectories, threshold=t, risk=0.05, config=cfg)
-    policy.allows()                       # "47 calibration images end belonging, 23 score them: risk >= 0.042 ..."
+    policy = learn_exit_policy(calibration_trajectories, threshold=t, risk=0.03, config=cfg)
+    policy.allows()                       # "50 calibration images, 47 end belonging: risk >= 0.0208 ..."
     fast = policy.apply(cfg)              # early_exit on, t and the bound set: what the loop runs
     score, exit_step, exit = replay(trajectory, fast)     # what the loop does, from a full-run trajectory
 """
@@ -47,10 +53,11 @@ from latenttracer.inversion import EXIT_CODES, InversionConfig, exit_bounds, exi
 __all__ = ["DEFAULT_RISK", "ExitPolicy", "conformal_rank", "learn_exit_policy", "min_risk", "rejected_early",
            "replay", "replay_frame", "running_min", "wrong_exits"]
 
-DEFAULT_RISK = 0.05
-"""``trace --early-exit``'s risk: chosen on the seed-0 zoo (``results/early_exit.csv``), held out on the fresh
-draws and taef2 (``docs/deployment.md``)."""
-SHAPE_FRACTION = 0.5  # of the calibration images that end belonging, the share that learns the shape
+DEFAULT_RISK = 0.03
+"""``trace --early-exit``'s risk: the largest of 0.02, 0.03, 0.05, 0.1 at which every seed-0 zoo model keeps 99% of
+the full run's verdicts (``results/early_exit.csv``, suite ``zoo``); held out: both fresh zoo draws, the eight
+CelebA VAEs and taef2 (``docs/deployment.md``). With 50 calibration images (about 47 end belonging) it is the
+largest score: the bound sits above every calibration image's trajectory."""
 
 
 def running_min(trajectory: Sequence[float]) -> np.ndarray:
@@ -97,16 +104,14 @@ class ExitPolicy:
     risk: float
     bound: tuple[float, ...] | None
     n_calibration: int = 0  # calibration trajectories given
-    n_shape: int = 0        # belonging calibration images that learnt the shape
-    n_scores: int = 0       # belonging calibration images scored (the conformal sample)
+    n_scores: int = 0       # calibration images that end belonging: the shape and the scores (the conformal sample)
     q: float = math.inf
     config_hash: str = ""   # the inversion settings the trajectories came from (checked by apply)
 
     def allows(self) -> str:
         """One line: what the calibration set allows."""
         lo = min_risk(self.n_scores)
-        head = (f"{self.n_calibration} calibration images, {self.n_shape + self.n_scores} end belonging "
-                f"({self.n_shape} learn the bound's shape, {self.n_scores} set its level): risk >= {lo:.3g} for any "
+        head = (f"{self.n_calibration} calibration images, {self.n_scores} end belonging: risk >= {lo:.3g} for any "
                 "exit from above")
         if self.bound is None:
             return head + (f"; at risk {self.risk:g} only the exact exit (below the threshold) is used: give more "
@@ -138,7 +143,7 @@ class ExitPolicy:
             bound = data["bound"]
             return cls(threshold=float(data["threshold"]), risk=_check_risk(data["risk"]),
                        bound=None if bound is None else tuple(float(b) for b in bound),
-                       n_calibration=int(data["n_calibration"]), n_shape=int(data["n_shape"]),
+                       n_calibration=int(data["n_calibration"]),
                        n_scores=int(data["n_scores"]), q=math.inf if data["q"] is None else float(data["q"]),
                        config_hash=str(data.get("config_hash", "")))
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -150,14 +155,6 @@ def schedule_hash(config: InversionConfig) -> str:
     return dataclasses.replace(config, early_exit=False, exit_threshold=None, exit_ratios=None).hash()
 
 
-def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(shape rows, score rows) of ``n`` belonging calibration images: a seeded permutation, the first
-    ``floor(SHAPE_FRACTION * n)`` (at least 1 when ``n >= 2``) learn the shape."""
-    order = np.random.default_rng(seed).permutation(n)
-    k = max(1, int(SHAPE_FRACTION * n)) if n >= 2 else 0
-    return np.sort(order[:k]), np.sort(order[k:])
-
-
 def _pending(mins: np.ndarray, threshold: float) -> np.ndarray:
     """Where each image is still running and a bound could stop it: above ``t`` and before the last step."""
     pending = mins > threshold
@@ -165,32 +162,39 @@ def _pending(mins: np.ndarray, threshold: float) -> np.ndarray:
     return pending
 
 
-def scores(trajectories: Sequence[Sequence[float]], threshold: float, shape: Sequence[float]) -> np.ndarray:
-    """``s_i = max a_ik / b_k`` over each trajectory's pending steps (``-inf`` where none)."""
-    mins = _stacked(trajectories)
-    ratio = mins / float(threshold) / np.asarray(shape, dtype=float)
-    return np.where(_pending(mins, threshold), ratio, -math.inf).max(1)
+def scores(belonging: np.ndarray, threshold: float) -> np.ndarray:
+    """``s_i = max a_ik / lo_ik`` over each row's pending steps (``-inf`` where none): ``belonging``, the running
+    minima of the calibration images that end belonging (one row each); ``lo_ik``, the median of the other rows'
+    ``a_.k`` and a zero (module docstring)."""
+    a = belonging / float(threshold)
+    pending = _pending(belonging, threshold)
+    out = np.full(len(a), -math.inf)
+    for i in range(len(a)):
+        others = np.vstack([np.delete(a, i, axis=0), np.zeros((1, a.shape[1]))])
+        lo = np.maximum(np.median(others, axis=0), 1e-12)
+        if pending[i].any():
+            out[i] = float(np.max((a[i] / lo)[pending[i]]))
+    return out
 
 
 def learn_exit_policy(trajectories: Sequence[Sequence[float]], threshold: float, risk: float = DEFAULT_RISK,
-                      config: InversionConfig | None = None, seed: int = 0) -> ExitPolicy:
+                      config: InversionConfig | None = None) -> ExitPolicy:
     """The exit rule (module docstring) from full-run trajectories of calibration images (one list of losses per
     image, every one of the same schedule). ``threshold``: the calibrated ``t``; ``risk``: ``alpha``; ``config``: the
-    settings the trajectories were made with (recorded, checked by :meth:`ExitPolicy.apply`); ``seed``: the split."""
+    settings the trajectories were made with (recorded, checked by :meth:`ExitPolicy.apply`)."""
     risk = _check_risk(risk)
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"early exit: needs a positive finite threshold, got {threshold!r}")
     mins = _stacked(trajectories)
     belonging = mins[mins[:, -1] <= threshold]
-    shape_rows, score_rows = _split(len(belonging), seed)
-    common = {"threshold": float(threshold), "risk": risk, "n_calibration": len(mins), "n_shape": len(shape_rows),
-              "n_scores": len(score_rows), "config_hash": schedule_hash(config) if config is not None else ""}
-    rank = conformal_rank(len(score_rows), risk)
-    if not len(score_rows) or rank > len(score_rows):
+    n = len(belonging)
+    common = {"threshold": float(threshold), "risk": risk, "n_calibration": len(mins), "n_scores": n,
+              "config_hash": schedule_hash(config) if config is not None else ""}
+    rank = conformal_rank(n, risk)
+    if not n or rank > n:
         return ExitPolicy(bound=None, **common)
-    shape = np.maximum(np.median(belonging[shape_rows] / float(threshold), axis=0), 1e-12)
-    s = np.sort(scores(belonging[score_rows], threshold, shape))
-    q = float(s[rank - 1])
+    shape = np.maximum(np.median(belonging / float(threshold), axis=0), 1e-12)
+    q = float(np.sort(scores(belonging, threshold))[rank - 1])
     # a bound at or below t stops every pending image (the exact exit goes first): 1 says the same, and stays > 0
     bound = np.maximum(q * shape, 1.0) if q > -math.inf else np.ones_like(shape)
     bound[-1] = math.inf  # the last scored step ends the run anyway

@@ -156,23 +156,27 @@ def _decays(rng, n, steps=20, scale=1.0):
     return scale * (floor + start * np.exp(-rate * k)) * np.exp(rng.normal(0, 0.05, (n, steps)))
 
 
-def test_the_rule_is_the_quantile_of_held_out_scores():
-    """By hand on four belonging images: the seeded split, the median shape, ``s_i = max a_ik / b_k`` over the
-    pending steps, q the rank-th smallest score; too few scores for the risk leave the exact exit only."""
+def test_the_rule_is_the_quantile_of_leave_one_out_scores():
+    """By hand on four belonging images: the median shape of all four, each image's score against the median of the
+    other three and a zero over its pending steps, q the rank-th smallest score; too few scores for the risk leave
+    the exact exit only."""
     trajectories = [[8.0, 4.0, 2.0, 1.0], [6.0, 3.0, 0.5, 0.5], [9.0, 6.0, 3.0, 1.5], [4.0, 2.0, 1.0, 1.0],
                     [20.0, 20.0, 20.0, 20.0]]  # the last ends above t = 2: not belonging, not used
-    policy = learn_exit_policy(trajectories, 2.0, risk=0.5, seed=0)
-    assert (policy.n_calibration, policy.n_shape, policy.n_scores) == (5, 2, 2)
-    order = np.random.default_rng(0).permutation(4)
-    mins = np.array([running_min(t) for t in trajectories[:4]]) / 2.0
-    shape = np.median(mins[np.sort(order[:2])], axis=0)
-    scores = sorted(max(a[k] / shape[k] for k in range(3) if a[k] > 1) if (a[:3] > 1).any() else -math.inf
-                    for a in mins[np.sort(order[2:])])
-    assert policy.q == pytest.approx(scores[conformal_rank(2, 0.5) - 1])
+    policy = learn_exit_policy(trajectories, 2.0, risk=0.5)
+    assert (policy.n_calibration, policy.n_scores) == (5, 4)
+    a = np.array([running_min(t) for t in trajectories[:4]]) / 2.0
+    shape = np.median(a, axis=0)
+    by_hand = []
+    for i in range(4):
+        lo = np.median(np.vstack([np.delete(a, i, axis=0), np.zeros((1, 4))]), axis=0)  # 3 others and a zero
+        pending = [k for k in range(3) if a[i, k] > 1]
+        by_hand.append(max(a[i, k] / lo[k] for k in pending) if pending else -math.inf)
+    assert conformal_rank(4, 0.5) == 3
+    assert policy.q == pytest.approx(sorted(by_hand)[2])
     assert policy.bound[:3] == pytest.approx(tuple(np.maximum(policy.q * shape[:3], 1.0)))
     assert policy.bound[-1] == math.inf  # the last step ends the run anyway
-    assert "risk >= 0.333 for any exit from above" in policy.allows()
-    exact = learn_exit_policy(trajectories, 2.0, risk=0.2)  # rank 3 of 2 scores: q infinite
+    assert "4 end belonging: risk >= 0.2 for any exit from above" in policy.allows()
+    exact = learn_exit_policy(trajectories, 2.0, risk=0.19)  # rank 5 of 4 scores: q infinite
     assert exact.bound is None and math.isinf(exact.q) and "only the exact exit" in exact.allows()
     assert exact.apply(InversionConfig(steps=4)).exit_ratios is None
     with pytest.raises(ValueError, match="risk must be a number in"):
@@ -195,19 +199,19 @@ def test_wrong_exits_among_exchangeable_images_stay_within_the_risk(risk):
     for _ in range(100):
         cal = _decays(rng, 60)
         t = calibrate_threshold(cal.min(1), 0.95)
-        fast = learn_exit_policy(list(cal), t, risk, config, seed=int(rng.integers(1 << 30))).apply(config)
+        fast = learn_exit_policy(list(cal), t, risk, config).apply(config)
         w, n = wrong_exits(list(_decays(rng, 100)), fast)
         rates.append(w / n)
     assert np.mean(rates) <= risk + 3 * np.std(rates) / math.sqrt(len(rates))
     assert np.mean(rates) >= risk / 4  # and it is not the exact exit in disguise: the bound does stop images
 
 
-def test_in_sample_bounds_break_the_guarantee_the_split_keeps():
-    """The reason for the split: a shape and a level learnt from the same images reject more than the risk on new
-    ones. The split rule's rate on the same draws is lower."""
+def test_in_sample_bounds_break_the_guarantee_the_rule_keeps():
+    """The reason for the leave-one-out scores: a level from each image's ratio to a shape that includes the image
+    itself rejects more than the risk on new ones. The rule's rate on the same draws is lower."""
     rng = np.random.default_rng(2)
     config = InversionConfig(steps=20)
-    split = same = total = 0
+    kept = same = total = 0
     for _ in range(60):
         cal = _decays(rng, 40)
         t = calibrate_threshold(cal.min(1), 0.95)
@@ -218,11 +222,11 @@ def test_in_sample_bounds_break_the_guarantee_the_split_keeps():
         level = np.max(np.where(belonging > 1, belonging / shape, -math.inf)[:, :-1], axis=1)
         in_sample = np.maximum(np.quantile(level, 0.9) * shape, 1.0)
         in_sample[-1] = math.inf
-        split += wrong_exits(new, policy.apply(config))[0]
+        kept += wrong_exits(new, policy.apply(config))[0]
         w, n = wrong_exits(new, dataclasses.replace(config, early_exit=True, exit_threshold=t,
                                                     exit_ratios=tuple(in_sample)))
         same, total = same + w, total + n
-    assert same / total > 0.1 and split / total < same / total
+    assert same / total > 0.1 and kept / total < same / total
 
 
 def running_min_all(curves):
@@ -235,7 +239,7 @@ def test_learnt_rule_in_the_loop_equals_its_replay(setting, tmp_path):
     ae, cal_full, full = setting["ae"], setting["cal_full"], setting["full"]
     t = _score_at(cal_full, 0.8)
     policy = learn_exit_policy([r.trajectory for r in cal_full], t, risk=0.4, config=FULL)
-    assert policy.bound is not None and policy.n_scores == 4
+    assert policy.bound is not None and policy.n_scores == 8  # every belonging calibration image scores
     cfg = policy.apply(FULL)
     live = invert(ae, setting["evaluation"], cfg)
     for e, f in zip(live, full):

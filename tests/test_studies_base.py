@@ -49,6 +49,30 @@ def test_rows_of_other_sets_are_refused_and_kept_aside(tmp_path):
         check_sets(stem, {**SETS, "n_per_source": 8})
 
 
+def test_labelled_sets_sit_side_by_side_and_each_label_is_checked(tmp_path):
+    """A table whose key names its sets (Merge label): one record entry per label; rows of another label are
+    merged beside, rows of other sets under a recorded label are refused."""
+    stem = tmp_path / "results" / "early_exit"
+
+    def publish_as(label: str, sets: dict, value: float, job_dir: str) -> None:
+        rows = pd.DataFrame({"sets": label, "inspected": ["kl-a", "kl-b"], "mode": "full", "agreement": value})
+        publish(StudyResult(rows, stem=stem, tables={"": rows},
+                            merge=Merge(("sets", "inspected", "mode"), lambda t: t.to_csv(index=False), sets=sets,
+                                        label=label)), tmp_path / job_dir)
+
+    fresh = {**SETS, "generation_seed": 1000}
+    publish_as("zoo", SETS, 0.9, "job1")
+    publish_as("zoo seed 1000", fresh, 0.8, "job2")
+    assert json.loads(sets_path(stem).read_text()) == {"zoo": SETS, "zoo seed 1000": fresh}
+    table = pd.read_csv(stem.with_suffix(".csv"))
+    assert list(table["sets"]) == ["zoo", "zoo", "zoo seed 1000", "zoo seed 1000"]
+    assert list(table["agreement"]) == [0.9, 0.9, 0.8, 0.8]
+    with pytest.raises(OtherSetsError, match="sets 'zoo' generation_seed: 0 there, 1000 in this run"):
+        publish_as("zoo", fresh, 0.7, "job3")
+    check_sets(stem, fresh, "zoo seed 1000")  # its own entry: no error
+    check_sets(stem, {**SETS, "suite": "celeba"}, "celeba")  # a new label: no error
+
+
 def test_a_table_without_a_record_is_adopted_with_a_warning(tmp_path, caplog):
     stem = tmp_path / "early_exit"
     _publish(stem, tmp_path / "job1", 0.9, None)  # a table published before the sets were recorded
@@ -66,22 +90,26 @@ def test_an_unreadable_record_is_an_error_naming_it(tmp_path):
         check_sets(stem, SETS)
 
 
-@pytest.mark.parametrize(("name", "overrides", "stem"), [
-    ("early_exit", [], "early_exit"),
-    ("early_exit", ["suite=zoo_fresh"], "early_exit_holdout"),
-    ("early_exit", ["suite=zoo_fresh2"], "early_exit_holdout2"),
-    ("schedule_sweep", [], "schedule_sweep"),
-    ("real_decoder_early_exit", [], "real_decoder_early_exit"),
+@pytest.mark.parametrize(("name", "overrides", "stem", "label"), [
+    ("early_exit", [], "early_exit", "zoo"),
+    ("early_exit", ["suite=zoo_fresh"], "early_exit", "zoo seed 1000"),
+    ("early_exit", ["suite=zoo_fresh2"], "early_exit", "zoo seed 2000"),
+    ("early_exit", ["experiment=table1_celeba"], "early_exit", "celeba"),
+    ("real_decoder_early_exit", [], "early_exit", "taef2"),
+    ("schedule_sweep", [], "schedule_sweep", None),
 ])
-def test_each_published_table_records_the_sets_of_its_command(name, overrides, stem, tmp_path):
-    """The record beside each published merged table equals the sets of the config that publishes it, so a
-    rerun of the documented command merges and a run on other sets is refused."""
+def test_each_published_table_records_the_sets_of_its_command(name, overrides, stem, label, tmp_path):
+    """The record beside each published merged table equals the sets of the config that publishes it (under its
+    label where the table's key names the sets), so a rerun of the documented command merges and a run on other
+    sets is refused."""
     cfg, _ = compose_resolved(name, overrides, tmp_path)
     ctx = common.Context(cfg)
+    study_ = STUDIES.get(name)()
+    assert study_.sets_label(cfg, ctx) == label
     record = json.loads(sets_path(RESULTS / stem).read_text())
-    expected = json.loads(json.dumps(STUDIES.get(name)().sets_record(cfg, ctx)))
-    assert record == expected
-    check_sets(RESULTS / stem, expected)  # no error
+    expected = json.loads(json.dumps(study_.sets_record(cfg, ctx)))
+    assert (record if label is None else record[label]) == expected
+    check_sets(RESULTS / stem, expected, label)  # no error
 
 
 def test_a_study_refuses_an_out_of_other_sets_before_any_work(micro_zoo, workspace, tmp_path):  # noqa: F811

@@ -82,12 +82,15 @@ class Merge:
 
     ``sets``: what decides the image sets the rows were measured on (e.g. :meth:`Context.protocol`). The key columns
     do not name the sets, so rows of other sets would otherwise replace or sit beside each other unseen: the sets
-    are recorded in ``<stem>.sets.json`` and a result on other sets is refused (:func:`check_sets`)."""
+    are recorded in ``<stem>.sets.json`` and a result on other sets is refused (:func:`check_sets`).
+    ``label``: a table whose key names the sets (a key column holding ``label``) records one entry per label
+    (``{label: sets}``), so rows of several suites sit side by side; only this label's entry is checked."""
 
     key: tuple[str, ...]
     render: Callable[[pd.DataFrame], str]
     sort: bool = False
     sets: dict[str, Any] | None = None
+    label: str | None = None
 
 
 @dataclass
@@ -164,11 +167,15 @@ class MergedStudy(Study):
         """What decides the rows' images, recorded beside the merged table (:class:`Merge` ``sets``)."""
         return ctx.protocol()
 
+    def sets_label(self, cfg: Any, ctx: Context) -> str | None:
+        """The label of this run's sets when the table's key names them (:class:`Merge` ``label``), else None."""
+        return None
+
     def checked_sets_record(self, cfg: Any, ctx: Context) -> dict[str, Any]:
         """:meth:`sets_record`, checked against the table at ``out=`` (:func:`check_sets`): a run on other sets
         fails before any work."""
         record = self.sets_record(cfg, ctx)
-        check_sets(Path(cfg.out), record)
+        check_sets(Path(cfg.out), record, self.sets_label(cfg, ctx))
         return record
 
 
@@ -186,13 +193,15 @@ def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Pat
         else:
             with locked(stem.with_name(stem.name + ".lock")):
                 if result.merge.sets is not None:
+                    label = result.merge.label
                     try:
-                        check_sets(stem, result.merge.sets)
+                        check_sets(stem, result.merge.sets, label)
                     except OtherSetsError as err:  # keep this job's rows, unmerged, in its own folder
                         kept = [atomic.write_frame(frame, Path(job_dir) / f"{stem.name}{suffix}.csv")
                                 for suffix, frame in result.tables.items()]
                         raise OtherSetsError(f"{err}; this run's rows are kept unmerged in {kept[0]}") from None
-                    written.append(atomic.write_text(sets_path(stem), _sets_text(result.merge.sets)))
+                    record = result.merge.sets if label is None else {**_recorded(stem), label: result.merge.sets}
+                    written.append(atomic.write_text(sets_path(stem), _sets_text(record)))
                 merged = {suffix: _merged(stem.with_name(stem.name + suffix + ".csv"), frame, result.merge)
                           for suffix, frame in result.tables.items()}
                 markdown = result.merge.render(merged[""])
@@ -235,11 +244,24 @@ def _sets_text(sets: dict[str, Any]) -> str:
     return json.dumps(sets, indent=1, sort_keys=True, default=str) + "\n"
 
 
-def check_sets(stem: str | Path, sets: dict[str, Any]) -> None:
+def _recorded(stem: Path) -> dict[str, Any]:
+    """The sets record at ``stem`` (``{}`` when there is none); an unreadable one is an :class:`OtherSetsError`."""
+    csv, record = stem.with_name(stem.name + ".csv"), sets_path(stem)
+    if not record.is_file():
+        return {}
+    try:
+        return json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise OtherSetsError(f"{record}: unreadable record of the image sets of {csv.name} ({err}); move both "
+                             "files away or restore it") from None
+
+
+def check_sets(stem: str | Path, sets: dict[str, Any], label: str | None = None) -> None:
     """Refuse to merge rows measured on image sets ``sets`` into the table at ``stem`` when its rows were measured
     on other sets (raises :class:`OtherSetsError` naming the file and each setting that differs). Studies call it
     before their work too, so that a wrong ``out=`` fails at once. A table published before the sets were
-    recorded (a CSV without ``<stem>.sets.json``) is taken as being on these sets, with a warning."""
+    recorded (a CSV without ``<stem>.sets.json``) is taken as being on these sets, with a warning. ``label``: the
+    record holds one entry per label (:class:`Merge` ``label``) and only this label's entry is compared."""
     stem = Path(stem)
     csv, record = stem.with_name(stem.name + ".csv"), sets_path(stem)
     if not record.is_file():
@@ -247,17 +269,19 @@ def check_sets(stem: str | Path, sets: dict[str, Any]) -> None:
             log.warning("%s: no record of the image sets its rows were measured on (%s); taking them to be this "
                         "run's sets and recording them", csv, record.name)
         return
-    try:
-        old = json.loads(record.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise OtherSetsError(f"{record}: unreadable record of the image sets of {csv.name} ({err}); move both "
-                             "files away or restore it") from None
+    old = _recorded(stem)
+    if label is not None:
+        if label not in old:
+            return
+        old = old[label]
     new = json.loads(_sets_text(sets))
     differ = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} in this run" for k in sorted(set(old) | set(new))
               if old.get(k) != new.get(k)]
     if differ:
-        raise OtherSetsError(f"{csv}: its rows were measured on other image sets ({'; '.join(differ)}; recorded in "
-                             f"{record.name}); publish to another out= or move {csv.name} and {record.name} away")
+        where = f"sets {label!r} " if label is not None else ""
+        raise OtherSetsError(f"{csv}: its rows were measured on other image sets ({where}{'; '.join(differ)}; "
+                             f"recorded in {record.name}); publish to another out= or move {csv.name} and "
+                             f"{record.name} away")
 
 
 def _merged(path: Path, rows: pd.DataFrame, merge: Merge) -> pd.DataFrame:

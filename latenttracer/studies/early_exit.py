@@ -2,7 +2,8 @@
 
     python -m experiments.early_exit                               # the authors' schedule (inversion=paper)
     python -m experiments.early_exit inversion=fast_rms            # a faster schedule: its rows are added
-    python -m experiments.early_exit suite=zoo_fresh 'out=${paths.results_dir}/early_exit_holdout'   # a fresh draw
+    python -m experiments.early_exit suite=zoo_fresh               # a fresh draw: its rows sit beside the zoo's
+    python -m experiments.early_exit experiment=table1_celeba      # the eight CelebA VAEs
     python -m experiments.early_exit debug=default                 # a smoke run
 
 Per inspected model (Table 1's protocol, :mod:`latenttracer.protocol`): the calibration half of its own set gives
@@ -17,11 +18,14 @@ scored. Rows (:mod:`latenttracer.studies.full_run_comparison`):
   interval) is the share of the model's own evaluation images whose full run is belonging that the bound stops:
   what ``alpha`` bounds (in expectation over calibration draws).
 
+Every suite's rows go to the one table: the key's first column, ``sets``, names the suite (and the generation seed
+of a fresh draw), and ``<out>.sets.json`` records each label's sets (a rerun on other sets under a label is refused).
+
 Scores come from the shared store (computed if missing, with trajectories); early-exit results are replayed from
 the trajectories (:func:`latenttracer.early_exit.replay_frame`, the loop's own rule) and checked live on
 ``timing_images`` evaluation images, which also give the wall-clock speed-up (all configs timed in this process,
-one after the other). Rows are merged into ``<out>.csv`` by (inspected, schedule, steps, lr, halve_every, mode,
-alpha) under a lock and the Markdown is rebuilt from it (:class:`~latenttracer.studies.base.Merge`).
+one after the other). Rows are merged into ``<out>.csv`` by (sets, inspected, schedule, steps, lr, halve_every,
+mode, alpha) under a lock and the Markdown is rebuilt from it (:class:`~latenttracer.studies.base.Merge`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from omegaconf import MISSING
 
 from data_gen import zoo
 from latenttracer import protocol, tables
-from latenttracer.early_exit import learn_exit_policy, rejected_early, replay_frame
+from latenttracer.early_exit import DEFAULT_RISK, learn_exit_policy, rejected_early, replay_frame
 from latenttracer.images import load_images
 from latenttracer.intervals import wilson
 from latenttracer.inversion import InversionConfig
@@ -48,12 +52,12 @@ from latenttracer.studies.full_run_comparison import compare, pooled_auc, time_i
 
 log = logging.getLogger(__name__)
 
-KEY = ("inspected", "schedule", "steps", "lr", "halve_every", "mode", "alpha")
+KEY = ("sets", "inspected", "schedule", "steps", "lr", "halve_every", "mode", "alpha")
 COLUMNS = [*KEY, "agreement", "agreement_lo", "agreement_hi", "image_steps_fraction", "wrong_exit_rate",
            "wrong_exit_rate_lo", "wrong_exit_rate_hi", "wrong_exits", "n_own_belonging", "q", "n_scores", "speedup",
            "auc_full", "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold",
            "n_evaluation", "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds",
-           "live_mismatches", "machine_speed", "disagreements",
+           "live_mismatches", "machine_speed", "disagreements", "wall_seconds", "command",
            # columns of the retired margin rows (docs/research/results/README.md), kept empty here
            "margin", "band_margin", "verdict_margin", "accept_margin", "trend", "n_band", "screen_steps_fraction"]
 
@@ -61,7 +65,7 @@ COLUMNS = [*KEY, "agreement", "agreement_lo", "agreement_hi", "image_steps_fract
 @dataclass
 class EarlyExitConfig:
     inspected: list[str] | None = None  # names in suite.models; null: every model of the suite
-    risks: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])  # a `conformal` row per risk alpha
+    risks: list[float] = field(default_factory=lambda: [0.02, 0.03, 0.05, 0.1])  # a `conformal` row per risk
     timing_images: int = 48             # evaluation images per inspected model timed live
     timing_seed: int = 0                # which evaluation images are timed
     out: str = MISSING                  # publishes <out>.{md,csv}
@@ -206,8 +210,10 @@ def disagreements(verdicts: np.ndarray, authors: np.ndarray, sources: np.ndarray
 
 
 def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and faster schedules") -> str:
-    """The published table: every row of ``table`` (the merged CSV), after the ``notes``."""
-    table = table.copy()
+    """The published table: every row of ``table`` (the merged CSV), after the ``notes``, a summary at the default
+    risk and one line per set of rows saying how it was made."""
+    table = table.sort_values(["sets", "inspected", "schedule", "mode", "alpha"], na_position="first",
+                              kind="stable").reset_index(drop=True)
     table["disagreements"] = table["disagreements"].fillna("")
 
     def ci(col: str, digits: int = 3):
@@ -218,7 +224,7 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and
     table["wrong exits among own belonging [95% CI]"] = [
         f"{int(w)} of {int(n)}: {c}" if c else "" for w, n, c in
         zip(table["wrong_exits"].fillna(0), table["n_own_belonging"].fillna(0), ci("wrong_exit_rate"))]
-    shown = table[["inspected", "schedule", "steps", "lr", "mode", "alpha", "agreement [95% CI]",
+    shown = table[["sets", "inspected", "schedule", "steps", "lr", "mode", "alpha", "agreement [95% CI]",
                    "wrong exits among own belonging [95% CI]", "disagreements", "image_steps_fraction", "speedup",
                    "auc_full", "auc_early_exit", "seconds_authors", "seconds", "machine_speed", "n_evaluation",
                    "n_scores"]].rename(columns={"machine_speed": "machine_speed (img-steps/s)"})
@@ -229,43 +235,56 @@ def markdown(table: pd.DataFrame, notes: list[str], title: str = "Early exit and
     shown["alpha"] = shown["alpha"].map(lambda v: f"{v:g}" if v == v else "")
     shown["n_scores"] = shown["n_scores"].map(lambda v: f"{int(v)}" if v == v else "")
     shown["lr"] = shown["lr"].map(lambda v: f"{v:.4g}")  # a latent_rms rate resolved: lr x RMS (4 digits each)
-    return "\n".join([f"# {title}", "", *[f"- {n}" for n in notes], "",
-                      tables.markdown_table(shown), ""])
+    made = [f"`{r.sets}`: `{r.command}`, {r.wall_seconds:.0f} s wall at machine speed {r.machine_speed:.0f}"
+            for r in table.drop_duplicates("sets").itertuples() if r.command == r.command]
+    return "\n".join([f"# {title}", "", *[f"- {n}" for n in notes], "", "## At the default risk", "",
+                      summary(table), "", "## Every row", "", tables.markdown_table(shown), "",
+                      "Made by (per `sets`):", "", *[f"- {m}" for m in made], ""])
 
 
-def fresh_sets(p: dict) -> str:
-    """``fresh sets: generation seed ..., real subset seed ...`` when the sets are not the published ones (e.g.
-    ``suite=zoo_fresh``), else ``""``; ``p``: the job's protocol (:meth:`Context.protocol`)."""
-    if not (p["generation_seed"] or p["real_seed"]):
-        return ""
-    return f"fresh sets: generation seed {p['generation_seed']}, real subset seed {p['real_seed']}"
+def summary(table: pd.DataFrame, risk: float = DEFAULT_RISK) -> str:
+    """Per ``sets`` x inspected model, the authors' schedule at ``risk``: agreement, wrong exits, image-steps."""
+    rows = table[(table["mode"] == "conformal") & (table["schedule"] == "paper") & np.isclose(table["alpha"], risk)]
+    if rows.empty:
+        return f"(no row at risk {risk:g} yet)"
+    shown = pd.DataFrame({
+        "sets": rows["sets"], "inspected": rows["inspected"],
+        "agreement [95% CI]": [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in
+                               zip(rows["agreement"], rows["agreement_lo"], rows["agreement_hi"])],
+        "n_evaluation": rows["n_evaluation"].astype(int),
+        "wrong exits / own belonging": [f"{int(w)} / {int(n)}" for w, n in
+                                        zip(rows["wrong_exits"], rows["n_own_belonging"])],
+        "image_steps_fraction": rows["image_steps_fraction"].map(lambda v: f"{v:.3f}"),
+        "n_scores": rows["n_scores"].map(lambda v: f"{int(v)}" if v == v else "")})
+    w, n = int(rows["wrong_exits"].sum()), int(rows["n_own_belonging"].sum())
+    lo, hi = wilson(w, n) if n else (np.nan, np.nan)
+    pooled = (f"Pooled over these {len(rows)} rows: {w} wrong exits among {n} own belonging images = {w / n:.3f} "
+              f"[{lo:.3f}, {hi:.3f}] (95% Wilson), against the risk {risk:g}." if n else "")
+    return tables.markdown_table(shown.reset_index(drop=True)) + ("\n\n" + pooled if pooled else "")
 
 
-def suite_label(p: dict) -> str:
-    """``Suite `zoo```, and which fresh sets with their crop settings when not the published ones."""
-    fresh = fresh_sets(p)
-    if fresh and p.get("real_crops"):
-        fresh += f", {p['real_crops']}"
-    return f"Suite `{p['suite']}`" + (f" ({fresh})" if fresh else "")
+def sets_label(p: dict) -> str:
+    """The ``sets`` column: the suite, and the generation seed of a fresh draw (``zoo``, ``zoo seed 1000``)."""
+    return p["suite"] + (f" seed {p['generation_seed']}" if p["generation_seed"] else "")
 
 
-def notes(p: dict, wall: float, speed_text: str,
-          command: str = "python -m experiments.early_exit inversion=<schedule>") -> list[str]:
+def notes(p: dict) -> list[str]:
     """How the table was made; ``p``: the job's protocol (:meth:`Context.protocol`)."""
-    return [f"{suite_label(p)}, Table 1's split: threshold ({p['target_tpr']:.0%} TPR) and the exit rule from each "
-            "inspected model's calibration half; every other column on the evaluation images.",
+    return [f"Per `sets` (a suite; `seed N`: a fresh draw of its images), Table 1's split: threshold "
+            f"({p['target_tpr']:.0%} TPR) and the exit rule from each inspected model's calibration half; every "
+            f"other column on the evaluation images. The default risk of `trace --early-exit` is {DEFAULT_RISK:g} "
+            "(latenttracer.early_exit.DEFAULT_RISK: chosen on the `zoo` rows; the other sets are held out).",
             "agreement: verdicts equal to the authors' full run (100 steps, its own threshold), with its 95% Wilson "
             "interval over n_evaluation images; disagreements: the evaluation images whose verdict differs from it, "
             "counted by source; image_steps_fraction: mean scored steps per image / 100; speedup: wall time of the "
             "authors' full run / this option's, both timed in one process on the same evaluation images (seconds_* "
             "columns; machine_speed beside them).",
             "Modes: full = the schedule to the end; exact = stop once the running minimum is <= the threshold; "
-            "conformal = also stop above the bound learnt at risk alpha (latenttracer/early_exit.py: split-conformal "
-            "on the calibration images that end belonging, half for the bound's shape, n_scores for its level). "
+            "conformal = also stop above the bound learnt at risk alpha (latenttracer/early_exit.py: conformal on "
+            "the n_scores calibration images that end belonging, each scored against the others' median). "
             "wrong exits: own evaluation images whose full run is belonging and that the bound stops (what alpha "
             "bounds, in expectation over calibration draws), with the 95% Wilson interval.",
-            f"Command: `{command}`; this run: "
-            f"{wall:.0f} s wall; machine speed {speed_text}."]
+            "Machine speed: KL-decoder image-steps/s, 1 thread (benchmarks/decoder_speed.py)."]
 
 
 @STUDIES.register
@@ -274,8 +293,7 @@ class EarlyExit(MergedStudy):
     config = EarlyExitConfig
     title = "Early exit and faster schedules"
     command = "python -m experiments.early_exit inversion=<schedule>"
-    section = ReportSection(title, ("early_exit.csv", "early_exit_holdout.csv", "early_exit_holdout2.csv"), (), command,
-                            order=60)  # + both fresh draws
+    section = ReportSection(title, ("early_exit.csv",), (), command, order=60)  # every suite's rows, taef2's too
 
     def targets(self, cfg: Any, ctx: Context) -> tuple[dict, dict[str, Any]]:
         """The protocol's sets and the inspected models (name -> a loaded decoder, or None: loaded by name)."""
@@ -293,11 +311,20 @@ class EarlyExit(MergedStudy):
         rows = []
         for name, ae in models.items():
             rows.extend(measure(cfg, ctx, name, sets, schedule, speed, ae=ae))
-        new = pd.DataFrame(rows).reindex(columns=COLUMNS)
-        suite = ctx.preset("suite")  # fresh sets (suite=zoo_fresh): part of the command
         p = ctx.protocol()
-        command = self.command + (f" suite={suite}" if fresh_sets(p) else "")
-        told = notes(p, time.time() - started, speed_text, command)
-        title = self.title
+        label = sets_label(p)
+        new = pd.DataFrame(rows).assign(sets=label, wall_seconds=time.time() - started,
+                                        command=self.run_command(ctx, p)).reindex(columns=COLUMNS)
+        told, title = notes(p), self.title
         return StudyResult(new, stem=Path(cfg.out), tables={"": new},
-                           merge=Merge(KEY, lambda table: markdown(table, told, title), sets=record))
+                           merge=Merge(KEY, lambda table: markdown(table, told, title), sets=record, label=label))
+
+    def sets_label(self, cfg: Any, ctx: Context) -> str:
+        return sets_label(ctx.protocol())
+
+    def run_command(self, ctx: Context, p: dict) -> str:
+        """The command that makes this run's rows (its suite or experiment named when not the default)."""
+        presets = (("experiment", ctx.preset("experiment")), ("suite", ctx.preset("suite")),
+                   ("inversion", ctx.inversion_preset()))
+        extra = [f"{k}={v}" for k, v in presets if v and v not in ("table1_zoo", "zoo", "taef2", "paper")]
+        return " ".join([self.command.replace(" inversion=<schedule>", ""), *extra])

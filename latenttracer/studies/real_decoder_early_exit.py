@@ -1,4 +1,4 @@
-"""Early exit and faster schedules on the real decoder (taef2) -> results/real_decoder_early_exit.*
+"""Early exit and faster schedules on the real decoder (taef2) -> rows `taef2` of results/early_exit.*
 
     python -m experiments.real_decoder_early_exit                        # the authors' schedule (inversion=paper)
     python -m experiments.real_decoder_early_exit inversion=fast_rms     # a faster schedule: its rows are added
@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from latenttracer.studies import real_decoder
-from latenttracer.studies.base import STUDIES, Context, ReportSection
+from latenttracer.studies.base import STUDIES, Context
 from latenttracer.studies.early_exit import EarlyExit
 
 
@@ -26,7 +26,7 @@ from latenttracer.studies.early_exit import EarlyExit
 class RealDecoderEarlyExitConfig(real_decoder.DecodedSuiteConfig):
     timing_images: int = 12              # evaluation images timed live (one batch per config, one process)
     timing_seed: int = 0
-    risks: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])  # a `conformal` row per risk
+    risks: list[float] = field(default_factory=lambda: [0.02, 0.03, 0.05, 0.1])  # a `conformal` row per risk
     out: str = MISSING                   # publishes <out>.{md,csv}
 
 
@@ -36,8 +36,7 @@ class RealDecoderEarlyExit(EarlyExit):
     config = RealDecoderEarlyExitConfig
     title = "Early exit and faster schedules on a real decoder (taef2)"
     command = "python -m experiments.real_decoder_early_exit inversion=<schedule>"
-    section = ReportSection("Early exit on the real decoder", ("real_decoder_early_exit.csv",), (), command,
-                            order=61)
+    section = None  # its rows are in results/early_exit.csv (sets `taef2`): the early-exit study's section
 
     def targets(self, cfg: Any, ctx: Context) -> tuple[dict, dict[str, Any]]:
         """The suite's decoded sets; the base, loaded with its sibling."""
