@@ -397,6 +397,23 @@ def _pgd_l2(method: Method, ae: Autoencoder, images: np.ndarray, mse_target: np.
     return to_uint8(x0 + delta)
 
 
+def _first_success(images: np.ndarray, candidates, scorer, threshold: float, goal: str) -> dict:
+    """Score each ``(value, attacked images)`` of ``candidates`` in turn (weakest first); per image keep the first
+    that succeeds (its value, image and score), and every probe."""
+    n = len(images)
+    found = {"value": np.full(n, np.nan), "attacked": images.copy(), "score": np.full(n, np.nan), "probes": []}
+    for value, attacked in candidates:
+        rows = scorer(attacked)
+        ok = _success(rows, threshold, goal)
+        scores = pd.to_numeric(rows["score"], errors="coerce").to_numpy(float)
+        found["probes"].append({"value": np.full(n, float(value)), "success": ok, "score": scores})
+        new = ok & np.isnan(found["value"])
+        found["value"][new] = value
+        found["attacked"][new] = attacked[new]
+        found["score"][new] = scores[new]
+    return found
+
+
 def _result(attack: str, norm: str, gradient: str, images: np.ndarray, clean: pd.DataFrame, found: dict,
             threshold: float, goal: str, budget_of: Callable[[np.ndarray], np.ndarray]) -> AttackResult:
     attacked = found["attacked"]
@@ -481,33 +498,13 @@ def _attack(goal: str, method: Method, ae: Autoencoder, images: np.ndarray, scor
     if attack == "jpeg":
         jpeg = kind_of("jpeg")
         qualities = sorted({int(q) for q in jpeg_qualities}, reverse=True)  # weakest first
-        n = len(images)
-        found = {"value": np.full(n, np.nan), "attacked": images.copy(), "score": np.full(n, np.nan), "probes": []}
-        for q in qualities:
-            attacked = np.stack([jpeg.apply(rgb, q, None, 0) for rgb in images])
-            rows = scorer(attacked)
-            ok = _success(rows, threshold, goal)
-            scores = pd.to_numeric(rows["score"], errors="coerce").to_numpy(float)
-            found["probes"].append({"value": np.full(n, float(q)), "success": ok, "score": scores})
-            new = ok & np.isnan(found["value"])
-            found["value"][new] = q
-            found["attacked"][new] = attacked[new]
-            found["score"][new] = scores[new]
+        found = _first_success(images, ((q, np.stack([jpeg.apply(rgb, q, None, 0) for rgb in images]))
+                                        for q in qualities), scorer, threshold, goal)
         return _result(attack, "l2", "none", images, clean, found, threshold, goal, lambda v: v)
     # projections: the rounds' images, the first accepted kept (forgery only)
     n_rounds = 1 if attack == "projection" else max(1, int(rounds))
     rounds_out = project(images, projector or scorer, ae, n_rounds, projector_method)
-    n = len(images)
-    found = {"value": np.full(n, np.nan), "attacked": images.copy(), "score": np.full(n, np.nan), "probes": []}
-    for k, attacked in enumerate(rounds_out, start=1):
-        rows = scorer(attacked)
-        ok = _success(rows, threshold, goal)
-        scores = pd.to_numeric(rows["score"], errors="coerce").to_numpy(float)
-        found["probes"].append({"value": np.full(n, float(k)), "success": ok, "score": scores})
-        new = ok & np.isnan(found["value"])
-        found["value"][new] = k
-        found["attacked"][new] = attacked[new]
-        found["score"][new] = scores[new]
+    found = _first_success(images, enumerate(rounds_out, start=1), scorer, threshold, goal)
     if attack == "projection":  # the projection itself, accepted or not, is the attack's image
         found["attacked"] = rounds_out[0]
     return _result(attack, "l2", "projection", images, clean, found, threshold, goal, lambda v: v)

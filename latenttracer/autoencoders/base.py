@@ -112,6 +112,15 @@ class Autoencoder(ABC):
         """Build the autoencoder of ``source`` on the CPU in float32 (:func:`load_autoencoder` moves it)."""
 
     @classmethod
+    def local_folder(cls, source: str) -> Path:
+        """``source`` as a resolved local folder (for families loaded from one), or an :class:`AutoencoderLoadError`
+        that names it and says what this family looks for."""
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise AutoencoderLoadError(f"{source}: not a folder; expected {cls.looks_for}")
+        return folder.resolve()
+
+    @classmethod
     def tiny_for_tests(cls, folder: Path, seed: int = 0) -> str:
         """Write a small random-init instance (weights seeded by ``seed``) into ``folder``; return the source to
         pass to :func:`load_autoencoder`. The shared contract tests (``tests/helpers/autoencoder_contracts.py``)

@@ -193,10 +193,7 @@ class DisVAE(Autoencoder):
     @classmethod
     def load(cls, source: str, *, name: str | None = None, resolution: int | None = None, clamp: bool = True,
              local_files_only: bool | None = None) -> DisVAE:
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise AutoencoderLoadError(f"{source}: not a folder; expected {cls.looks_for}")
-        folder = folder.resolve()
+        folder = cls.local_folder(source)
         side, latent_dim = _read_specs(folder / SPECS)
         if resolution is not None and int(resolution) != side:
             raise AutoencoderLoadError(f"{folder}: resolution {resolution!r} is not this model's; its architecture "

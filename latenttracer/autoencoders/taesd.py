@@ -249,10 +249,7 @@ class TAESD(Autoencoder):
     @classmethod
     def load(cls, source: str, *, name: str | None = None, resolution: int | None = None, clamp: bool = True,
              local_files_only: bool | None = None) -> TAESD:
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise AutoencoderLoadError(f"{source}: not a folder; expected {cls.looks_for}")
-        folder = folder.resolve()
+        folder = cls.local_folder(source)
         card = _read_card(folder) or {}
         if card.get("family", cls.family) != cls.family:
             raise AutoencoderLoadError(f"{folder / CARD}: family is {card['family']!r}, not {cls.family!r}")
