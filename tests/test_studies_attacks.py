@@ -56,3 +56,51 @@ def test_budgets_and_page():
     assert budgets.loc[0, "budget_psnr"] == 44.0  # 2 of 3 eligible flip from 44 dB
     text = S.markdown(budgets, pd.DataFrame(), ["a note"])
     assert "| latenttracer | kl-a | evade | noise | l2 |" in text and "47.0" in text
+
+
+def test_config_names_celeba_vaes_through_their_suite(tmp_path):
+    cfg, _ = compose_resolved("attacks", [], tmp_path)
+    assert "celeba" in cfg.suites
+    further = {str(m) for suite in cfg.suites.values() for m in suite.models}
+    picked = [m for m in cfg.inspected if m in further]
+    assert len(picked) >= 2 and not set(picked) & set(cfg.suite.models)
+    per_model = {m: {e.name for e in cfg.methods if e.inspected is None or m in e.inspected} for m in picked}
+    assert all(len(names) >= 3 and "latenttracer" in names for names in per_model.values())
+
+
+class _Ctx:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+
+def _suites_cfg(inspected, extra_models=("vae",)):
+    return OmegaConf.create({"suite": {"name": "zoo", "models": {"kl-a": {}, "vq": {}}},
+                             "suites": {"celeba": {"name": "celeba", "models": {m: {} for m in extra_models}}},
+                             "inspected": inspected})
+
+
+def test_suite_contexts_gives_each_model_its_own_suite(tmp_path):
+    composed, _ = compose_resolved("attacks", [], tmp_path)
+    owners = S.suite_contexts(composed, _Ctx(composed))
+    for name, suite_ctx in owners.items():
+        assert name in suite_ctx.cfg.suite.models  # the typed job config, with the model's suite in place
+    assert {c.cfg.suite.name for c in owners.values()} == {composed.suite.name, *composed.suites}
+    ctx = _Ctx(_suites_cfg(["kl-a", "vae"]))
+    owners = S.suite_contexts(ctx.cfg, ctx)
+    assert owners["kl-a"] is ctx and owners["vae"] is not ctx
+    assert owners["vae"].cfg.suite.name == "celeba" and list(owners["vae"].cfg.suite.models) == ["vae"]
+    with pytest.raises(KeyError, match="nope"):
+        S.suite_contexts(_suites_cfg(["kl-a", "nope"]), ctx)
+    with pytest.raises(ValueError, match="suites.celeba: model 'vq'"):
+        S.suite_contexts(_suites_cfg(["kl-a"], ("vae", "vq")), ctx)
+
+
+def test_analytic_check_says_within_outside_or_not_resolved():
+    row = {"analytic_psnr": 50.0, "budget_psnr_large": 48.0, "budget_psnr_small": 52.0, "n": 6}
+    assert S.analytic_check(pd.Series(row)) == "within the interval"
+    assert S.analytic_check(pd.Series({**row, "analytic_psnr": 55.0})) == "outside the interval"
+    assert S.analytic_check(pd.Series({**row, "budget_psnr_large": np.nan})) == "not resolved at n = 6"
+    frame = pd.DataFrame([{**row, "method": "latenttracer", "inspected": "taef2", "goal": "evade", "attack": "noise",
+                           "calibration": "clean", "quantile": 0.5, "budget_psnr": 50.5}])
+    assert "taef2: measured 50.5" in S.analytic_note(frame) and "within the interval" in S.analytic_note(frame)
+    assert "no LatentTracer noise evasion" in S.analytic_note(frame.assign(attack="pgd"))

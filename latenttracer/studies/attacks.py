@@ -2,8 +2,9 @@
 
     python -m experiments.study --config-name attacks          # `make attacks` (conf/attacks.yaml)
 
-For each inspected model (suite members, and real decoders without a prior such as taef2, whose belonging images are
-decodes of latents made by :mod:`data_gen.real_decoder`) and each method: the threshold is calibrated on the model's
+For each inspected model (members of the job's suite or of a further suite under ``suites`` such as the CelebA VAEs,
+and real decoders without a prior such as taef2, whose belonging images are decodes of latents made by
+:mod:`data_gen.real_decoder`) and each method: the threshold is calibrated on the model's
 calibration images (the method's own rule at the suite's target TPR); a seeded subset of its own evaluation images is
 attacked to be judged not belonging (evasion) and a seeded subset of real crops and other models' images to be judged
 belonging (forgery), with the attacks of :mod:`latenttracer.attacks`. Every attacked image is a PNG under
@@ -19,16 +20,17 @@ evasion budget under each calibration) and figures ``<figures>/<out name>.{png,p
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, OmegaConf, open_dict
 
 from latenttracer import attacks as A
 from latenttracer import protocol, tables
@@ -79,7 +81,8 @@ class DefenceConfig:
 
 @dataclass
 class AttacksConfig:
-    inspected: list[str] | None = None
+    inspected: list[str] | None = None   # models of `suite` or of a suite of `suites` (null: every model of `suite`)
+    suites: dict[str, Any] = field(default_factory=dict)  # further suites (conf/suite/), each a suite node
     decoded: list[DecodedModel] = field(default_factory=list)
     methods: list[AttackMethodEntry] = field(default_factory=list)
     calibration_n: int | None = None     # calibration images per model (seeded subset; null: all)
@@ -110,12 +113,39 @@ class Cell:
     calibration: list[Path]
     own: list[Path]
     others: dict[str, list[Path]]
+    ctx: Any = None                      # the Context of the model's suite (its sets, splits, target TPR)
+    suite: str = ""
+
+
+def suite_contexts(cfg: Any, ctx: Context) -> dict[str, Context]:
+    """Each model ``inspected`` names -> the Context of its suite: the job's ``suite``, or one of ``suites`` (the
+    job's config with that suite in place of ``suite``: its sets, splits and models). A model name must be in exactly
+    one suite."""
+    owners: dict[str, tuple[str, Context]] = {str(m): ("suite", ctx) for m in cfg.suite.models}
+    for key, suite in (cfg.get("suites") or {}).items():
+        sub_cfg = copy.deepcopy(cfg)
+        with open_dict(sub_cfg):
+            kind = OmegaConf.get_type(cfg, "suite")  # a typed suite node is replaced by one of its type
+            sub_cfg.suite = OmegaConf.merge(OmegaConf.structured(kind), suite) if is_dataclass(kind) else suite
+        sub = type(ctx)(sub_cfg)
+        for name in suite.models:
+            if str(name) in owners:
+                raise ValueError(f"suites.{key}: model {name!r} is also a model of {owners[str(name)][0]}; "
+                                 "a model name must be in one suite only")
+            owners[str(name)] = (f"suites.{key}", sub)
+    names = list(cfg.inspected) if cfg.inspected else list(cfg.suite.models)
+    missing = [n for n in names if str(n) not in owners]
+    if missing:
+        raise KeyError(f"inspected: {missing} are not models of suite {cfg.suite.name!r} or of `suites` "
+                       f"(models: {list(owners)})")
+    return {str(n): owners[str(n)][1] for n in names}
 
 
 def zoo_cell(ctx: Context, sets: dict, name: str, seed: int) -> Cell:
     spec = ctx.model_spec(name)
     others = {src: list(parts["evaluation"]) for src, parts in sets.items() if src != name}
-    return Cell(name, ctx.load_model(spec), list(sets[name]["calibration"]), list(sets[name]["evaluation"]), others)
+    return Cell(name, ctx.load_model(spec), list(sets[name]["calibration"]), list(sets[name]["evaluation"]), others,
+                ctx, str(ctx.cfg.suite.name))
 
 
 def decoded_cell(cfg: Any, ctx: Context, entry: Any) -> Cell:
@@ -130,7 +160,7 @@ def decoded_cell(cfg: Any, ctx: Context, entry: Any) -> Cell:
     paths = build_sets(folder, ae, {str(entry.name): ae}, settings)
     split = protocol.split(paths[str(entry.name)], ctx.split_settings())
     return Cell(str(entry.name), ae, list(split["calibration"]), list(split["evaluation"]),
-                {protocol.REAL: list(paths[protocol.REAL])})
+                {protocol.REAL: list(paths[protocol.REAL])}, ctx, "decoded")
 
 
 def pick(paths: list[Path], n: int | None, seed: int) -> list[Path]:
@@ -292,6 +322,41 @@ def fpr_row(label: str, inspected: str, calibration: str, threshold: float, clea
     return row
 
 
+def suites_note(cells: list[Cell]) -> str:
+    """The inspected models by suite, each suite with its split seed and target TPR."""
+    parts = []
+    for suite in dict.fromkeys(c.suite for c in cells if c.suite != "decoded"):
+        members = [c for c in cells if c.suite == suite]
+        p = members[0].ctx.protocol()
+        parts.append(f"suite `{suite}` ({', '.join(c.name for c in members)}; split seed {p['split_seed']}, "
+                     f"target TPR {p['target_tpr']:.0%}, {p['n_generated']} generated images per model)")
+    return "Inspected: " + ("; ".join(parts) or "no suite model")
+
+
+def analytic_check(row: pd.Series) -> str:
+    """Whether LatentTracer's analytic evasion budget lies within the measured 50% budget's interval."""
+    an, lo, hi = row["analytic_psnr"], row["budget_psnr_large"], row["budget_psnr_small"]
+    if not np.isfinite(an):
+        return "no analytic budget"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"not resolved at n = {int(row['n'])}"
+    return "within the interval" if lo <= an <= hi else "outside the interval"
+
+
+def analytic_note(budgets: pd.DataFrame) -> str:
+    """One sentence per model: LatentTracer's noise evasion budget (50%) against the analytic one, MSE = t - s."""
+    rows = budgets if budgets.empty else budgets[
+        (budgets["method"] == "latenttracer") & (budgets["goal"] == "evade") & (budgets["attack"] == "noise")
+        & (budgets["calibration"] == CLEAN) & (budgets["quantile"] == 0.5)]
+    if rows.empty:
+        return "LatentTracer's analytic evasion budget: no LatentTracer noise evasion in this run."
+    parts = [f"{r['inspected']}: measured "
+             f"{fmt_budget(r['budget_psnr'], r['budget_psnr_large'], r['budget_psnr_small'])} dB, "
+             f"analytic {r['analytic_psnr']:.1f} dB, {analytic_check(r)}" for _, r in rows.iterrows()]
+    return ("LatentTracer's noise evasion budget (50% of own images) against the analytic one (median MSE t - s): "
+            + "; ".join(parts) + ".")
+
+
 # -- figures and text --------------------------------------------------------------------------------------------
 def figure(curves: pd.DataFrame):
     """Success rate against PSNR per (goal, inspected model): one line per method (white-box pgd solid, the best
@@ -429,12 +494,13 @@ class Attacks(Study):
         from data_gen.zoo.speed import machine_speed
 
         start = time.time()
-        target = ctx.split_settings().target_tpr
         store = ctx.store()
-        cells = []
-        if cfg.inspected:
-            sets = ctx.image_sets()
-            cells += [zoo_cell(ctx, sets, name, int(cfg.subset_seed)) for name in ctx.inspected_models()]
+        cells, sets = [], {}
+        if cfg.inspected:  # each model with its own suite's sets (made through data_gen if missing)
+            for name, suite_ctx in suite_contexts(cfg, ctx).items():
+                if id(suite_ctx) not in sets:
+                    sets[id(suite_ctx)] = suite_ctx.image_sets()
+                cells.append(zoo_cell(suite_ctx, sets[id(suite_ctx)], name, int(cfg.subset_seed)))
         cells += [decoded_cell(cfg, ctx, e) for e in cfg.decoded]
         curves, budgets, images, defences, done = [], [], [], [], {}
         defended = set(cfg.defence.methods)
@@ -442,7 +508,7 @@ class Attacks(Study):
             for entry in cfg.methods:
                 if entry.inspected is not None and cell.name not in list(entry.inspected):
                     continue
-                out = run_cell(cfg, ctx, cell, entry, store, target)
+                out = run_cell(cfg, cell.ctx, cell, entry, store, cell.ctx.split_settings().target_tpr)
                 label, t = out["method"].label, out["threshold"]
                 out["options"] = dict(entry.options)
                 done[(cell.name, label)] = out
@@ -451,22 +517,21 @@ class Attacks(Study):
                 images += image_rows(label, cell.name, t, out["results"])
                 defences.append(fpr_row(label, cell.name, CLEAN, t, out["clean_foreign"], out["results"]))
                 if label in defended and (cfg.defence.inspected is None or cell.name in cfg.defence.inspected):
-                    (d,), res = defence_rows(cfg, ctx, cell, out, store, target)
+                    (d,), res = defence_rows(cfg, cell.ctx, cell, out, store, cell.ctx.split_settings().target_tpr)
                     curves += curve_rows(cfg, label, cell.name, d["name"], d["t"], res)
                     budgets += budget_rows(label, cell.name, d["name"], d["t"], res, {})
                     defences.append(fpr_row(label, cell.name, d["name"], d["t"], out["clean_foreign"], res))
         curves_f = pd.DataFrame(curves)[COLUMNS]
         budgets_f, images_f, defences_f = pd.DataFrame(budgets), pd.DataFrame(images), pd.DataFrame(defences)
         wall = time.time() - start
-        p = ctx.protocol()
-        sizes = "; ".join(f"`{e.name}`{'' if not e.options else ' ' + str(dict(e.options))}: "
+        sizes = "; ".join(f"`{e.name}`{'' if not e.options else ' ' + str(dict(e.options))}"
+                          f"{'' if e.inspected is None else ' on ' + ', '.join(e.inspected)}: "
                           f"{e.n_belonging or 'all'} own, {e.n_per_source or 'all'} per other source, "
                           f"{e.n_real if e.n_real is not None else e.n_per_source or 'all'} real; "
                           f"evade {list(e.evade)}, "
                           f"forge {list(e.forge)}" for e in cfg.methods)
         notes = [
-            f"Suite `{p['suite']}` (split seed {p['split_seed']}, target TPR {target:.0%}); inspected "
-            f"{[c.name for c in cells]}; decoded sets ({', '.join(e.name for e in cfg.decoded) or 'none'}) from "
+            f"{suites_note(cells)}; decoded sets ({', '.join(e.name for e in cfg.decoded) or 'none'}) from "
             "data_gen.real_decoder (decodes of encoded crops and interpolated latents; real crops of the same photos).",
             "Threshold per (method, model): the method's own rule on the model's calibration images"
             + (f" (a seeded subset of {cfg.calibration_n})" if cfg.calibration_n else "") + ". Attacked: a "
@@ -482,6 +547,7 @@ class Attacks(Study):
             f"perturbed copies of {cfg.defence.n} of them, pooled (trace --calibrate-perturb).",
             f"Wall time of this run {wall:.0f} s (cached scores cost nothing); machine speed: {machine_speed(1)}.",
         ]
+        notes.append(analytic_note(budgets_f))
         stem = Path(cfg.out)
         figs = [FigureOut(figure(curves_f), [Path(cfg.outputs.figures) / stem.name], list(cfg.formats),
                           log_key="attacks")]
