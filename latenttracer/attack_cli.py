@@ -156,8 +156,11 @@ def run(args: argparse.Namespace) -> int:
     frame = pd.DataFrame(rows)
     atomic.write_frame(frame, args.out / "attack.csv")
     k = int(success.sum())
+    already = int((frame["belonging_before"] != (args.kind == "evade")).sum())  # on the wanted side unchanged
     print(f"{len(rows)} images: {k} {'evade' if args.kind == 'evade' else 'pass as belonging'} within "
-          f"{args.budget:g} dB (threshold {threshold:.4g}); median PSNR {np.median(p):.1f} dB; "
+          f"{args.budget:g} dB (threshold {threshold:.4g}; {already} of them "
+          f"{'not belonging' if args.kind == 'evade' else 'belonging'} before any change); "
+          f"median PSNR {np.median(p):.1f} dB; "
           f"{time.perf_counter() - t0:.1f}s\nwrote {args.out / 'attack.csv'} and {len(rows)} images in {args.out}")
     return 0
 

@@ -33,7 +33,7 @@ def test_evade_round_trip(tmp_path, tiny_dirs, folders):  # noqa: F811
     assert frame["success"].any()  # 30 dB is far above LatentTracer's evasion budget on own images
 
 
-def test_forge_round_trip_with_threshold(tmp_path, tiny_dirs, folders):  # noqa: F811
+def test_forge_round_trip_with_threshold(tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
     out = tmp_path / "framed"
     rc = run_attack("--model", tiny_dirs["AutoencoderTiny-0"], "--images", folders["real"], "--kind", "forge",
                     "--attack", "projection", "--budget", 10, "--out", out, "--threshold", 1.0, *FAST)
@@ -42,6 +42,10 @@ def test_forge_round_trip_with_threshold(tmp_path, tiny_dirs, folders):  # noqa:
     assert len(frame) == 6 and frame["belonging_after"].all()  # a threshold of 1 accepts every projection ...
     # ... and a forgery counts only within the budget (a random tiny decoder projects some crops below 10 dB)
     assert (frame["success"] == (frame["psnr"] >= 10)).all()
+    # the summary says how many passed before any change (a forgery of those proves nothing)
+    summary = capsys.readouterr().out
+    assert f"{int(frame['success'].sum())} pass as belonging within 10 dB" in summary
+    assert f"{int(frame['belonging_before'].sum())} of them belonging before any change" in summary
 
 
 def test_errors_name_the_flag(tmp_path, tiny_dirs, folders, capsys):  # noqa: F811
