@@ -55,14 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--early-exit", action="store_true",
                    help="stop each image once its verdict is known (inversion methods): belonging once its running "
                         "minimum is <= the threshold (exact), not belonging once it is above a per-step bound learnt "
-                        "from the --calibrate images' full runs (split-conformal). Guarantee: for the model's own "
+                        "from the --calibrate images' full runs (conformal). Guarantee: for the model's own "
                         "images, exchangeable with the calibration images, P(stopped as not belonging although the "
                         "full run says belonging) <= --exit-risk, on average over calibration sets; nothing is "
                         "claimed for other images. With --threshold: the exact exit only")
     t.add_argument("--exit-risk", type=_risk, metavar="ALPHA",
                    help=f"with --early-exit: the risk alpha above (default {DEFAULT_RISK:g}); a calibration set "
-                        "whose n images that end belonging give n/2 scores allows alpha >= 1/(n/2 + 1): below that "
-                        "only the exact exit is used (printed)")
+                        "in which n images end belonging allows alpha >= 1/(n + 1): below that only the exact exit "
+                        "is used (printed)")
     add_common_args(t)
     t.add_argument("--html", type=Path, metavar="HTML", help="also write an HTML report (images in <stem>_files/)")
 

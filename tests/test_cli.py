@@ -337,14 +337,12 @@ def test_early_exit_with_calibration_says_what_the_set_allows_and_keeps_the_full
     capsys.readouterr()
     assert _run("--model", model, "--images", mixed, "--out", early, "--early-exit", *flags) == 0
     err = capsys.readouterr().err
-    # what the set allows, as the library states it (latenttracer.early_exit.min_risk of the scores that set the
-    # bound's level: all those that end belonging, or the half of them a split keeps)
-    said = re.search(r"early exit: 6 calibration images, (\d+) end belonging(?: \(\d+ learn the bound's shape, "
-                     r"(\d+) set its level\))?: risk >= (\S+) for any exit from above; at risk (\S+) only the "
-                     r"exact exit", err)
+    # what the set allows, as the library states it: n images that end belonging allow risk >= min_risk(n)
+    said = re.search(r"early exit: 6 calibration images, (\d+) end belonging: risk >= (\S+) for any exit from "
+                     r"above; at risk (\S+) only the exact exit", err)
     assert said, err
-    n_scores = int(said[2] or said[1])
-    assert said[3] == f"{min_risk(n_scores):.3g}" and float(said[4]) == DEFAULT_RISK < min_risk(n_scores)
+    n = int(said[1])
+    assert said[2] == f"{min_risk(n):.3g}" and float(said[3]) == DEFAULT_RISK < min_risk(n)
     df = pd.read_csv(early, keep_default_na=False).set_index("path")
     assert set(df["exit_reason"]) <= {"threshold", ""}
     assert (df["belonging"].astype(str) == reference.loc[df.index].astype(str)).all()
@@ -395,4 +393,5 @@ def test_trace_help_states_the_guarantee(capsys):
         main(["trace", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "exchangeable with the calibration images" in text and "--exit-risk" in text
+    assert f"(default {DEFAULT_RISK:g})" in text and "n images end belonging allows alpha >= 1/(n + 1)" in text
     assert "--cascade" not in text and "--negatives" not in text and "--exit-margin" not in text
