@@ -114,10 +114,10 @@ def test_micro_run_rows_and_merge(micro_zoo, workspace, tmp_path, monkeypatch): 
         assert flips == round((1 - row["agreement"]) * row["n_evaluation"])
         assert (row["disagreements"] == "") == (row["agreement"] == 1.0)
     merged = pd.read_csv(results / "early_exit.csv")
-    assert list(merged["lr"]) == [0.05] * 4 + [0.1] * 5 and list(merged.columns) == ee.COLUMNS
+    assert list(merged["lr"]) == [0.05] * 4 + [0.1] * 6 and list(merged.columns) == ee.COLUMNS  # 4 default risks
     pd.testing.assert_frame_equal(merged.head(4), first)
     text = (results / "early_exit.md").read_text()
-    assert text.count("| kl-a | paper | 3 |") == 9 and "s wall at machine speed 123" in text
+    assert text.count("| kl-a | paper | 3 |") == 10 and "s wall at machine speed 123" in text
     assert np.isfinite(merged["speedup"]).all()
 
 

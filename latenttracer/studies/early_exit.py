@@ -44,18 +44,19 @@ from data_gen import zoo
 from latenttracer import protocol, tables
 from latenttracer.early_exit import DEFAULT_RISK, learn_exit_policy, rejected_early, replay_frame
 from latenttracer.images import load_images
-from latenttracer.intervals import wilson
+from latenttracer.intervals import auc_delong, wilson
 from latenttracer.inversion import InversionConfig
 from latenttracer.metrics import calibrate_threshold
 from latenttracer.studies.base import STUDIES, Context, Merge, MergedStudy, ReportSection, StudyResult
-from latenttracer.studies.full_run_comparison import compare, pooled_auc, time_inversions, timing_subset
+from latenttracer.studies.full_run_comparison import compare, time_inversions, timing_subset
 
 log = logging.getLogger(__name__)
 
 KEY = ("sets", "inspected", "schedule", "steps", "lr", "halve_every", "mode", "alpha")
 COLUMNS = [*KEY, "agreement", "agreement_lo", "agreement_hi", "image_steps_fraction", "wrong_exit_rate",
            "wrong_exit_rate_lo", "wrong_exit_rate_hi", "wrong_exits", "n_own_belonging", "q", "n_scores", "speedup",
-           "auc_full", "auc_early_exit", "auc_authors", "agreement_schedule", "tpr", "fpr", "threshold",
+           "auc_full", "auc_full_lo", "auc_full_hi", "auc_early_exit", "auc_early_exit_lo", "auc_early_exit_hi",
+           "auc_authors", "auc_authors_lo", "auc_authors_hi", "agreement_schedule", "tpr", "fpr", "threshold",
            "n_evaluation", "n_calibration", "calibration_rejected_early", "n_timed", "seconds_authors", "seconds",
            "live_mismatches", "machine_speed", "disagreements", "wall_seconds", "command",
            # columns of the retired margin rows (docs/research/results/README.md), kept empty here
@@ -190,11 +191,16 @@ def measure(cfg: Any, ctx: Context, name: str, sets: dict, schedule: str, speed:
             "n_calibration": len(cal),
             "calibration_rejected_early": len(rejected_early(cal_trajectories, option)) if option is not None else 0,
             "n_timed": len(subset), "seconds_authors": timed["authors"][0], "seconds": seconds,
-            "live_mismatches": live_mismatches, "machine_speed": speed})
-    auc_full = next(r["auc"] for r in rows if r["mode"] == "full")
-    auc_authors = pooled_auc(authors_scores, belonging)
+            "live_mismatches": live_mismatches, "machine_speed": speed, "scores": np.asarray(scores, dtype=float)})
+    full = dict(zip(("auc_full", "auc_full_lo", "auc_full_hi"), auc_delong(full_scores[belonging],
+                                                                           full_scores[~belonging])))
+    authors_auc = dict(zip(("auc_authors", "auc_authors_lo", "auc_authors_hi"),
+                           auc_delong(authors_scores[belonging], authors_scores[~belonging])))
     for row in rows:
-        row["auc_full"], row["auc_early_exit"], row["auc_authors"] = auc_full, row.pop("auc"), auc_authors
+        early = row.pop("scores")
+        row.update(full, **authors_auc, **dict(zip(("auc_early_exit", "auc_early_exit_lo", "auc_early_exit_hi"),
+                                                   auc_delong(early[belonging], early[~belonging]))))
+        row.pop("auc")  # compare()'s AUC: the same number, now with its interval
         log.info("%s %s %s %s: agreement %.4f, wrong exits %s of %s, image-steps %.3f, speed-up %.2f (%.1f s vs "
                  "%.1f s at machine speed %s)", name, schedule, row["mode"], row["alpha"], row["agreement"],
                  row["wrong_exits"], row["n_own_belonging"], row["image_steps_fraction"], row["speedup"],
