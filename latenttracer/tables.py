@@ -450,19 +450,15 @@ def metric_vs_param(rows: pd.DataFrame, param: str, metric: str = "auc", hue: st
     return fig
 
 
-def score_histogram(scores: Sequence[float], threshold: float | None = None, title: str = "",
-                    belonging: Sequence[bool] | None = None, band: tuple[float, float] | None = None):
-    """One histogram of scores (log-x) with the threshold as a dashed line (the traced-folder report).
-
-    ``belonging``: the images' verdicts, when they are not ``score <= threshold`` (a cascade's screen decides by
-    its band); ``band``: ``(low, high)`` drawn as two dotted lines (the screen's band) instead of a threshold."""
+def score_histogram(scores: Sequence[float], threshold: float | None = None, title: str = ""):
+    """One histogram of scores (log-x) with the threshold as a dashed line (the traced-folder report); below the
+    threshold is belonging."""
     plt = _pyplot()
     values = np.asarray(scores, float)
-    keep = np.isfinite(values) & (values > 0)
-    values = values[keep]
+    values = values[np.isfinite(values) & (values > 0)]
     if values.size == 0:
         raise ValueError("no positive finite scores to draw")
-    marks = [m for m in ((threshold,) if band is None else band) if m is not None and m > 0]
+    marks = [threshold] if threshold is not None and threshold > 0 else []
     hi = max([values.max(), *marks]) * 1.0001
     lo = min([values.min(), *marks])
     if hi < 10 * lo:  # span at least a decade, so that the log axis has a labelled tick
@@ -471,17 +467,10 @@ def score_histogram(scores: Sequence[float], threshold: float | None = None, tit
     bins = np.geomspace(lo, hi, 40)
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     if marks:
-        verdict = (values <= threshold if belonging is None
-                   else np.asarray(belonging, dtype=bool)[keep])
+        verdict = values <= threshold
         ax.hist(values[verdict], bins=bins, color="tab:green", alpha=0.6, label="belonging")
         ax.hist(values[~verdict], bins=bins, color="tab:grey", alpha=0.6, label="not belonging")
-        if band is None:
-            ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
-        else:
-            for edge in band:
-                ax.axvline(edge, color="black", linestyle=":", linewidth=1)
-            ax.plot([], [], color="black", linestyle=":", linewidth=1,
-                    label=f"band ({band[0]:.3g}, {band[1]:.3g}]")
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
         ax.legend(fontsize=7, frameon=False)
     else:
         ax.hist(values, bins=bins, color="tab:grey", alpha=0.7)

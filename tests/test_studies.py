@@ -21,9 +21,6 @@ from latenttracer import protocol
 from latenttracer.perturbations import perturbed_set
 from latenttracer.studies import drift, robustness
 
-_pairwise_auc = pairwise_auc  # tests/test_studies_early_exit.py and _schedule_sweep.py import it from here
-
-
 ROBUSTNESS = ["inspected=[kl-a]", "perturbation.conditions=[jpeg:50,noise:0.1]", "logger=none", "calibration=[clean]",
               "methods=[{name: latenttracer, n_belonging: 2, n_per_source: 1}, "
               "{name: aeroblade, options: {distance: l2}}]"]
