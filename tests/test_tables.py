@@ -99,12 +99,11 @@ def test_fmt_metric_and_sections_render_intervals():
 
 
 # Published tables whose per-image scores are not in this checkout, so that their intervals wait for a rerun
-# of their study (the early-exit tables: for the early-exit rewrite). Each is a strict xfail: once its CSV
+# of their study Each is a strict xfail: once its CSV
 # carries every interval the test XPASSes, which fails, and the name must go from this set.
 AWAITING_RERUN = {"ablations.csv", "drift_taef2.csv", "methods.csv", "real_decoder.csv",
                   "real_decoder_r256_resolution.csv", "real_decoder_resolution.csv", "real_decoder_steps.csv",
-                  "robustness.csv", "robustness_deployment.csv", "schedule_sweep.csv",
-                  "early_exit.csv", "early_exit_holdout.csv", "early_exit_holdout2.csv", "real_decoder_early_exit.csv"}
+                  "robustness.csv", "robustness_deployment.csv", "schedule_sweep.csv"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "results").glob("*.csv")))
