@@ -23,9 +23,10 @@ that can, loads it. When none can, the error lists what each family looks for an
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +35,7 @@ import torch
 from latenttracer.registry import Registry
 
 __all__ = ["FAMILIES", "Autoencoder", "AutoencoderLoadError", "content_fingerprint", "load_autoencoder",
-           "resolve_device", "resolve_dtype"]
+           "read_json_object", "resolve_device", "resolve_dtype"]
 
 
 class AutoencoderLoadError(ValueError):
@@ -60,6 +61,18 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in table:
         raise ValueError(f"dtype: unknown value {dtype!r}; expected one of {sorted(table)}")
     return table[dtype]
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path`` (a family's ``what``, e.g. ``"card"``); a file that cannot be read, is not JSON
+    or holds another JSON value is an :class:`AutoencoderLoadError` naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AutoencoderLoadError(f"{path}: cannot read the {what}'s JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise AutoencoderLoadError(f"{path}: the {what} must be a JSON object, found {type(value).__name__}")
+    return value
 
 
 def content_fingerprint(files: Iterable[Path], root: Path) -> str:
@@ -119,6 +132,13 @@ class Autoencoder(ABC):
         if not folder.is_dir():
             raise AutoencoderLoadError(f"{source}: not a folder; expected {cls.looks_for}")
         return folder.resolve()
+
+    @classmethod
+    def folder_why_not(cls, source: str, why: Callable[[Path], str]) -> str:
+        """:meth:`why_not` for a family loaded from a local folder (:meth:`local_folder`): ``why(folder)`` says
+        what the folder lacks; a source that is no local folder is said to be so; each ends with :attr:`looks_for`."""
+        folder = Path(source).expanduser()
+        return f"{why(folder) if folder.is_dir() else 'not a local folder'}; expected {cls.looks_for}"
 
     @classmethod
     def tiny_for_tests(cls, folder: Path, seed: int = 0) -> str:

@@ -39,7 +39,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from latenttracer.autoencoders.base import FAMILIES, Autoencoder, AutoencoderLoadError, content_fingerprint
+from latenttracer.autoencoders.base import (
+    FAMILIES,
+    Autoencoder,
+    AutoencoderLoadError,
+    content_fingerprint,
+    read_json_object,
+)
 
 __all__ = ["DisVAE", "DisVAENet", "SIDES", "save_random_weights"]
 
@@ -121,12 +127,7 @@ def save_random_weights(folder: str | Path, seed: int = 0, *, side: int = 64, la
 
 def _read_specs(path: Path) -> tuple[int, int]:
     """(side, latent_dim) from ``specs.json``; every problem an error naming the file and key."""
-    try:
-        specs = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AutoencoderLoadError(f"{path}: cannot read the JSON ({err})") from err
-    if not isinstance(specs, dict):
-        raise AutoencoderLoadError(f"{path}: must be a JSON object, found {type(specs).__name__}")
+    specs = read_json_object(path, "specification")
     if specs.get("model_type") != MODEL_TYPE:
         raise AutoencoderLoadError(f"{path}: model_type is {specs.get('model_type')!r}; this family loads "
                                    f"{MODEL_TYPE!r} only")
@@ -183,12 +184,8 @@ class DisVAE(Autoencoder):
 
     @classmethod
     def why_not(cls, source: str, *, local_files_only: bool | None = None) -> str:
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            return f"not a local folder; expected {cls.looks_for}"
-        if not (folder / SPECS).is_file():
-            return f"no {SPECS}; expected {cls.looks_for}"
-        return f"{SPECS} is not a {MODEL_TYPE!r} model's; expected {cls.looks_for}"
+        return cls.folder_why_not(source, lambda folder: f"{SPECS} is not a {MODEL_TYPE!r} model's"
+                                  if (folder / SPECS).is_file() else f"no {SPECS}")
 
     @classmethod
     def load(cls, source: str, *, name: str | None = None, resolution: int | None = None, clamp: bool = True,

@@ -49,7 +49,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from latenttracer.autoencoders.base import FAMILIES, Autoencoder, AutoencoderLoadError, content_fingerprint
+from latenttracer.autoencoders.base import (
+    FAMILIES,
+    Autoencoder,
+    AutoencoderLoadError,
+    content_fingerprint,
+    read_json_object,
+)
 
 __all__ = ["DEFAULT_RESOLUTION", "TAESD", "VARIANTS", "TAESDNet", "build_decoder", "build_encoder",
            "save_random_weights"]
@@ -161,13 +167,7 @@ def _read_card(folder: Path) -> dict | None:
     path = folder / CARD
     if not path.is_file():
         return None
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AutoencoderLoadError(f"{path}: cannot read the card's JSON ({err})") from err
-    if not isinstance(card, dict):
-        raise AutoencoderLoadError(f"{path}: the card must be a JSON object, found {type(card).__name__}")
-    return card
+    return read_json_object(path, "card")
 
 
 def _present_variants(folder: Path) -> list[str]:
@@ -242,9 +242,7 @@ class TAESD(Autoencoder):
 
     @classmethod
     def why_not(cls, source: str, *, local_files_only: bool | None = None) -> str:
-        if not Path(source).expanduser().is_dir():
-            return f"not a local folder; expected {cls.looks_for}"
-        return f"no such .pth files; expected {cls.looks_for}"
+        return cls.folder_why_not(source, lambda _folder: "no such .pth files")
 
     @classmethod
     def load(cls, source: str, *, name: str | None = None, resolution: int | None = None, clamp: bool = True,
