@@ -55,6 +55,24 @@ def _tokenizer(root: Path):
     return CLIPTokenizer(vocab=str(root / "vocab.json"), merges=str(root / "merges.txt"), model_max_length=16)
 
 
+def _seeded_text_parts(root: Path):
+    """Seed torch, then the tokenizer of :func:`_tokenizer` and a text-encoder config over its vocabulary."""
+    torch.manual_seed(0)
+    tok = _tokenizer(root)
+    return tok, _text_config(len(tok))
+
+
+def _cond_unet(cross_attention_dim: int, down_block_types: tuple[str, str], **extra):
+    """A tiny text-conditioned UNet over 8x8 latents: ``down_block_types`` and their mirror image going up."""
+    from diffusers import UNet2DConditionModel
+
+    up_block_types = tuple(t.replace("Down", "Up") for t in reversed(down_block_types))
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=cross_attention_dim,
+                                attention_head_dim=4, down_block_types=down_block_types,
+                                up_block_types=up_block_types, **extra)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny_pipelines")
@@ -76,17 +94,12 @@ def zoo_pipe(tiny_dir) -> Path:
 @pytest.fixture(scope="module")
 def sd_pipe(tiny_dir) -> Path:
     """A tiny StableDiffusionPipeline saved WITH a (tiny) safety checker, as the real SD repos are."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(0)
-    tok = _tokenizer(tiny_dir)
-    text = _text_config(len(tok))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, attention_head_dim=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    tok, text = _seeded_text_parts(tiny_dir)
+    unet = _cond_unet(16, ("CrossAttnDownBlock2D", "DownBlock2D"))
     checker = StableDiffusionSafetyChecker(CLIPConfig(
         text_config=text, projection_dim=16,
         vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
@@ -101,18 +114,13 @@ def sd_pipe(tiny_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def sdxl_pipe(tiny_dir) -> Path:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
-    tok = _tokenizer(tiny_dir)
-    text = _text_config(len(tok))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), use_linear_projection=True,
-                                addition_embed_type="text_time", addition_time_embed_dim=4,
-                                projection_class_embeddings_input_dim=4 * 6 + 16)
+    tok, text = _seeded_text_parts(tiny_dir)
+    unet = _cond_unet(32, ("DownBlock2D", "CrossAttnDownBlock2D"), use_linear_projection=True,
+                      addition_embed_type="text_time", addition_time_embed_dim=4,
+                      projection_class_embeddings_input_dim=4 * 6 + 16)
     pipe = StableDiffusionXLPipeline(
         vae=_tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer=tok, tokenizer_2=tok,
