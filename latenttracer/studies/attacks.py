@@ -435,9 +435,8 @@ def pick_examples(cells: dict, label: str, n: int) -> list[tuple[str, np.ndarray
 
 
 def fmt_budget(value: float, large: float, small: float) -> str:
-    """A budget (dB) with its interval; a side the Wilson interval never reaches within the search is ``-``."""
-    if np.isfinite(large) and np.isfinite(small):
-        return fmt_ci(value, large, small, digits=1)
+    """A budget (dB) with its interval, every number to 0.1 dB; a side the Wilson interval never reaches within the
+    search is ``-``."""
     side = lambda v: f"{v:.1f}" if np.isfinite(v) else "-"  # noqa: E731
     return f"{value:.1f} [{side(large)}, {side(small)}]"
 
