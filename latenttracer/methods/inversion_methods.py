@@ -13,7 +13,7 @@ cached rows: they are the same computation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
@@ -45,10 +45,25 @@ class LatentTracer(Method):
     # record_*: always on (the rows carry both); early exit: turned on, with its threshold and bound, by the caller
     # from a threshold or calibration trajectories (trace --early-exit, latenttracer.tracing.Tracer.early_exit)
     hidden_options = ("record_trajectory", "record_latent", "early_exit", "exit_threshold", "exit_ratios")
+    # Whether the cache key names the method: a subclass that scores otherwise than the loop (its own distance or
+    # final score) keeps rows of its own; RONAN, the same loop with other settings, shares LatentTracer's.
+    own_cache = False
+
+    @classmethod
+    def default_settings(cls) -> InversionConfig:
+        """The settings of the method built with none given (its ``config`` field's default)."""
+        return next(f for f in fields(cls) if f.name == "config").default_factory()  # type: ignore[misc]
 
     @classmethod
     def settings_type(cls) -> type:
-        return InversionConfig
+        """The type of :meth:`default_settings`: InversionConfig, or a subclass's own (e.g. lowpass's)."""
+        return type(cls.default_settings())
+
+    @classmethod
+    def preset(cls) -> dict:
+        """The default settings that differ from the settings type's own defaults (e.g. RONAN's)."""
+        default = asdict(cls.settings_type()())
+        return {k: v for k, v in asdict(cls.default_settings()).items() if v != default[k]}
 
     @classmethod
     def from_settings(cls, settings: InversionConfig) -> LatentTracer:
@@ -74,7 +89,8 @@ class LatentTracer(Method):
         return self.config.identity()
 
     def run_hash(self, ae: Autoencoder, image_options: ImageOptions) -> str:
-        return self.config.hash(model_identity(ae), image_prep(image_options))
+        own = ({"method": self.name},) if self.own_cache else ()
+        return self.config.hash(model_identity(ae), image_prep(image_options), *own)
 
     def distance(self) -> DistanceFn | None:
         """The per-image loss the loop minimises (None: ``config.distance``); a subclass may give its own."""
@@ -104,8 +120,3 @@ class Ronan(LatentTracer):
     config: InversionConfig = field(default_factory=ronan_config)
 
     name = "ronan"
-
-    @classmethod
-    def preset(cls) -> dict:
-        default = asdict(InversionConfig())
-        return {k: v for k, v in asdict(ronan_config()).items() if v != default[k]}

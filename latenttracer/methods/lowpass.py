@@ -20,10 +20,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from latenttracer.autoencoders import Autoencoder
-from latenttracer.images import ImageOptions
 from latenttracer.inversion import DistanceFn, InversionConfig
-from latenttracer.methods.base import METHODS, image_prep, model_identity
+from latenttracer.methods.base import METHODS
 from latenttracer.methods.inversion_methods import LatentTracer
 
 __all__ = ["LowPass", "LowPassSettings", "lowpass_distance"]
@@ -71,10 +69,7 @@ class LowPass(LatentTracer):
     config: LowPassSettings = field(default_factory=LowPassSettings)
 
     name = "lowpass"
-
-    @classmethod
-    def settings_type(cls) -> type:
-        return LowPassSettings
+    own_cache = True
 
     @property
     def label(self) -> str:
@@ -83,6 +78,3 @@ class LowPass(LatentTracer):
 
     def distance(self) -> DistanceFn | None:
         return lowpass_distance(self.config.lowpass_factor, self.config.lowpass_on, self.config.distance)
-
-    def run_hash(self, ae: Autoencoder, image_options: ImageOptions) -> str:
-        return self.config.hash(model_identity(ae), image_prep(image_options), {"method": self.name})

@@ -17,10 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from latenttracer.autoencoders import Autoencoder
-from latenttracer.images import ImageOptions
 from latenttracer.inversion import InversionResult
-from latenttracer.methods.base import METHODS, image_prep, model_identity
+from latenttracer.methods.base import METHODS
 from latenttracer.methods.inversion_methods import LatentTracer
 
 __all__ = ["Relative", "relative_score"]
@@ -39,6 +37,7 @@ class Relative(LatentTracer):
     """LatentTracer's best loss over its iteration-0 loss (module docstring); lower = more likely belonging."""
 
     name = "relative"
+    own_cache = True
 
     def __post_init__(self) -> None:
         if self.config.early_exit:
@@ -48,6 +47,3 @@ class Relative(LatentTracer):
 
     def final_score(self, result: InversionResult) -> float:
         return relative_score(result.score, result.init_loss)
-
-    def run_hash(self, ae: Autoencoder, image_options: ImageOptions) -> str:
-        return self.config.hash(model_identity(ae), image_prep(image_options), {"method": self.name})
