@@ -188,7 +188,8 @@ def verdict(diff: float, lo: float, hi: float, n_belonging: int, n_non_belonging
     return f"not resolved at n = {n_belonging} + {n_non_belonging}"
 
 
-def finding_row(finding: Any, domain: str, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+def finding_row(finding: Any, domain: str, frames: dict[str, pd.DataFrame],
+                models: list[str] | None = None) -> dict[str, Any]:
     """One finding in one domain: the paired difference AUC(a) - AUC(b) (or AUC(a) - 0.5) with its interval, and
     its sentence. ``frames``: {method label: normalised rows} of the domain. A method missing -> ``not run``."""
     a, b, scope = str(finding.a), finding.b, str(finding.scope)
@@ -203,7 +204,7 @@ def finding_row(finding: Any, domain: str, frames: dict[str, pd.DataFrame]) -> d
         return {**row, "verdict": f"not run ({', '.join(absent)} not run in {domain})"}
     inspected, source = None, protocol.ALL
     if scope == "hardest":
-        cell = hardest_pair(frames[str(finding.pair_of)])
+        cell = hardest_pair(frames[str(finding.pair_of)], models)
         if not cell["hardest_inspected"]:
             return {**row, "verdict": f"not run (no pair of two models in {domain})"}
         inspected, source = cell["hardest_inspected"], cell["hardest_source"]
@@ -236,6 +237,7 @@ class Domain:
     missing: str = ""                    # why the whole domain is not run ("" when it was)
     notes: list[str] = field(default_factory=list)
     models: list[str] | None = None      # the models a hardest pair may name (None: the inspected ones)
+    configured: list[str] | None = None  # the method labels its config runs (None: not known)
 
 
 def shown(path: str | Path) -> str:
@@ -328,6 +330,7 @@ def real_decoder_domain(entry: Any, ctx: Context) -> Domain:
     aes = rds.decoders(rcfg, rctx, [int(rcfg.sibling_steps)])  # cached: loads them
     sets = rds.image_sets(rcfg, rctx, aes, settings)           # cached: lists them
     dom.models = list(aes)
+    dom.configured = [rctx.method(m).label for m in rcfg.methods]
     store, options = rctx.store(), rctx.image_options()
     for m in rcfg.methods:
         method = rctx.method(m)
@@ -371,7 +374,7 @@ def overlap_notes(frames: dict[str, pd.DataFrame], reference: str = "latenttrace
     ref = set(map(tuple, frames[reference][KEY].to_numpy()))
     notes = []
     for label, frame in frames.items():
-        keys = set(map(tuple, frame[KEY].to_numpy()))
+        keys = set(map(tuple, frame[frame["inspected"].isin(frames[reference]["inspected"])][KEY].to_numpy()))
         if label != reference and keys - ref:
             notes.append(f"`{label}` and `{reference}` share {len(keys & ref)} of {len(ref)} of `{reference}`'s "
                          f"evaluation (inspected, image) pairs by sha256 ({len(keys)} scored by `{label}`); the "
@@ -397,7 +400,11 @@ def transfer_table(methods: list[str], domains: list[Domain], commands: dict[str
                 rows.append(method_row(m, dom.name, dom.frames[m], dom.models, dom.sources[m]))
             else:
                 why = dom.missing or f"`{m}` has no stored scores in {dom.name}"
-                rows.append(not_run_row(m, dom.name, f"{why}; run `{commands[dom.name]}`"))
+                run = f"run `{commands[dom.name]}`"
+                if dom.configured is not None and m not in dom.configured:
+                    why, run = f"`{m}` is not among the methods {dom.name}'s config runs", \
+                        f"add it to that config's `methods`, then run `{commands[dom.name]}`"
+                rows.append(not_run_row(m, dom.name, f"{why}; {run}"))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -480,7 +487,7 @@ class Transfer(Study):
             raise ValueError("transfer: `methods` is empty")
         domains = [read_domain(e, ctx) for e in entries]
         table = transfer_table(methods, domains, {str(e.name): str(e.command) for e in entries})
-        findings = pd.DataFrame([finding_row(f, d.name, d.frames) for f in cfg.findings for d in domains])
+        findings = pd.DataFrame([finding_row(f, d.name, d.frames, d.models) for f in cfg.findings for d in domains])
         if findings.empty:
             findings = pd.DataFrame(columns=["claim", "domain", "verdict"])
         lt = table[(table["method"] == "latenttracer") & (table["status"] == "ok")]
