@@ -219,24 +219,25 @@ def test_early_exit_on_the_real_decoder_suite(base_dir, tmp_path, monkeypatch):
     common = ["sibling_steps=1", "suite.generated.n=4", "suite.real.n=2", "timing_images=3"]
     rows = study.run(_job("real_decoder_early_exit", tmp_path, base_dir, [*common, "inversion.steps=4"]),
                      "real_decoder_early_exit").frame
-    assert list(rows["mode"]) == ["full", "exact", "conformal", "conformal", "conformal"]
-    assert set(rows["inspected"]) == {"taef2"} and list(rows["alpha"].dropna()) == [0.05, 0.1, 0.2]
+    assert list(rows["mode"]) == ["full", "exact", "conformal", "conformal", "conformal", "conformal"]
+    assert set(rows["inspected"]) == {"taef2"} and list(rows["alpha"].dropna()) == [0.02, 0.03, 0.05, 0.1]
+    assert set(rows["sets"]) == {"taef2"}  # its rows sit beside the zoo's in results/early_exit.csv
     assert (rows["n_evaluation"] == 2 + 2 + 2).all() and (rows["n_calibration"] == 2).all()
     full = rows.set_index("mode").loc["full"]
     # image-steps are counted against the authors' 100
     assert full["agreement_schedule"] == 1.0 and full["image_steps_fraction"] == pytest.approx(4 / 100)
-    # 2 calibration images, 1 sets the bound's level: too few for these risks, only the exact exit runs
-    assert (rows["n_scores"].dropna() == 1).all() and np.isinf(rows["q"].dropna()).all()
+    # 2 calibration images end belonging: too few for these risks (1/3 at least), only the exact exit runs
+    assert (rows["n_scores"].dropna() == 2).all() and np.isinf(rows["q"].dropna()).all()
     assert (rows["calibration_rejected_early"] == 0).all() and (rows["live_mismatches"] == 0).all()
     # lr_scale=latent_rms is resolved on the study's own calibration decodes (the suite has no generated set)
     other = study.run(_job("real_decoder_early_exit", tmp_path, base_dir, [*common, "inversion.steps=2",
                                                                           "inversion.lr_scale=latent_rms"]),
                       "real_decoder_early_exit").frame
     assert set(other["steps"]) == {2} and other["lr"].nunique() == 1 and other["lr"].iloc[0] != 0.05
-    published = pd.read_csv(tmp_path / "results" / "real_decoder_early_exit.csv")
-    assert sorted(set(published["steps"])) == [2, 4] and len(published) == 10
-    assert "python -m experiments.real_decoder_early_exit" in (tmp_path / "results" /
-                                                               "real_decoder_early_exit.md").read_text()
+    published = pd.read_csv(tmp_path / "results" / "early_exit.csv")
+    assert sorted(set(published["steps"])) == [2, 4] and len(published) == 12
+    page = (tmp_path / "results" / "early_exit.md").read_text()
+    assert "- `taef2`: `python -m experiments.real_decoder_early_exit`, " in page
 
 
 def test_drift_on_a_taesd_base(base_dir, tmp_path):
