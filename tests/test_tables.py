@@ -101,8 +101,7 @@ def test_fmt_metric_and_sections_render_intervals():
 # Published tables whose per-image scores are not in this checkout, so that their intervals wait for a rerun
 # of their study Each is a strict xfail: once its CSV
 # carries every interval the test XPASSes, which fails, and the name must go from this set.
-AWAITING_RERUN = {"ablations.csv", "drift_taef2.csv", "methods.csv", "real_decoder.csv",
-                  "real_decoder_r256_resolution.csv", "real_decoder_resolution.csv", "real_decoder_steps.csv",
+AWAITING_RERUN = {"ablations.csv", "drift_taef2.csv", "methods.csv", "real_decoder_r256_resolution.csv",
                   "robustness.csv", "robustness_deployment.csv", "schedule_sweep.csv"}
 
 
