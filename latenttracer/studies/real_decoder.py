@@ -224,8 +224,8 @@ class RealDecoder(Study):
             "crops of the evaluation photos (never a crop whose latent made a belonging image).",
             f"Image sets per method: {sizes}.",
             f"Methods' own thresholds as in results/methods.md. LatentTracer: {cfg.inversion.steps} steps, cut from "
-            f"one {max(cfg.steps)}-step run for {list(cfg.steps_inspected)} (its s / image is half the recorded "
-            "time of that run).",
+            f"one {max(cfg.steps)}-step run for {list(cfg.steps_inspected)} (its s / image is "
+            f"{cfg.inversion.steps}/{max(cfg.steps)} of the recorded time of that run).",
             f"Wall time of this run {time.time() - start:.0f} s (cached scores cost nothing); machine speed: "
             f"{machine_speed(1)}.",
         ]
