@@ -200,7 +200,8 @@ def publish(result: StudyResult, job_dir: Path, tracker: Any = None) -> list[Pat
                         kept = [atomic.write_frame(frame, Path(job_dir) / f"{stem.name}{suffix}.csv")
                                 for suffix, frame in result.tables.items()]
                         raise OtherSetsError(f"{err}; this run's rows are kept unmerged in {kept[0]}") from None
-                    record = result.merge.sets if label is None else {**_recorded(stem), label: result.merge.sets}
+                    record = (result.merge.sets if label is None
+                              else {**_keyed(_recorded(stem), label), label: result.merge.sets})
                     written.append(atomic.write_text(sets_path(stem), _sets_text(record)))
                 merged = {suffix: _merged(stem.with_name(stem.name + suffix + ".csv"), frame, result.merge)
                           for suffix, frame in result.tables.items()}
@@ -256,6 +257,14 @@ def _recorded(stem: Path) -> dict[str, Any]:
                              "files away or restore it") from None
 
 
+def _keyed(record: dict[str, Any], label: str) -> dict[str, Any]:
+    """A record as ``{label: sets}`` entries: one written without labels (its values not all mappings) is taken
+    as this label's."""
+    if not record or all(isinstance(v, dict) for v in record.values()):
+        return record
+    return {label: record}
+
+
 def check_sets(stem: str | Path, sets: dict[str, Any], label: str | None = None) -> None:
     """Refuse to merge rows measured on image sets ``sets`` into the table at ``stem`` when its rows were measured
     on other sets (raises :class:`OtherSetsError` naming the file and each setting that differs). Studies call it
@@ -271,7 +280,7 @@ def check_sets(stem: str | Path, sets: dict[str, Any], label: str | None = None)
         return
     old = _recorded(stem)
     if label is not None:
-        if label not in old:
+        if label not in (old := _keyed(old, label)):
             return
         old = old[label]
     new = json.loads(_sets_text(sets))

@@ -34,7 +34,6 @@ class RealDecoderEarlyExitConfig(real_decoder.DecodedSuiteConfig):
 class RealDecoderEarlyExit(EarlyExit):
     name = "real_decoder_early_exit"
     config = RealDecoderEarlyExitConfig
-    title = "Early exit and faster schedules on a real decoder (taef2)"
     command = "python -m experiments.real_decoder_early_exit inversion=<schedule>"
     section = None  # its rows are in results/early_exit.csv (sets `taef2`): the early-exit study's section
 
