@@ -101,7 +101,7 @@ def test_fmt_metric_and_sections_render_intervals():
 # Published tables whose per-image scores are not in this checkout, so that their intervals wait for a rerun
 # of their study Each is a strict xfail: once its CSV
 # carries every interval the test XPASSes, which fails, and the name must go from this set.
-AWAITING_RERUN = {"ablations.csv", "drift_taef2.csv", "methods.csv", "real_decoder_r256_resolution.csv",
+AWAITING_RERUN = {"drift_taef2.csv", "methods.csv", "real_decoder_r256_resolution.csv",
                   "robustness.csv", "robustness_deployment.csv", "schedule_sweep.csv"}
 
 
@@ -149,10 +149,10 @@ def test_ablations_markdown_holds_the_numbers_of_its_csv():
     assert figures.summary_markdown(steps, lr) == text
     # and spot-check one number against the CSV directly: the pooled AUC of kl-a, encoder init, 100 steps
     cell = steps[(steps["source"] == "all") & (steps["init"] == "encoder") & (steps["steps"] == 100)]
-    (auc,) = cell["auc"]
+    (auc,), (lo,), (hi,) = cell["auc"], cell["auc_lo"], cell["auc_hi"]
     row = [line for line in text.split("\n") if line.startswith("| kl-a | encoder |")][0]
     header = _tables(text)[0][0]
-    assert _cells(row)[_cells(header).index("100")] == f"{auc:.3f}"
+    assert _cells(row)[_cells(header).index("100")] == f"{auc:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
 def test_attribution_accuracies_show_their_wilson_interval():
