@@ -50,7 +50,7 @@ def test_concurrent_jobs_lose_no_rows(tmp_path):
     assert list(table["inspected"]) == ["kl-a"] * len(lrs) + ["kl-b"] * len(lrs)  # sorted by the key
     assert list(table["lr"]) == lrs * 2
     text = stem.with_suffix(".md").read_text()
-    assert all(f"| {lr:.4f} | absolute | 50 | 25 | 0.9000 | 0.8000 |" in text for lr in lrs)
+    assert all(f"| {lr:g} | absolute | 50 | 25 | 0.900 | 0.800 |" in text for lr in lrs)  # rows without bounds
     assert "has not been run yet" in text  # no authors' row (lr 0.05, 100 steps) among them
     # each job's own folder holds the merged table as it was when that job published
     assert all((tmp_path / f"job{lr}" / "schedule_sweep.csv").is_file() for lr in lrs)
@@ -79,4 +79,8 @@ def test_micro_sweep_objective_and_gap_to_the_authors(micro_zoo, workspace, tmp_
     table = pd.read_csv(results / "schedule_sweep.csv")
     assert list(table["steps"]) == [2, 3, 5, 100]  # one row per key (steps 2 of both runs is one key), sorted
     text = (results / "schedule_sweep.md").read_text()
-    assert "worst_gap_to_authors" in text and "| 0.0500 | absolute | 50 | 100 | 0.0000 |" in text
+    assert "worst_gap_to_authors" in text and "| 0.05 | absolute | 50 | 100 | 0.0000 |" in text
+    # every AUC with its DeLong interval around it, shown in the cells
+    assert ((table["auc_lo"] <= table["auc"] + 1e-12) & (table["auc"] <= table["auc_hi"] + 1e-12)).all()
+    first = table.iloc[0]
+    assert f"{first['auc']:.3f} [{first['auc_lo']:.2f}, {first['auc_hi']:.2f}]" in text

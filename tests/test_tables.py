@@ -102,7 +102,7 @@ def test_fmt_metric_and_sections_render_intervals():
 # of their study Each is a strict xfail: once its CSV
 # carries every interval the test XPASSes, which fails, and the name must go from this set.
 AWAITING_RERUN = {"drift_taef2.csv", "methods.csv", "real_decoder_r256_resolution.csv",
-                  "robustness.csv", "robustness_deployment.csv", "schedule_sweep.csv"}
+                  "robustness.csv", "robustness_deployment.csv"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "results").glob("*.csv")))

@@ -25,9 +25,9 @@ import pandas as pd
 from omegaconf import MISSING
 
 from latenttracer import protocol, tables
+from latenttracer.intervals import auc_delong
 from latenttracer.inversion import InversionConfig
 from latenttracer.studies.base import STUDIES, Context, Merge, MergedStudy, ReportSection, StudyResult
-from latenttracer.studies.full_run_comparison import pooled_auc
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,16 @@ def sweep_markdown(table: pd.DataFrame, n_per_source: int) -> str:
              "calibration images of every other model; no evaluation image is used.",
              "- Command: `python -m experiments.schedule_sweep -m inversion.steps=25 inversion.lr=... "
              "inversion.halve_every=...` (the authors' reference: `inversion.steps=100`)."]
+    index = ["schedule", "lr", "lr_scale", "halve_every", "steps"]
+    cells = tables.pivot_formatted(table, index, "inspected", "auc", sort=True).reindex(wide.index)
     if authors in wide.index:
         gaps = wide - wide.loc[authors]
-        wide.insert(0, "worst_gap_to_authors", gaps.min(axis=1))
-        wide.insert(1, "mean_gap_to_authors", gaps.mean(axis=1))  # the tie-break between equal worst gaps
+        cells.insert(0, "worst_gap_to_authors", gaps.min(axis=1).map(lambda v: f"{v:.4f}"))
+        cells.insert(1, "mean_gap_to_authors", gaps.mean(axis=1).map(lambda v: f"{v:.4f}"))  # ties: worst gaps
     else:
         notes.append("- The authors' 100-step reference has not been run yet: no gap column.")
-    shown = wide.reset_index().map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
+    notes.append("- Cells: AUC [95% DeLong interval] (latenttracer.intervals); the gaps are between point AUCs.")
+    shown = cells.reset_index().map(lambda v: f"{v:g}" if isinstance(v, float) else v)
     return "\n".join(["# Schedule search on calibration images", "", *notes, "", tables.markdown_table(shown), ""])
 
 
@@ -103,10 +106,11 @@ class ScheduleSweep(MergedStudy):
                 frame = ctx.invert_paths(ae, paths, replace(inv, steps=steps),
                                          trajectory_steps=inv.steps).set_index("path").loc[paths]
                 ok = (frame["status"] == "ok").to_numpy()
-                auc = pooled_auc(frame["score"][ok], images["belonging"][ok])
+                scores, belonging = frame["score"][ok].to_numpy(float), images["belonging"][ok].to_numpy(bool)
+                auc, lo, hi = auc_delong(scores[belonging], scores[~belonging])
                 rows.append({"inspected": name, "lr": inv.lr, "lr_scale": inv.lr_scale,
-                             "halve_every": inv.halve_every, "steps": steps,
-                             "schedule": inv.schedule, "auc": auc, "n_belonging": int(images["belonging"][ok].sum()),
+                             "halve_every": inv.halve_every, "steps": steps, "schedule": inv.schedule,
+                             "auc": auc, "auc_lo": lo, "auc_hi": hi, "n_belonging": int(images["belonging"][ok].sum()),
                              "n_non_belonging": int((~images["belonging"][ok]).sum())})
                 log.info("%s lr=%s halve_every=%s steps=%d: calibration AUC %.4f", name, inv.lr, inv.halve_every,
                          steps, auc)
